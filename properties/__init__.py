@@ -1,0 +1,1 @@
+"""handgrad's Hypothesis property suite (laws of backprop for any JAX function)."""

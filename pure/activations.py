@@ -1,0 +1,173 @@
+"""Elementwise activations, each keeping the smallest residual its backward needs.
+
+Kink convention: every piecewise-linear activation here takes the left (x < 0)
+branch at exactly ``x = 0``, so relu'(0) = 0 as in ``jax.nn.relu``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from pure._checks import as_float_array
+
+
+# ----------------------------------------------------------------------- sigmoid
+def sigmoid(x: jax.Array) -> jax.Array:
+    """The logistic function, with a backward computed from the forward OUTPUT.
+
+    .. math:: \\sigma(x) = 1 / (1 + e^{-x}), \\qquad \\sigma'(x) = \\sigma(x)(1 - \\sigma(x))
+
+    Only ``σ(x)`` is saved for the backward; ``dx = g · y · (1 − y)``. Seed 000 warns
+    against using the upstream gradient ``g`` in place of ``y``. Note σ' ≤ 1/4, and
+    ≈ 0 for large |x|: the source of vanishing gradients in deep sigmoid nets.
+
+    Args:
+      x: a float array of any shape.
+
+    Returns:
+      ``σ(x)``, same shape and dtype.
+
+    Example:
+      >>> jax.grad(sigmoid)(0.0)
+      Array(0.25, dtype=float32, weak_type=True)
+    """
+    return _sigmoid(as_float_array("sigmoid", "x", x))
+
+
+@jax.custom_vjp
+def _sigmoid(x):
+    return jax.nn.sigmoid(x)
+
+
+def _sigmoid_fwd(x):
+    y = jax.nn.sigmoid(x)
+    return y, y
+
+
+def _sigmoid_bwd(y, g):
+    return (g * y * (1 - y),)
+
+
+_sigmoid.defvjp(_sigmoid_fwd, _sigmoid_bwd)
+_sigmoid = jax.jit(_sigmoid)  # eager calls compile once per shape
+
+
+# -------------------------------------------------------------------------- tanh
+def tanh(x: jax.Array) -> jax.Array:
+    """Hyperbolic tangent; the backward uses the saved output: ``dx = g · (1 − y²)``.
+
+    Args:
+      x: a float array of any shape.
+
+    Returns:
+      ``tanh(x)``, same shape and dtype.
+
+    Example:
+      >>> jax.grad(tanh)(0.0)
+      Array(1., dtype=float32, weak_type=True)
+    """
+    return _tanh(as_float_array("tanh", "x", x))
+
+
+@jax.custom_vjp
+def _tanh(x):
+    return jnp.tanh(x)
+
+
+def _tanh_fwd(x):
+    y = jnp.tanh(x)
+    return y, y
+
+
+def _tanh_bwd(y, g):
+    return (g * (1 - y * y),)
+
+
+_tanh.defvjp(_tanh_fwd, _tanh_bwd)
+_tanh = jax.jit(_tanh)  # eager calls compile once per shape
+
+
+# -------------------------------------------------------------------------- relu
+def relu(x: jax.Array) -> jax.Array:
+    """Rectified linear unit, ``max(x, 0)``; the backward masks by ``x > 0``.
+
+    .. math:: \\mathrm{relu}'(x) = [x > 0]
+
+    **Kink:** relu'(0) = 0, the same choice as ``jax.nn.relu`` (it keeps a unit that
+    sits exactly at 0 from receiving gradient, and matches the mask ``x > 0`` of seed 003).
+
+    Args:
+      x: a float array of any shape.
+
+    Returns:
+      ``max(x, 0)``, same shape and dtype.
+
+    Example:
+      >>> jax.grad(relu)(0.0)
+      Array(0., dtype=float32, weak_type=True)
+    """
+    return _relu(as_float_array("relu", "x", x))
+
+
+@jax.custom_vjp
+def _relu(x):
+    return jnp.maximum(x, 0)
+
+
+def _relu_fwd(x):
+    return jnp.maximum(x, 0), x > 0
+
+
+def _relu_bwd(positive, g):
+    return (jnp.where(positive, g, jnp.zeros_like(g)),)
+
+
+_relu.defvjp(_relu_fwd, _relu_bwd)
+_relu = jax.jit(_relu)  # eager calls compile once per shape
+
+
+# -------------------------------------------------------------------- leaky_relu
+def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
+    """``x`` where ``x > 0``, else ``negative_slope · x``.
+
+    .. math:: \\mathrm{leaky\\_relu}'(x) = 1 \\text{ if } x > 0 \\text{ else negative\\_slope}
+
+    **Kink:** at exactly 0 the derivative is ``negative_slope``, consistent with relu'(0) = 0
+    (``leaky_relu(x, 0.0)`` is ``relu`` in value and gradient). ``jax.nn.leaky_relu`` takes
+    the other side (derivative 1 at 0).
+
+    Args:
+      x: a float array of any shape.
+      negative_slope: a Python float, static under ``jit``.
+
+    Returns:
+      Same shape and dtype as ``x``.
+
+    Example:
+      >>> jax.grad(leaky_relu)(-2.0)
+      Array(0.01, dtype=float32, weak_type=True)
+    """
+    if not isinstance(negative_slope, (int, float)):
+        raise TypeError(f"leaky_relu: negative_slope must be a Python float, got {type(negative_slope).__name__}")
+    return _leaky_relu(float(negative_slope), as_float_array("leaky_relu", "x", x))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _leaky_relu(slope, x):
+    return jnp.where(x > 0, x, slope * x)
+
+
+def _leaky_relu_fwd(slope, x):
+    positive = x > 0
+    return jnp.where(positive, x, slope * x), positive
+
+
+def _leaky_relu_bwd(slope, positive, g):
+    return (jnp.where(positive, g, slope * g),)
+
+
+_leaky_relu.defvjp(_leaky_relu_fwd, _leaky_relu_bwd)
+_leaky_relu = jax.jit(_leaky_relu, static_argnums=0)  # eager calls compile once per shape

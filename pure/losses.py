@@ -1,0 +1,229 @@
+"""Losses, each a mean over the batch, with the factors of the notes kept exactly.
+
+Losses are computed in at least float32 (a bfloat16 input is upcast), and each
+cotangent is returned in its input's dtype.
+
+Labels: JAX would wrap a label of -1 to the last class and turn a label >= C into
+NaN. On an eager call (concrete labels) an out-of-range label raises ValueError
+saying how many are bad; under ``jit`` the labels are abstract, so such a row gives
+a NaN loss (and NaN gradient), never a finite wrong number.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from pure._checks import as_float_array, at_least_float32, check_classification, require_same_shape
+
+
+def _label_rows(labels: jax.Array, num_classes: int) -> tuple[jax.Array, jax.Array]:
+    """One-hot rows of ``labels`` and a per-row validity flag (False for out-of-range labels)."""
+    onehot = labels[:, None] == jnp.arange(num_classes, dtype=labels.dtype)
+    return onehot, (labels >= 0) & (labels < num_classes)
+
+
+# --------------------------------------------------------------------------- mse
+def mse(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """Half mean squared error, ``½·mean((pred − target)²)`` (seed 004's ℓ = ½(y − ŷ)²).
+
+    .. math:: L = \\frac{1}{2n}\\lVert \\hat y - y \\rVert^2, \\qquad dL/d\\hat y = (\\hat y - y)/n
+
+    where ``n`` is the number of elements. Note the ½: the gradient has no factor 2.
+
+    Args:
+      pred: predictions, any shape.
+      target: targets of exactly the same shape (no broadcasting: (N, 1) against (N,)
+        would silently build an (N, N) difference).
+
+    Returns:
+      A scalar.
+
+    Example:
+      >>> mse(jnp.array([1.0, 3.0]), jnp.array([0.0, 1.0]))
+      Array(1.25, dtype=float32)
+    """
+    pred, target = as_float_array("mse", "pred", pred), as_float_array("mse", "target", target)
+    require_same_shape("mse", "pred", pred, "target", target)
+    return _mse((pred.dtype, target.dtype), pred, target)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _mse(dtypes, pred, target):
+    return _mse_fwd(dtypes, pred, target)[0]
+
+
+def _mse_fwd(dtypes, pred, target):
+    diff = pred.astype(at_least_float32(pred.dtype)) - target.astype(at_least_float32(target.dtype))
+    return 0.5 * jnp.mean(diff * diff), diff
+
+
+def _mse_bwd(dtypes, diff, g):
+    d = g * diff / diff.size
+    return d.astype(dtypes[0]), (-d).astype(dtypes[1])
+
+
+_mse.defvjp(_mse_fwd, _mse_bwd)
+_mse = jax.jit(_mse, static_argnums=0)  # eager calls compile once per shape
+
+
+# --------------------------------------------------------- softmax cross-entropy
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy with integer labels (seeds 001, 003).
+
+    .. math:: L = \\frac1N \\sum_i -\\log \\frac{e^{s_{i,y_i}}}{\\sum_k e^{s_{ik}}}, \\qquad
+              \\frac{\\partial L}{\\partial s} = \\frac{\\mathrm{softmax}(s) - \\mathrm{onehot}(y)}{N}
+
+    The row max is subtracted first, so logits of ±1e4 in float32 give a finite loss
+    and gradient. The backward reuses the softmax saved by the forward.
+
+    Args:
+      logits: scores of shape ``(N, C)``.
+      labels: integer class indices of shape ``(N,)`` in ``[0, C)``.
+
+    Returns:
+      A scalar in at least float32. An out-of-range label raises ValueError when the
+      labels are concrete, and gives NaN under ``jit`` (see the module docstring).
+
+    Example:
+      >>> softmax_cross_entropy(jnp.zeros((2, 4)), jnp.array([0, 3]))  # log 4
+      Array(1.3862944, dtype=float32)
+    """
+    logits, labels = check_classification("softmax_cross_entropy", logits, labels)
+    return _softmax_cross_entropy(logits.dtype, logits, labels)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _softmax_cross_entropy(dtype, logits, labels):
+    return _softmax_cross_entropy_fwd(dtype, logits, labels)[0]
+
+
+def _softmax_cross_entropy_fwd(dtype, logits, labels):
+    s = logits.astype(at_least_float32(logits.dtype))
+    shifted = s - jnp.max(s, axis=1, keepdims=True)
+    lse = jnp.log(jnp.sum(jnp.exp(shifted), axis=1, keepdims=True))
+    log_probs = shifted - lse
+    onehot, valid = _label_rows(labels, s.shape[1])
+    nll = -jnp.sum(jnp.where(onehot, log_probs, 0), axis=1)
+    loss = jnp.mean(jnp.where(valid, nll, jnp.nan))
+    return loss, (jnp.exp(log_probs), labels)
+
+
+def _softmax_cross_entropy_bwd(dtype, res, g):
+    probs, labels = res
+    onehot, valid = _label_rows(labels, probs.shape[1])
+    d = (probs - onehot.astype(probs.dtype)) * (g / probs.shape[0])
+    return jnp.where(valid[:, None], d, jnp.nan).astype(dtype), None
+
+
+_softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
+_softmax_cross_entropy = jax.jit(_softmax_cross_entropy, static_argnums=0)  # eager calls compile once per shape
+
+
+# -------------------------------------------------------------- multiclass hinge
+def multiclass_hinge(scores: jax.Array, labels: jax.Array, margin: float = 1.0) -> jax.Array:
+    """Mean multiclass SVM loss in the CS231n sum form (seed 001).
+
+    .. math:: L = \\frac1N \\sum_i \\sum_{j \\ne y_i} \\max(0,\\ s_{ij} - s_{i y_i} + \\Delta)
+
+    Each violating class j gets ``+1/N``; the true class gets ``−(number of violators)/N``,
+    so every row of the gradient sums to 0. **Kink:** a margin hit exactly
+    (``s_j − s_y + Δ = 0``) counts as not violated (gradient 0), like relu'(0) = 0.
+    ``optax.multiclass_hinge_loss`` is the Crammer–Singer max form, a different function.
+
+    Args:
+      scores: scores of shape ``(N, C)``.
+      labels: integer class indices of shape ``(N,)`` in ``[0, C)``.
+      margin: the margin Δ, a Python float (static under ``jit``).
+
+    Returns:
+      A scalar in at least float32; out-of-range labels behave as in softmax_cross_entropy.
+
+    Example:
+      >>> multiclass_hinge(jnp.array([[3.2, 5.1, -1.7]]), jnp.array([0]))  # seed 003's cat
+      Array(2.9, dtype=float32)
+    """
+    scores, labels = check_classification("multiclass_hinge", scores, labels)
+    if not isinstance(margin, (int, float)):
+        raise TypeError(f"multiclass_hinge: margin must be a Python float, got {type(margin).__name__}")
+    return _multiclass_hinge((float(margin), scores.dtype), scores, labels)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _multiclass_hinge(setting, scores, labels):
+    return _multiclass_hinge_fwd(setting, scores, labels)[0]
+
+
+def _multiclass_hinge_fwd(setting, scores, labels):
+    margin, _ = setting
+    s = scores.astype(at_least_float32(scores.dtype))
+    onehot, valid = _label_rows(labels, s.shape[1])
+    true_score = jnp.sum(jnp.where(onehot, s, 0), axis=1, keepdims=True)
+    slack = s - true_score + margin
+    violated = (slack > 0) & ~onehot
+    per_row = jnp.sum(jnp.where(violated, slack, 0), axis=1)
+    return jnp.mean(jnp.where(valid, per_row, jnp.nan)), (violated, labels)
+
+
+def _multiclass_hinge_bwd(setting, res, g):
+    (_, dtype), (violated, labels) = setting, res
+    onehot, valid = _label_rows(labels, violated.shape[1])
+    count = jnp.sum(violated, axis=1, keepdims=True, dtype=g.dtype)
+    d = (violated.astype(g.dtype) - onehot.astype(g.dtype) * count) * (g / violated.shape[0])
+    return jnp.where(valid[:, None], d, jnp.nan).astype(dtype), None
+
+
+_multiclass_hinge.defvjp(_multiclass_hinge_fwd, _multiclass_hinge_bwd)
+_multiclass_hinge = jax.jit(_multiclass_hinge, static_argnums=0)  # eager calls compile once per shape
+
+
+# ---------------------------------------------------------- binary cross-entropy
+def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean binary cross-entropy of a sigmoid output, taken from the logits (seed 000).
+
+    .. math:: L = \\mathrm{mean}\\big(-t\\log\\sigma(z) - (1-t)\\log(1-\\sigma(z))\\big)
+              = \\mathrm{mean}\\big(\\max(z, 0) - z t + \\log(1 + e^{-|z|})\\big)
+
+    .. math:: \\partial L/\\partial z = (\\sigma(z) - t)/n, \\qquad \\partial L/\\partial t = -z/n
+
+    The right-hand form is finite for |z| = 1e4 in float32, where ``log(σ(z))`` is not.
+
+    Args:
+      logits: pre-sigmoid scores ``z``, any shape.
+      targets: float probabilities in [0, 1], the same shape as ``logits``.
+
+    Returns:
+      A scalar in at least float32.
+
+    Example:
+      >>> binary_cross_entropy(jnp.zeros(3), jnp.array([0.0, 1.0, 1.0]))  # log 2
+      Array(0.6931472, dtype=float32)
+    """
+    fn = "binary_cross_entropy"
+    logits, targets = as_float_array(fn, "logits", logits), as_float_array(fn, "targets", targets)
+    require_same_shape(fn, "logits", logits, "targets", targets)
+    return _binary_cross_entropy(logits, targets)
+
+
+@jax.custom_vjp
+def _binary_cross_entropy(logits, targets):
+    return _binary_cross_entropy_fwd(logits, targets)[0]
+
+
+def _binary_cross_entropy_fwd(logits, targets):
+    z, t = logits.astype(at_least_float32(logits.dtype)), targets.astype(at_least_float32(targets.dtype))
+    loss = jnp.mean(jnp.maximum(z, 0) - z * t + jnp.log1p(jnp.exp(-jnp.abs(z))))
+    return loss, (logits, targets)
+
+
+def _binary_cross_entropy_bwd(res, g):
+    logits, targets = res
+    z, t = logits.astype(at_least_float32(logits.dtype)), targets.astype(at_least_float32(targets.dtype))
+    scale = g / z.size
+    return ((jax.nn.sigmoid(z) - t) * scale).astype(logits.dtype), (-z * scale).astype(targets.dtype)
+
+
+_binary_cross_entropy.defvjp(_binary_cross_entropy_fwd, _binary_cross_entropy_bwd)
+_binary_cross_entropy = jax.jit(_binary_cross_entropy)  # eager calls compile once per shape

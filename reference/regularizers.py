@@ -1,0 +1,32 @@
+"""References for pure.regularizers."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from pure._checks import resolve_mask
+
+
+def _selected(params: Any, mask: Any) -> list[jax.Array]:
+    keep = resolve_mask("reference", params, mask)
+    return [w for w, k in zip(jax.tree_util.tree_leaves(params), keep, strict=True) if k]
+
+
+def l2_penalty(params: Any, strength: Any, *, mask: Any = None) -> jax.Array:
+    return 0.5 * strength * sum(jnp.vdot(w, w) for w in _selected(params, mask))
+
+
+def l1_penalty(params: Any, strength: Any, *, mask: Any = None) -> jax.Array:
+    return strength * sum(jnp.sum(jnp.abs(w)) for w in _selected(params, mask))
+
+
+def max_norm(params: Any, max_value: float, *, axis: int = 0) -> Any:
+    def project(w):
+        if w.ndim < 2:
+            return w
+        sq = jnp.sum(w * w, axis=axis, keepdims=True)
+        norm = jnp.sqrt(jnp.where(sq > 0, sq, 1.0))  # the double-where keeps grad finite at 0
+        return jnp.where(sq > 0, w * jnp.minimum(1.0, max_value / norm), w)
+
+    return jax.tree_util.tree_map(project, params)
