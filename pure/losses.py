@@ -142,8 +142,8 @@ def multiclass_hinge(scores: jax.Array, labels: jax.Array, margin: float = 1.0) 
       A scalar in at least float32; out-of-range labels behave as in softmax_cross_entropy.
 
     Example:
-      >>> multiclass_hinge(jnp.array([[3.2, 5.1, -1.7]]), jnp.array([0]))  # seed 003's cat
-      Array(2.9, dtype=float32)
+      >>> multiclass_hinge(jnp.array([[3.0, 5.0, -2.0]]), jnp.array([0]))  # (5 − 3 + 1) + 0
+      Array(3., dtype=float32)
     """
     scores, labels = check_classification("multiclass_hinge", scores, labels)
     if not isinstance(margin, (int, float)):
