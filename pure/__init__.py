@@ -7,6 +7,7 @@ with ``TypeError: can't apply forward-mode autodiff (jvp) to a custom_vjp functi
 Use ``jax.jacrev`` instead.
 """
 
+from pure import linear, nn, optim, search, train  # noqa: E402  (topic modules built on the ops above)
 from pure.activations import leaky_relu, relu, sigmoid, tanh
 from pure.gates import add, maximum, mul
 from pure.layers import affine, dropout
@@ -19,4 +20,5 @@ __all__ = [
     "affine", "dropout",
     "mse", "softmax_cross_entropy", "multiclass_hinge", "binary_cross_entropy",
     "l2_penalty", "l1_penalty", "max_norm",
+    "linear", "nn", "optim", "search", "train",
 ]

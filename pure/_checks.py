@@ -28,7 +28,7 @@ def as_float_array(fn: str, name: str, x: Any) -> jax.Array:
             f"{fn}: expected {name} to have a floating-point dtype, got {x.dtype} instead; "
             f"cast it with {name}.astype(jnp.float32)"
         )
-    return jnp.asarray(x)
+    return x if isinstance(x, jax.Array) else jnp.asarray(x)  # asarray on a tracer would bind a no-op convert
 
 
 def at_least_float32(*dtypes: Any) -> jnp.dtype:

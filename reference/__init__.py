@@ -5,10 +5,10 @@
 proves a VJP right against float64 central differences and such a reference.
 """
 
-from reference import activations, gates, layers, losses, regularizers
+from reference import activations, gates, layers, linear, losses, nn, optim, regularizers, search, train
 from reference.check import LeafReport, VJPReport, check_vjp, numerical_grad, numerical_vjp
 
 __all__ = [
     "check_vjp", "numerical_grad", "numerical_vjp", "VJPReport", "LeafReport",
-    "gates", "activations", "layers", "losses", "regularizers",
+    "gates", "activations", "layers", "losses", "regularizers", "linear", "nn", "optim", "search", "train",
 ]

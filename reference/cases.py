@@ -13,11 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import pure
-from reference import activations, gates, layers, losses, regularizers
+import pure.nn
+from reference import activations, gates, layers, losses, nn, regularizers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Case:
 
 
 def _array(x: Any, dtype: Any) -> jax.Array:
-    return jnp.asarray(np.asarray(x).astype(dtype))  # cast in numpy: jnp.asarray(x, dtype) would compile
+    return jax.device_put(np.asarray(x).astype(dtype))  # cast in numpy and transfer: nothing to compile
 
 
 def _normal(rng: np.random.Generator, dtype: Any, *shape: int, scale: float = 1.0) -> jax.Array:
@@ -52,7 +52,7 @@ def _tied(rng: np.random.Generator, dtype: Any) -> tuple:
 
 def _raw_key(rng: np.random.Generator) -> jax.Array:
     """A raw uint32 PRNGKey (stackable by numpy); typed keys are tested in tests/."""
-    return jnp.asarray(rng.integers(0, 2**32, 2, dtype=np.uint32))
+    return jax.device_put(rng.integers(0, 2**32, 2, dtype=np.uint32))
 
 
 def _labels(rng: np.random.Generator, n: int, c: int) -> jax.Array:
@@ -78,7 +78,15 @@ def _max_norm_args(rng: np.random.Generator, dtype: Any) -> tuple:
     return ({"W": _array(W, dtype), "b": _normal(rng, dtype, 4)},)
 
 
+def _mlp_args(rng: np.random.Generator, dtype: Any) -> tuple:
+    sizes = (4, 6, 5, 3)
+    params = [{"W": _normal(rng, dtype, m, n, scale=0.5), "b": _normal(rng, dtype, n, scale=0.1)}
+              for m, n in zip(sizes[:-1], sizes[1:], strict=True)]
+    return params, _normal(rng, dtype, 5, sizes[0]), _labels(rng, 5, sizes[-1])
+
+
 _BIAS_FREE = {"W": True, "b": False}
+_MLP = dict(l2=0.01, activation="tanh")
 
 CASES: tuple[Case, ...] = (
     Case("gates.add", pure.add, gates.add,
@@ -111,4 +119,6 @@ CASES: tuple[Case, ...] = (
          lambda r, d: (_params(r, d) | {"z": _array(np.zeros(2), d)}, _array(0.3, d))),
     Case("regularizers.max_norm", lambda p: pure.max_norm(p, 1.5), lambda p: regularizers.max_norm(p, 1.5),
          _max_norm_args),
+    Case("nn.classification_loss", lambda p, x, y: pure.nn.classification_loss(p, x, y, **_MLP),
+         lambda p, x, y: nn.classification_loss(p, x, y, **_MLP), _mlp_args),
 )

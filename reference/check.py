@@ -79,7 +79,7 @@ def _is_float(x: Any) -> bool:
 
 
 def _to64(x: Any) -> Any:
-    return jnp.asarray(np.asarray(x, np.float64)) if _is_float(x) else x  # numpy cast: no compile
+    return jax.device_put(np.asarray(x, np.float64)) if _is_float(x) else x  # a transfer, no compiled convert
 
 
 class _Probe:
@@ -264,7 +264,7 @@ def check_vjp(fn: Callable, args: Sequence[Any], *, reference: Callable | None =
     keyed, treedef = jax.tree_util.tree_flatten_with_path(args)
     analytic_leaves = treedef.flatten_up_to(analytic)
     problems: list[tuple[float, str]] = []
-    with jax.enable_x64(True):
+    with jax.enable_x64(True), jax.numpy_dtype_promotion("standard"):  # float64 args meet float32 closures
         probe = _Probe(fn, args, cotangent, eps)
         forward_err, ref_leaves = None, [None] * len(keyed)
         if reference is not None:
@@ -413,7 +413,7 @@ def numerical_vjp(fn: Callable, args: Sequence[Any], cotangent: Any, *, eps: flo
     """
     args = tuple(args)
     leaves, treedef = jax.tree_util.tree_flatten(args)
-    with jax.enable_x64(True):
+    with jax.enable_x64(True), jax.numpy_dtype_promotion("standard"):
         probe = _Probe(fn, args, cotangent, eps)
         central = _split_entries(probe, [k for k in probe.offset if np.size(leaves[k])])
         grads = [central[k][0].reshape(np.shape(x)) if k in central

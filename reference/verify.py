@@ -19,7 +19,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+import pure.optim
+import reference.optim
 from reference.cases import CASES, Case
 from reference.check import _RTOL, check_vjp
 
@@ -91,16 +94,70 @@ def _row(case: Case, dtype: Any, seed: int) -> Row:
     return Row(case.name, jnp.dtype(dtype).name, *err, status, time.perf_counter() - start)
 
 
+def trajectory(opt: Any, params: Any, steps: int = 100, seed: int = 1) -> Any:
+    """Final params after ``steps`` updates of ``opt`` on the gradients ``0.3·w + noise_t``, in one jit.
+
+    The noise is drawn by numpy up front, so the compiled scan holds no random-number code.
+    """
+    rng = np.random.default_rng(seed)
+    noise = jax.tree_util.tree_map(lambda w: rng.standard_normal((steps, *w.shape)).astype(w.dtype), params)
+
+    def body(carry, noise_t):
+        p, s = carry
+        u, s = opt.update(jax.tree_util.tree_map(lambda w, e: 0.3 * w + e, p, noise_t), s, p)
+        return (optax.apply_updates(p, u), s), None
+
+    return jax.jit(lambda p, e: jax.lax.scan(body, (p, opt.init(p)), e)[0][0])(params, noise)
+
+
+_SGD_CONFIGS = {  # name: (learning rate is a cosine schedule?, keyword arguments)
+    "optim.sgd": (False, {}),
+    "optim.sgd+momentum+decay+mask+cosine": (True, dict(momentum=0.9, weight_decay=0.01,
+                                                        mask=lambda p: [{"W": True, "b": False} for _ in p])),
+    "optim.sgd(decoupled_weight_decay)": (False, dict(momentum=0.9, weight_decay=0.01, decoupled_weight_decay=True)),
+}
+
+
+def _optimizer_row(name: str, dtype: Any, seed: int) -> Row:
+    """100 steps of pure.optim against the optax chain; float64 must agree bit for bit."""
+    start = time.perf_counter()
+    with jax.enable_x64(jnp.dtype(dtype) == jnp.float64):
+        if name == "optim.cosine_decay":
+            steps = jnp.arange(0, 120)
+            ours = jax.vmap(pure.optim.cosine_decay(0.1, 100, 0.05))(steps)
+            diff = _max_diff(ours, jax.vmap(reference.optim.cosine_decay(0.1, 100, 0.05))(steps))
+        else:
+            schedule, kw = _SGD_CONFIGS[name]
+            params = _mlp_params(np.random.default_rng(seed), dtype)
+            ours, theirs = ((m.sgd(m.cosine_decay(0.1, 60, 0.1) if schedule else 0.05, **kw))
+                            for m in (pure.optim, reference.optim))
+            diff = _max_diff(trajectory(ours, params), trajectory(theirs, params))
+    exact = jnp.dtype(dtype) == jnp.float64
+    ok = diff == 0.0 if exact else diff <= _RTOL["float32"]
+    status = "ok" if ok else f"FAIL: differs from optax by {diff:.2e}" + (" (float64 must be bitwise)" if exact else "")
+    return Row(name, jnp.dtype(dtype).name, diff, 0.0, 0, status, time.perf_counter() - start)
+
+
+def _mlp_params(rng: np.random.Generator, dtype: Any) -> list:
+    draw = lambda *shape: jnp.asarray(rng.standard_normal(shape).astype(dtype))  # noqa: E731
+    return [{"W": draw(m, n), "b": draw(n)} for m, n in ((4, 6), (6, 3))]
+
+
+OPTIMIZERS = (*_SGD_CONFIGS, "optim.cosine_decay")
+
+
 def verify(cases: Iterable[Case] = CASES, dtypes: Iterable[Any] = (jnp.float32, jnp.float64),
-           seed: int = 0, workers: int | None = None) -> list[Row]:
-    """Runs every case at every dtype and returns one :class:`Row` each, in table order.
+           seed: int = 0, workers: int | None = None, optimizers: Iterable[str] = OPTIMIZERS) -> list[Row]:
+    """Runs every case and optimizer at every dtype and returns one :class:`Row` each, in table order.
 
     Rows run on ``workers`` threads (default: one per core); most of their time is XLA
     compilation, which runs outside the GIL.
     """
-    jobs = [(case, dtype) for case in cases for dtype in dtypes]
+    dtypes = list(dtypes)
+    jobs = [partial(_row, case, dtype, seed) for case in cases for dtype in dtypes]
+    jobs += [partial(_optimizer_row, name, dtype, seed) for name in optimizers for dtype in dtypes]
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        return list(pool.map(lambda job: _row(*job, seed), jobs))
+        return list(pool.map(lambda job: job(), jobs))
 
 
 def print_rows(rows: list[Row]) -> None:

@@ -1,0 +1,167 @@
+"""The multilayer perceptron with explicit parameter pytrees (seed 004).
+
+``params`` is a list of ``{"W": (d_in, d_out), "b": (d_out,)}`` dicts. The forward uses
+only :func:`pure.layers.affine`, the pure activations and :func:`pure.layers.dropout`,
+so its gradient is hand-written backprop from end to end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from pure.activations import leaky_relu, relu, sigmoid, tanh
+from pure.layers import affine, dropout
+from pure.losses import multiclass_hinge, softmax_cross_entropy
+from pure.regularizers import l2_penalty
+
+Params = list[dict[str, jax.Array]]
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "leaky_relu": leaky_relu,
+}
+LOSSES = {"softmax": softmax_cross_entropy, "hinge": multiclass_hinge}
+
+
+def weights_only(params: Params) -> list[dict[str, bool]]:
+    """The usual penalty mask: every ``W`` and no bias (seed 004)."""
+    return [{"W": True, "b": False} for _ in params]
+
+
+def init_mlp(key: jax.Array, sizes: Sequence[int], *, scheme: str = "he", std: float = 0.01,
+             dtype: Any = jnp.float32) -> Params:
+    """Random weights and zero biases for an MLP with layer widths ``sizes``.
+
+    Schemes, for a layer with ``fan_in`` inputs and ``fan_out`` outputs:
+
+    * ``"normal"``: N(0, std²), the notes' N(0, 0.01) (fine for small nets, not deep ones);
+    * ``"xavier"``: N(0, 2/(fan_in + fan_out)) (Glorot), for sigmoid and tanh;
+    * ``"he"``: N(0, 2/fan_in), for relu.
+
+    Args:
+      key: a PRNG key.
+      sizes: ``[d_in, h_1, ..., d_out]``, at least two positive ints.
+      scheme: "he", "xavier" or "normal".
+      std: the standard deviation of the "normal" scheme.
+      dtype: the parameter dtype.
+
+    Returns:
+      A list of ``{"W": (d_in, d_out), "b": (d_out,)}`` dicts.
+
+    Example:
+      >>> [p["W"].shape for p in init_mlp(jax.random.key(0), [4, 10, 3])]
+      [(4, 10), (10, 3)]
+    """
+    sizes = list(sizes)
+    if len(sizes) < 2 or not all(isinstance(n, int) and n > 0 for n in sizes):
+        raise ValueError(f"init_mlp: sizes must be at least two positive ints, got {sizes}")
+    stds = {
+        "normal": lambda fan_in, fan_out: std,
+        "xavier": lambda fan_in, fan_out: math.sqrt(2.0 / (fan_in + fan_out)),
+        "he": lambda fan_in, fan_out: math.sqrt(2.0 / fan_in),
+    }
+    if scheme not in stds:
+        raise ValueError(f"init_mlp: scheme must be one of {sorted(stds)}, got {scheme!r}")
+    keys = jax.random.split(key, len(sizes) - 1)
+    return [{"W": stds[scheme](m, n) * jax.random.normal(k, (m, n), dtype), "b": jnp.zeros(n, dtype)}
+            for k, m, n in zip(keys, sizes[:-1], sizes[1:], strict=True)]
+
+
+def count_params(params: Params) -> int:
+    """Seed 000's rule: per layer, #neurons × #inputs + #biases.
+
+    Example:
+      >>> count_params(init_mlp(jax.random.key(0), [4, 10, 3]))  # 10·4 + 10 + 3·10 + 3
+      83
+    """
+    return sum(layer["W"].shape[0] * layer["W"].shape[1] + layer["b"].shape[0] for layer in params)
+
+
+def mlp(params: Params, x: jax.Array, *, activation: str = "relu", dropout_rate: float = 0.0,
+        key: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+    """Logits of the MLP: ``affine → activation → dropout`` per hidden layer, then ``affine``.
+
+    Args:
+      params: from :func:`init_mlp`.
+      x: inputs of shape ``(..., d_in)``.
+      activation: "relu", "sigmoid", "tanh" or "leaky_relu".
+      dropout_rate: the probability of dropping a hidden unit (never an input or a logit).
+      key: a PRNG key, required when dropout is live (``dropout_rate > 0`` and not
+        ``deterministic``); split once per hidden layer.
+      deterministic: True (the default) turns dropout off, as at inference.
+
+    Returns:
+      Logits of shape ``(..., d_out)``.
+
+    Example:
+      >>> params = init_mlp(jax.random.key(0), [4, 10, 3])
+      >>> mlp(params, jnp.ones((5, 4))).shape
+      (5, 3)
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"mlp: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    live = dropout_rate > 0 and not deterministic
+    if live and key is None:
+        raise ValueError("mlp: a key is required when dropout is live (dropout_rate > 0 and "
+                         "deterministic=False); pass key=jax.random.key(...) or deterministic=True")
+    act = ACTIVATIONS[activation]
+    keys = jax.random.split(key, len(params)) if live else [None] * len(params)
+    h = x
+    for layer, k in zip(params[:-1], keys, strict=False):
+        h = act(affine(h, layer["W"], layer["b"]))
+        if live:
+            h = dropout(h, k, dropout_rate)
+    return affine(h, params[-1]["W"], params[-1]["b"])
+
+
+def classification_loss(params: Params, x: jax.Array, labels: jax.Array, *, l2: float = 0.0,
+                        loss: str = "softmax", activation: str = "relu", dropout_rate: float = 0.0,
+                        key: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+    """Mean classification loss of the MLP plus ``l2/2 · Σ W²`` over the weights (not biases).
+
+    Args:
+      params: from :func:`init_mlp`.
+      x: inputs ``(N, d_in)``.
+      labels: integer classes ``(N,)``.
+      l2: λ of the d2l penalty ``λ/2‖W‖²`` (use ``2·reg`` for CS231n's ``reg·ΣW²``).
+      loss: "softmax" (cross-entropy) or "hinge" (CS231n multiclass SVM).
+      activation, dropout_rate, key, deterministic: as in :func:`mlp`.
+
+    Returns:
+      A scalar.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"classification_loss: loss must be one of {sorted(LOSSES)}, got {loss!r}")
+    logits = mlp(params, x, activation=activation, dropout_rate=dropout_rate, key=key, deterministic=deterministic)
+    data = LOSSES[loss](logits, labels)
+    return data + l2_penalty(params, l2, mask=weights_only) if l2 else data
+
+
+def two_layer_net_loss(params: Params, x: jax.Array, labels: jax.Array, *, reg: float = 0.0) -> jax.Array:
+    """CS231n's two-layer net: ``affine → relu → affine → softmax`` plus ``reg · Σ W²``.
+
+    .. math::
+       L = \\frac1N\\sum_i -\\log \\mathrm{softmax}(s_i)_{y_i}
+           + \\mathrm{reg}\\,(\\lVert W_1\\rVert^2 + \\lVert W_2\\rVert^2)
+
+    The penalty is CS231n's convention (gradient ``2·reg·W``), i.e. ``l2_penalty`` with
+    strength ``2·reg``; biases are not penalised.
+
+    Args:
+      params: two layers from :func:`init_mlp`, e.g. sizes ``[D, H, C]``.
+      x: inputs ``(N, D)``.
+      labels: integer classes ``(N,)``.
+      reg: the CS231n regularisation strength.
+
+    Returns:
+      A scalar.
+    """
+    if len(params) != 2:
+        raise ValueError(f"two_layer_net_loss: expected 2 layers of params, got {len(params)}")
+    hidden = relu(affine(x, params[0]["W"], params[0]["b"]))
+    data = softmax_cross_entropy(affine(hidden, params[1]["W"], params[1]["b"]), labels)
+    return data + l2_penalty(params, 2 * reg, mask=weights_only)

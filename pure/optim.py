@@ -1,0 +1,164 @@
+"""Optax-compatible SGD with (coupled or decoupled) weight decay, and cosine decay.
+
+The transforms match optax's protocol structurally, a NamedTuple of ``init(params)``
+and ``update(updates, state, params)``, so they work inside ``optax.chain`` and with
+``optax.apply_updates``, while this package never imports optax.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from pure._checks import check_same_structure, concrete_scalar, resolve_mask
+
+Schedule = Callable[[jax.Array], jax.Array]
+
+
+class GradientTransformation(NamedTuple):
+    """``init(params) -> state`` and ``update(updates, state, params) -> (updates, state)``."""
+
+    init: Callable[[Any], Any]
+    update: Callable[..., tuple[Any, Any]]
+
+
+class SGDState(NamedTuple):
+    count: jax.Array  # int32 step counter, read by a learning-rate schedule
+    momentum: Any  # the trace m, a pytree like params (None without momentum)
+
+
+def sgd(learning_rate: float | Schedule, *, momentum: float = 0.0, weight_decay: float = 0.0,
+        mask: Any = None, decoupled_weight_decay: bool = False) -> GradientTransformation:
+    """Minibatch SGD with heavy-ball momentum and L2 weight decay (seeds 000–004).
+
+    .. math::
+       g &\\leftarrow g + \\lambda w \\quad\\text{(on the leaves where mask is True)} \\\\
+       m &\\leftarrow g + \\mu m \\\\
+       u &= -\\eta_t\\, m
+
+    This is exactly ``optax.chain(optax.add_decayed_weights(λ, mask), optax.sgd(η, μ))``,
+    bit for bit. With ``decoupled_weight_decay=True`` the decay is added after the
+    momentum (SGDW): ``m ← g + μm``, ``u = −η_t(m + λw)``.
+
+    Which updates equal gradient descent on ``L + (λ/2)‖w‖²`` (``pure.l2_penalty``)?
+
+    ====================================  =======================================
+    configuration                         same as an L2 penalty λ/2‖w‖²?
+    ====================================  =======================================
+    momentum 0, coupled or decoupled      yes: ``w ← (1 − ηλ)w − η∇L`` (seed 004)
+    momentum μ > 0, coupled (default)     yes: λw enters m like any gradient
+    momentum μ > 0, decoupled (SGDW)      no: the decay skips the momentum trace
+    Adam + L2 penalty vs AdamW (optax)    no: Adam rescales the λw term
+    ====================================  =======================================
+
+    CS231n's ``reg·ΣW²`` corresponds to ``weight_decay = 2·reg``.
+
+    Args:
+      learning_rate: η ≥ 0, a float or a schedule ``step -> η_t`` (the step counter
+        lives in the state and starts at 0).
+      momentum: μ in [0, 1).
+      weight_decay: λ ≥ 0.
+      mask: which leaves are decayed: None (all), a pytree of bools like params, or a
+        callable ``params -> pytree of bools``, as in optax. Biases are usually excluded.
+      decoupled_weight_decay: apply the decay after the momentum (SGDW).
+
+    Returns:
+      A :class:`GradientTransformation`.
+
+    Raises:
+      ValueError: at construction for a negative learning rate or weight decay, or a
+        momentum outside [0, 1). TypeError: in ``update`` if ``updates`` and ``params``
+        differ in tree structure.
+
+    Example:
+      >>> opt = sgd(0.1, weight_decay=0.5)
+      >>> params = {"w": jnp.array([1.0, 2.0])}
+      >>> updates, state = opt.update({"w": jnp.array([1.0, 1.0])}, opt.init(params), params)
+      >>> updates["w"]  # −0.1·(g + 0.5·w)
+      Array([-0.15, -0.2 ], dtype=float32)
+    """
+    momentum = concrete_scalar("sgd", "momentum", momentum, low=0.0, high=1.0, high_open=True)
+    weight_decay = concrete_scalar("sgd", "weight_decay", weight_decay, low=0.0)
+    if callable(learning_rate):
+        schedule = learning_rate
+    else:
+        constant = concrete_scalar("sgd", "learning_rate", learning_rate, low=0.0)
+        schedule = None
+
+    def init(params: Any) -> SGDState:
+        trace = jax.tree_util.tree_map(jnp.zeros_like, params) if momentum else None
+        return SGDState(jnp.zeros([], jnp.int32), trace)
+
+    def update(updates: Any, state: SGDState, params: Any = None) -> tuple[Any, SGDState]:
+        if weight_decay and params is None:
+            raise ValueError("sgd: weight_decay > 0 needs params; call update(updates, state, params)")
+        if params is not None:
+            check_same_structure("sgd", "updates", updates, "params", params)
+        decay = _decay_fn(params, weight_decay, mask) if weight_decay else None
+        g = updates if decay is None or decoupled_weight_decay else decay(updates)
+        trace = None
+        if momentum:
+            g = trace = jax.tree_util.tree_map(lambda gi, mi: gi + momentum * mi, g, state.momentum)
+        if decay is not None and decoupled_weight_decay:
+            g = decay(g)
+        if schedule is None:
+            step = -constant
+            out = jax.tree_util.tree_map(lambda gi: step * gi, g)
+        else:
+            step = -schedule(state.count)
+            out = jax.tree_util.tree_map(lambda gi: jnp.array(step, dtype=gi.dtype) * gi, g)
+        count = jnp.where(state.count < jnp.iinfo(jnp.int32).max, state.count + 1, state.count)
+        return out, SGDState(count, trace)
+
+    return GradientTransformation(init, update)
+
+
+def _decay_fn(params: Any, weight_decay: float, mask: Any) -> Callable[[Any], Any]:
+    """``g ↦ g + λw`` on the masked leaves of ``params``."""
+    keep = iter(resolve_mask("sgd", params, mask))
+    selected = jax.tree_util.tree_map(lambda _: next(keep), params)
+    return lambda g: jax.tree_util.tree_map(lambda gi, w, k: gi + weight_decay * w if k else gi, g, params, selected)
+
+
+def apply_updates(params: Any, updates: Any) -> Any:
+    """``params + updates``, each leaf kept in its parameter's dtype (as ``optax.apply_updates``)."""
+    check_same_structure("apply_updates", "updates", updates, "params", params)
+    return jax.tree_util.tree_map(lambda p, u: jnp.asarray(p + u).astype(p.dtype), params, updates)
+
+
+def cosine_decay(init_value: float, decay_steps: int, alpha: float = 0.0) -> Schedule:
+    """Cosine learning-rate decay (seed 001), equal to ``optax.cosine_decay_schedule``.
+
+    .. math:: \\eta_t = \\eta_0\\Big((1 - a)\\,\\tfrac12\\big(1 + \\cos\\tfrac{\\pi \\min(t, T)}{T}\\big) + a\\Big)
+
+    With ``alpha = a = 0`` this is the seed's ``½η₀(1 + cos(tπ/T))``. It falls from
+    ``η₀`` at ``t = 0`` to the floor ``a·η₀`` at ``t = T`` and stays there after T.
+
+    Args:
+      init_value: η₀.
+      decay_steps: T, a positive integer.
+      alpha: the floor as a fraction of η₀, in [0, 1].
+
+    Returns:
+      A schedule ``step -> η_t``.
+
+    Example:
+      >>> schedule = cosine_decay(1.0, 4)
+      >>> [round(float(schedule(t)), 4) for t in (0, 2, 4, 9)]
+      [1.0, 0.5, 0.0, 0.0]
+    """
+    if not isinstance(decay_steps, int) or decay_steps <= 0:
+        raise ValueError(f"cosine_decay: decay_steps must be a positive integer, got {decay_steps!r}")
+    alpha = concrete_scalar("cosine_decay", "alpha", alpha, low=0.0, high=1.0)
+    total = float(decay_steps)
+
+    def schedule(count: jax.Array) -> jax.Array:
+        t = jnp.minimum(jnp.asarray(count).astype(float), total)  # explicit: strict promotion allows it
+        cosine = 0.5 * (1 + jnp.cos(math.pi * t / total))
+        return init_value * ((1 - alpha) * cosine + alpha)
+
+    return schedule

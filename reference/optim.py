@@ -1,0 +1,20 @@
+"""References for pure.optim: the optax transforms a user of jax and optax writes today."""
+
+from typing import Any
+
+import optax
+
+
+def sgd(learning_rate: Any, *, momentum: float = 0.0, weight_decay: float = 0.0, mask: Any = None,
+        decoupled_weight_decay: bool = False) -> optax.GradientTransformation:
+    if decoupled_weight_decay:  # SGDW: decay added after the momentum trace
+        return optax.chain(optax.trace(decay=momentum), optax.add_decayed_weights(weight_decay, mask),
+                           optax.scale_by_learning_rate(learning_rate))
+    return optax.chain(optax.add_decayed_weights(weight_decay, mask), optax.sgd(learning_rate, momentum))
+
+
+def cosine_decay(init_value: float, decay_steps: int, alpha: float = 0.0) -> optax.Schedule:
+    return optax.cosine_decay_schedule(init_value, decay_steps, alpha)
+
+
+apply_updates = optax.apply_updates
