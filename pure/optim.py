@@ -31,7 +31,7 @@ class SGDState(NamedTuple):
     momentum: Any  # the trace m, a pytree like params (None without momentum)
 
 
-def sgd(learning_rate: float | Schedule, *, momentum: float = 0.0, weight_decay: float = 0.0,
+def sgd(learning_rate: float | Schedule, *, momentum: float = 0.0, weight_decay: float | Schedule = 0.0,
         mask: Any = None, decoupled_weight_decay: bool = False) -> GradientTransformation:
     """Minibatch SGD with heavy-ball momentum and L2 weight decay (seeds 000–004).
 
@@ -61,7 +61,7 @@ def sgd(learning_rate: float | Schedule, *, momentum: float = 0.0, weight_decay:
       learning_rate: η ≥ 0, a float or a schedule ``step -> η_t`` (the step counter
         lives in the state and starts at 0).
       momentum: μ in [0, 1).
-      weight_decay: λ ≥ 0.
+      weight_decay: λ ≥ 0, a float or a schedule ``step -> λ_t`` (as optax's ``add_decayed_weights``).
       mask: which leaves are decayed: None (all), a pytree of bools like params, or a
         callable ``params -> pytree of bools``, as in optax. Biases are usually excluded.
       decoupled_weight_decay: apply the decay after the momentum (SGDW).
@@ -82,7 +82,8 @@ def sgd(learning_rate: float | Schedule, *, momentum: float = 0.0, weight_decay:
       Array([-0.15, -0.2 ], dtype=float32)
     """
     momentum = concrete_scalar("sgd", "momentum", momentum, low=0.0, high=1.0, high_open=True)
-    weight_decay = concrete_scalar("sgd", "weight_decay", weight_decay, low=0.0)
+    if not callable(weight_decay):
+        weight_decay = concrete_scalar("sgd", "weight_decay", weight_decay, low=0.0)
     if callable(learning_rate):
         schedule = learning_rate
     else:
@@ -98,7 +99,8 @@ def sgd(learning_rate: float | Schedule, *, momentum: float = 0.0, weight_decay:
             raise ValueError("sgd: weight_decay > 0 needs params; call update(updates, state, params)")
         if params is not None:
             check_same_structure("sgd", "updates", updates, "params", params)
-        decay = _decay_fn(params, weight_decay, mask) if weight_decay else None
+        lam = weight_decay(state.count) if callable(weight_decay) else weight_decay
+        decay = _decay_fn(params, lam, mask) if callable(weight_decay) or weight_decay else None
         g = updates if decay is None or decoupled_weight_decay else decay(updates)
         trace = None
         if momentum:
@@ -117,7 +119,7 @@ def sgd(learning_rate: float | Schedule, *, momentum: float = 0.0, weight_decay:
     return GradientTransformation(init, update)
 
 
-def _decay_fn(params: Any, weight_decay: float, mask: Any) -> Callable[[Any], Any]:
+def _decay_fn(params: Any, weight_decay: Any, mask: Any) -> Callable[[Any], Any]:
     """``g ↦ g + λw`` on the masked leaves of ``params``."""
     keep = iter(resolve_mask("sgd", params, mask))
     selected = jax.tree_util.tree_map(lambda _: next(keep), params)

@@ -1,0 +1,448 @@
+"""The laws of backprop as functions: each takes the op under test and concrete inputs.
+
+Drive them with Hypothesis (see :mod:`properties.strategies`) against any JAX function,
+including your own ``jax.custom_vjp``::
+
+    @given(strategies.float_arrays(), strategies.float_arrays(), strategies.float_arrays())
+    def test_my_op(x, c1, c2):
+        laws.vjp_linearity(my_op, (x,), c1, c2, 2.0, -3.0)
+
+Both sides of each law are computed by one ``jax.jit`` function cached per op, so pass a
+stable function (not a new lambda per example): then every example of a shape bucket
+reuses one compilation. A broken law raises :class:`PropertyViolation`, naming the
+property, the op and the two sides; Hypothesis adds the shrunk input ("Falsifying example").
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import pure
+import pure.nn
+import pure.optim
+from pure._checks import resolve_mask
+
+_RTOL = {"float64": 1e-9, "float32": 2e-5, "float16": 4e-3, "bfloat16": 4e-2}
+_FLOOR = 1.0  # inputs are O(1): round-off is relative to O(1) intermediates, not to a tiny result
+
+
+class PropertyViolation(AssertionError):
+    """A law of backprop that does not hold for an op."""
+
+    def __init__(self, prop: str, op: Any, lhs_name: str, lhs: Any, rhs_name: str, rhs: Any, detail: str = ""):
+        self.prop, self.op = prop, op_name(op)
+        show = lambda t: np.array2string(np.asarray(t, np.float64), precision=6, threshold=12)  # noqa: E731
+        sides = "\n".join(f"  {name} = {show(leaf)}" for name, tree in ((lhs_name, lhs), (rhs_name, rhs))
+                          for leaf in jax.tree_util.tree_leaves(tree)[:3])
+        super().__init__(f"property {prop!r} fails for {self.op}: {lhs_name} != {rhs_name}"
+                         f"{' (' + detail + ')' if detail else ''}\n{sides}")
+
+
+def op_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+def _rtol(tree: Any) -> float:
+    floats = [x.dtype for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return max((_RTOL.get(jnp.dtype(d).name, 1e-5) for d in floats), default=1e-5)
+
+
+def assert_close(prop: str, op: Any, lhs_name: str, lhs: Any, rhs_name: str, rhs: Any,
+                 rtol: float | None = None) -> None:
+    """``|lhs − rhs| ≤ rtol·(|rhs| + max(max|rhs|, 1))`` leaf by leaf, else :class:`PropertyViolation`."""
+    rtol = _rtol(lhs) if rtol is None else rtol
+    a_leaves, b_leaves = jax.tree_util.tree_leaves(lhs), jax.tree_util.tree_leaves(rhs)
+    if len(a_leaves) != len(b_leaves):
+        raise PropertyViolation(prop, op, lhs_name, lhs, rhs_name, rhs, "different tree structures")
+    for a, b in zip(a_leaves, b_leaves, strict=True):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if a.shape != b.shape:
+            raise PropertyViolation(prop, op, lhs_name, lhs, rhs_name, rhs, f"shapes {a.shape} and {b.shape}")
+        err = np.abs(a - b)
+        if not np.all(err <= rtol * (np.abs(b) + max(float(np.max(np.abs(b), initial=0.0)), _FLOOR))):
+            raise PropertyViolation(prop, op, lhs_name, lhs, rhs_name, rhs,
+                                    f"max |diff| {float(np.max(err)):.3g}, rtol {rtol:g}")
+
+
+def _combine(a: Any, b: Any, wa: Any = 1.0, wb: Any = 1.0) -> Any:
+    return jax.tree_util.tree_map(lambda x, y: wa * x + wb * y, a, b)
+
+
+def _vdot(a: Any, b: Any) -> jax.Array:
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
+
+
+def _is_float_tree(a: Any) -> bool:
+    return all(jnp.issubdtype(x.dtype, jnp.floating) for x in jax.tree_util.tree_leaves(a))
+
+
+def _pullback(fn: Callable, args: Sequence[Any]) -> tuple[Any, Callable]:
+    """``jax.vjp`` w.r.t. the float arguments only (labels and keys stay fixed)."""
+    idx = [i for i, a in enumerate(args) if _is_float_tree(a)]
+
+    def of_floats(*floats):
+        full = list(args)
+        for i, f in zip(idx, floats, strict=True):
+            full[i] = f
+        return fn(*full)
+
+    return jax.vjp(of_floats, *(args[i] for i in idx))
+
+
+# ---------------------------------------------------------------- 1. chain rule
+@functools.cache
+def _chain_sides(f: Callable, g: Callable) -> Callable:
+    def sides(g_args, c):
+        y, pull_g = jax.vjp(g, *g_args)
+        _, pull_f = jax.vjp(f, y)
+        _, pull_fg = jax.vjp(lambda *a: f(g(*a)), *g_args)
+        return pull_fg(c), pull_g(*pull_f(c))
+    return jax.jit(sides)
+
+
+def chain_rule(f: Callable, g: Callable, g_args: Sequence[Any], cotangent: Any) -> None:
+    """The VJP of ``f∘g`` equals ``vjp_g(vjp_f(c))``: backprop composes (seeds 000, 002)."""
+    lhs, rhs = _chain_sides(f, g)(tuple(g_args), cotangent)
+    assert_close("chain_rule", f, "vjp(f∘g)(c)", lhs, "vjp_g(vjp_f(c))", rhs)
+
+
+@functools.cache
+def _grads_of(loss: Callable, reference_loss: Callable) -> Callable:
+    return jax.jit(lambda params, *data: (jax.grad(loss)(params, *data), jax.grad(reference_loss)(params, *data)))
+
+
+def mlp_chain_rule(loss: Callable, reference_loss: Callable, params: Any, *data: Any) -> None:
+    """The whole-MLP gradient from per-layer hand-written backprop equals ``jax.grad`` of the reference."""
+    hand, ref = _grads_of(loss, reference_loss)(params, *data)
+    assert_close("mlp_chain_rule", loss, "grad(hand-written)", hand, "jax.grad(reference)", ref)
+
+
+@functools.cache
+def _recursion_sides(activation: str) -> Callable:
+    act, sigma = pure.nn.ACTIVATIONS[activation], getattr(jax.nn, activation)
+
+    def sides(params, x, labels):
+        def from_layer(l, z):  # the loss as a function of the pre-activation z_l
+            h = z
+            for layer in params[l + 1:]:
+                h = pure.affine(act(h), layer["W"], layer["b"])
+            return pure.softmax_cross_entropy(h, labels)
+
+        zs, h = [], x
+        for layer in params:
+            zs.append(pure.affine(h, layer["W"], layer["b"]))
+            h = act(zs[-1])
+        deltas = [jax.grad(from_layer, argnums=1)(l, z) for l, z in enumerate(zs)]
+        slopes = [jax.grad(lambda z: jnp.sum(sigma(z)))(z) for z in zs]  # σ'(z) from jax.nn, entry by entry
+        return deltas[:-1], [s * (d @ layer["W"].T) for s, d, layer in zip(slopes[:-1], deltas[1:], params[1:],
+                                                                             strict=True)]
+    return jax.jit(sides)
+
+
+def backward_recursion(params: list, x: jax.Array, labels: jax.Array, activation: str = "tanh") -> None:
+    """Seed 002: ``∂C/∂z_l = σ'(z_l) ⊙ (∂C/∂z_{l+1} · W_{l+1}ᵀ)`` for the pre-activations ``z``."""
+    lhs, rhs = _recursion_sides(activation)(params, x, labels)
+    assert_close("backward_recursion", pure.nn.ACTIVATIONS[activation], "dC/dz[l]", lhs,
+                 "sigma'(z[l]) * (dC/dz[l+1] @ W[l+1].T)", rhs)
+
+
+# -------------------------------------------------------------- 2. gate routing
+def _summed_to(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``g`` summed over the axes broadcasting added or stretched (numpy, not pure)."""
+    g = g.sum(axis=tuple(range(g.ndim - len(shape)))) if g.ndim > len(shape) else g
+    return g.sum(axis=tuple(i for i, n in enumerate(shape) if n == 1), keepdims=True).reshape(shape)
+
+
+@functools.cache
+def _vjp_jit(fn: Callable) -> Callable:
+    return jax.jit(lambda args, c: _pullback(fn, args)[1](c))
+
+
+def gate_routing(gate: Callable, x: jax.Array, y: jax.Array, g: jax.Array) -> None:
+    """Seed 003's routing: add distributes, mul switches, max routes to the winner (``x`` on ties).
+
+    Cotangents are summed over broadcast axes; for ``maximum`` the two always add up to ``g``.
+    """
+    dx, dy = _vjp_jit(gate)((x, y), g)
+    xb, yb = (np.broadcast_to(np.asarray(v, np.float64), g.shape) for v in (x, y))
+    g64 = np.asarray(g, np.float64)
+    local = {"add": (1.0, 1.0), "mul": (yb, xb),
+             "maximum": ((xb >= yb).astype(float), (xb < yb).astype(float))}[gate.__name__]
+    for name, got, d, primal in (("dx", dx, local[0], x), ("dy", dy, local[1], y)):
+        assert_close("gate_routing", gate, name, got, f"g * d/{name[1]} summed over broadcast axes",
+                     _summed_to(g64 * d, primal.shape))
+    if gate.__name__ == "maximum" and x.shape == y.shape == g.shape:  # exact: each entry goes one way
+        if not np.array_equal(np.asarray(dx) + np.asarray(dy), np.asarray(g)):
+            raise PropertyViolation("gate_routing", gate, "dx + dy", np.asarray(dx) + np.asarray(dy), "g", g)
+
+
+# ------------------------------------------------------- 3. weight-decay equivalence
+def _descend(opt: Any, loss: Callable, params: Any, data: Any, steps: int) -> Any:
+    state = opt.init(params)
+    for _ in range(steps):
+        updates, state = opt.update(jax.grad(loss)(params, data), state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+@functools.cache
+def _decay_runs(loss: Callable, steps: int, mask: Any) -> Callable:
+    # η and λ arrive traced, as schedules, so one compilation serves every drawn value.
+    def runs(params, data, eta, lam):
+        lr, wd = (lambda _: eta), (lambda _: lam)
+        keep = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params),
+                                            resolve_mask("weight_decay_equivalence", params, mask))
+        by_formula = params
+        for _ in range(steps):  # seed 004: w ← (1 − ηλ)w − η∂ℓ/∂w
+            grads = jax.grad(loss)(by_formula, data)
+            by_formula = jax.tree_util.tree_map(lambda w, g, k: (1 - eta * lam if k else 1.0) * w - eta * g,
+                                                by_formula, grads, keep)
+        l2 = lambda p, d: loss(p, d) + pure.l2_penalty(p, lam, mask=mask)  # noqa: E731
+        cs231n = lambda p, d: loss(p, d) + lam / 2 * sum(jnp.sum(w * w) for w in jax.tree_util.tree_leaves(p))  # noqa: E731
+        return {
+            "(1 - eta*lam) w - eta grad L": by_formula,
+            "sgd on L + l2_penalty": _descend(pure.optim.sgd(lr), l2, params, data, steps),
+            "sgd(weight_decay=lam)": _descend(pure.optim.sgd(lr, weight_decay=wd, mask=mask), loss, params, data,
+                                              steps),
+            "optax chain": _descend(optax.chain(optax.add_decayed_weights(wd, mask), optax.sgd(lr)), loss, params,
+                                    data, steps),
+            "momentum, coupled decay": _descend(pure.optim.sgd(lr, momentum=0.9, weight_decay=wd), loss, params,
+                                                data, steps),
+            "momentum, decoupled decay (SGDW)": _descend(
+                pure.optim.sgd(lr, momentum=0.9, weight_decay=wd, decoupled_weight_decay=True), loss, params, data,
+                steps),
+            "Adam on L + l2_penalty": _descend(optax.adam(lr), l2, params, data, steps),
+            "AdamW": _descend(optax.adamw(lr, weight_decay=lam, mask=mask), loss, params, data, steps),
+            "sgd on L + reg*sum(W^2), reg = lam/2": _descend(pure.optim.sgd(lr), cs231n, params, data, steps),
+            "sgd(weight_decay=lam), unmasked": _descend(pure.optim.sgd(lr, weight_decay=wd), loss, params, data, steps),
+        }
+    return jax.jit(runs)
+
+
+def weight_decay_equivalence(loss: Callable, params: Any, data: Any, eta: float, lam: float, steps: int = 3,
+                             mask: Any = None) -> None:
+    """Plain SGD: on ``L + (λ/2)‖w‖²`` = ``(1 − ηλ)w − η∇L`` = ``sgd(weight_decay=λ)`` = the optax chain.
+
+    ``loss(params, data)`` is any smooth loss; ``mask`` (None or a callable) keeps biases out.
+    """
+    runs = _decay_runs(loss, steps, mask)(params, data, eta, lam)
+    formula = "(1 - eta*lam) w - eta grad L"
+    for name in ("sgd on L + l2_penalty", "sgd(weight_decay=lam)", "optax chain"):
+        assert_close("weight_decay_equivalence", pure.optim.sgd, name, runs[name], formula, runs[formula])
+
+
+def _differ(prop: str, op: Any, a_name: str, runs: dict, b_name: str, at_least: float) -> None:
+    gap = max(float(jnp.max(jnp.abs(x - y))) for x, y in
+              zip(jax.tree_util.tree_leaves(runs[a_name]), jax.tree_util.tree_leaves(runs[b_name]), strict=True))
+    if not gap >= at_least:
+        raise PropertyViolation(prop, op, a_name, runs[a_name], b_name, runs[b_name],
+                                f"expected them to differ by at least {at_least:.3g}, got {gap:.3g}")
+
+
+def decay_non_equivalence(loss: Callable, params: Any, data: Any, eta: float, lam: float, steps: int = 3) -> None:
+    """Where the equivalence breaks: momentum with coupled vs decoupled decay, and Adam + L2 vs AdamW.
+
+    The gap must exceed 1% of the size of one decay step, ``η·λ·max|w|``.
+    """
+    runs = _decay_runs(loss, steps, None)(params, data, eta, lam)
+    at_least = 1e-2 * eta * lam * max(float(jnp.max(jnp.abs(w))) for w in jax.tree_util.tree_leaves(params))
+    _differ("decay_non_equivalence", pure.optim.sgd, "momentum, coupled decay", runs,
+            "momentum, decoupled decay (SGDW)", at_least)
+    _differ("decay_non_equivalence", optax.adamw, "Adam on L + l2_penalty", runs, "AdamW", at_least)
+
+
+def cs231n_reg_is_twice_weight_decay(loss: Callable, params: Any, data: Any, eta: float, reg: float,
+                                     steps: int = 3) -> None:
+    """CS231n's ``reg·ΣW²`` (gradient 2·reg·W) is ``sgd(weight_decay=2·reg)``."""
+    runs = _decay_runs(loss, steps, None)(params, data, eta, 2 * reg)
+    assert_close("cs231n_reg_is_twice_weight_decay", pure.optim.sgd, "sgd on L + reg*sum(W^2), reg = lam/2",
+                 runs["sgd on L + reg*sum(W^2), reg = lam/2"], "sgd(weight_decay=lam), unmasked",
+                 runs["sgd(weight_decay=lam), unmasked"])
+
+
+# ------------------------------------------------- 4, 5. linearity and adjoint
+@functools.cache
+def _linearity_sides(fn: Callable) -> Callable:
+    def sides(args, c1, c2, a, b):
+        pull = _pullback(fn, args)[1]
+        return pull(_combine(c1, c2, a, b)), _combine(pull(c1), pull(c2), a, b)
+    return jax.jit(sides)
+
+
+def vjp_linearity(fn: Callable, args: Sequence[Any], c1: Any, c2: Any, a: float, b: float) -> None:
+    """``vjp(a·c₁ + b·c₂) = a·vjp(c₁) + b·vjp(c₂)``: a VJP is linear in its cotangent."""
+    lhs, rhs = _linearity_sides(fn)(tuple(args), c1, c2, a, b)
+    assert_close("vjp_linearity", fn, "vjp(a*c1 + b*c2)", lhs, "a*vjp(c1) + b*vjp(c2)", rhs)
+
+
+@functools.cache
+def _adjoint_sides(fn: Callable, reference: Callable) -> Callable:
+    def sides(args, tangents, c):
+        idx = [i for i, a in enumerate(args) if _is_float_tree(a)]
+
+        def ref_of_floats(*floats):
+            full = list(args)
+            for i, f in zip(idx, floats, strict=True):
+                full[i] = f
+            return reference(*full)
+
+        _, jv = jax.jvp(ref_of_floats, tuple(args[i] for i in idx), tuple(tangents))
+        vjp = _pullback(fn, args)[1](c)
+        absolute = functools.partial(jax.tree_util.tree_map, jnp.abs)
+        scale = jnp.maximum(_vdot(absolute(jv), absolute(c)), _vdot(absolute(tuple(tangents)), absolute(vjp)))
+        return _vdot(jv, c), _vdot(tuple(tangents), vjp), scale
+    return jax.jit(sides)
+
+
+def adjoint_identity(fn: Callable, reference: Callable, args: Sequence[Any], tangents: Sequence[Any],
+                     cotangent: Any) -> None:
+    """``⟨J v, c⟩ = ⟨v, Jᵀ c⟩``, with ``J v`` from ``jax.jvp`` of the reference (forward mode).
+
+    ``tangents`` has one pytree per float argument of ``args``.
+    """
+    lhs, rhs, scale = (float(v) for v in _adjoint_sides(fn, reference)(tuple(args), tuple(tangents), cotangent))
+    if abs(lhs - rhs) > 10 * _rtol(args) * (scale + _FLOOR):
+        raise PropertyViolation("adjoint_identity", fn, "<J v, c>", lhs, "<v, J^T c>", rhs)
+
+
+# ---------------------------------------------------------- 6. sum over samples
+@functools.cache
+def _sample_sides(per_example_loss: Callable, batch_loss: Callable) -> Callable:
+    def sides(params, xs, ys):
+        per = jax.vmap(jax.grad(per_example_loss), in_axes=(None, 0, 0))(params, xs, ys)
+        mean = jax.grad(batch_loss)(params, xs, ys)
+        total = jax.grad(lambda p: xs.shape[0] * batch_loss(p, xs, ys))(params)
+        return (mean, jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=0), per),
+                total, jax.tree_util.tree_map(lambda g: jnp.sum(g, axis=0), per))
+    return jax.jit(sides)
+
+
+def sum_over_samples(per_example_loss: Callable, params: Any, xs: jax.Array, ys: jax.Array,
+                     batch_loss: Callable) -> None:
+    """Seed 002: ∇ of the summed loss = Σ per-example gradients (vmap(grad)); the mean gives the mean.
+
+    ``batch_loss(params, xs, ys)`` is the mean over the batch; ``per_example_loss`` takes one sample.
+    """
+    mean, per_mean, total, per_sum = _sample_sides(per_example_loss, batch_loss)(params, xs, ys)
+    assert_close("sum_over_samples", batch_loss, "grad(mean loss)", mean, "mean of per-example grads", per_mean)
+    assert_close("sum_over_samples", batch_loss, "grad(summed loss)", total, "sum of per-example grads", per_sum)
+
+
+# --------------------------------------------------------- 7. matrix calculus
+@jax.jit
+def _matrix_sides(A, x, X, c):
+    zero = jnp.zeros(A.shape[0], A.dtype)
+    Ax = lambda v: pure.affine(v, A.T, zero)  # noqa: E731  (x·Aᵀ = (Ax)ᵀ)
+    quad = lambda v: jnp.sum(pure.mul(v, pure.affine(v, A.T, zero)))  # noqa: E731
+    return {
+        "grad c.(Ax) = A^T c": (jax.vjp(Ax, x)[1](c)[0], A.T @ c),
+        "grad x^T A x = (A + A^T) x": (jax.grad(quad)(x), (A + A.T) @ x),
+        "grad ||x||^2 = 2x": (jax.grad(lambda v: jnp.sum(pure.mul(v, v)))(x), 2 * x),
+        "grad ||X||_F^2 = 2X": (jax.grad(lambda m: pure.l2_penalty(m, 2.0))(X), 2 * X),
+    }
+
+
+def matrix_calculus(A: jax.Array, x: jax.Array, X: jax.Array, c: jax.Array) -> None:
+    """Seed 004's identities through pure ops: ∇(cᵀAx) = Aᵀc, ∇(xᵀAx) = (A + Aᵀ)x, ∇‖x‖² = 2x, ∇‖X‖_F² = 2X."""
+    for identity, (lhs, rhs) in _matrix_sides(A, x, X, c).items():
+        left, right = identity.split(" = ")
+        assert_close("matrix_calculus", pure.affine, left, lhs, right, rhs)
+
+
+# ----------------------------------------------------------- 8. loss invariants
+@functools.cache
+def _loss_and_grad(loss: Callable) -> Callable:
+    return jax.jit(jax.value_and_grad(loss))
+
+
+def softmax_shift_invariance(loss: Callable, logits: jax.Array, labels: jax.Array, shift: jax.Array) -> None:
+    """Adding a constant to a row of logits changes neither the softmax cross-entropy nor its gradient."""
+    moved, plain = _loss_and_grad(loss)(logits + shift[:, None], labels), _loss_and_grad(loss)(logits, labels)
+    assert_close("softmax_shift_invariance", loss, "(loss, grad)(logits + c)", moved, "(loss, grad)(logits)", plain,
+                 rtol=10 * _rtol(logits))
+
+
+def gradient_rows_sum_to_zero(loss: Callable, scores: jax.Array, labels: jax.Array) -> None:
+    """Each row of the softmax or hinge gradient w.r.t. the scores sums to 0 (up to round-off)."""
+    g = np.asarray(_loss_and_grad(loss)(scores, labels)[1], np.float64)
+    sums = g.sum(axis=1)
+    if not np.all(np.abs(sums) <= 4 * _rtol(scores) * (np.abs(g).sum(axis=1) + 1e-30)):
+        raise PropertyViolation("gradient_rows_sum_to_zero", loss, "row sums of dL/ds", sums, "0", np.zeros_like(sums))
+
+
+# ------------------------------------------------------------------ 9. dropout
+@functools.cache
+def _dropout_sides(dropout: Callable, rate: float, deterministic: bool) -> Callable:
+    def sides(x, key):
+        y, pull = jax.vjp(lambda v: dropout(v, key, rate, deterministic=deterministic), x)
+        return y, pull(jnp.ones_like(y))[0], dropout(jnp.ones_like(x), key, rate, deterministic=deterministic)
+    return jax.jit(sides)
+
+
+def dropout_mask_consistency(dropout: Callable, x: jax.Array, key: jax.Array, rate: float) -> None:
+    """One key, one mask: the backward zeroes exactly the units the forward dropped, and scales the rest."""
+    y, dx, ones = _dropout_sides(dropout, rate, False)(x, key)
+    kept = np.asarray(ones) != 0
+    assert_close("dropout_mask_consistency", dropout, "dx", dx, "mask / (1 - rate)", kept / (1 - rate))
+    assert_close("dropout_mask_consistency", dropout, "y", y, "x * mask / (1 - rate)",
+                 np.asarray(x) * kept / (1 - rate))
+
+
+@functools.cache
+def _many_draws(dropout: Callable, rate: float, draws: int) -> Callable:
+    return jax.jit(lambda x, key: jnp.mean(jax.vmap(lambda k: dropout(x, k, rate))(jax.random.split(key, draws)),
+                                           axis=0))
+
+
+def dropout_is_unbiased(dropout: Callable, x: jax.Array, key: jax.Array, rate: float, draws: int = 400) -> None:
+    """``E[dropout(x)] = x``: the mean of many draws lies within 5 binomial standard errors of x.
+
+    Each draw is ``x·B/(1 − p)`` with ``B ~ Bernoulli(1 − p)``, of standard deviation ``|x|·√(p/(1 − p))``.
+    """
+    mean = np.asarray(_many_draws(dropout, rate, draws)(x, key), np.float64)
+    x64 = np.asarray(x, np.float64)
+    se = np.abs(x64) * np.sqrt(rate / ((1 - rate) * draws))
+    if not np.all(np.abs(mean - x64) <= 5 * se + 1e-6 * np.abs(x64) + 1e-12):
+        raise PropertyViolation("dropout_is_unbiased", dropout, f"mean of {draws} draws", mean, "x", x,
+                                "beyond 5 standard errors")
+
+
+def dropout_deterministic_identity(dropout: Callable, x: jax.Array, key: jax.Array, rate: float) -> None:
+    """``deterministic=True`` is the identity, value and gradient."""
+    y, dx, _ = _dropout_sides(dropout, rate, True)(x, key)
+    assert_close("dropout_deterministic_identity", dropout, "y", y, "x", x, rtol=0.0)
+    assert_close("dropout_deterministic_identity", dropout, "dx", dx, "1", np.ones(x.shape), rtol=0.0)
+
+
+# --------------------------------------------------- 10. transformations agree
+@functools.cache
+def _transformed(fn: Callable) -> tuple[Callable, Callable]:
+    # Compiled once per function (and shape): jit, vmap and remat share one program.
+    def vjp(args, c):
+        return _pullback(fn, args)[1](c)
+
+    def under_jit(args, c):
+        stack = lambda *xs: jnp.stack(xs)  # noqa: E731
+        batched = jax.vmap(vjp)(jax.tree_util.tree_map(stack, args, args), jax.tree_util.tree_map(stack, c, c))
+        return {"jit vjp": vjp(args, c), "vmap vjp": jax.tree_util.tree_map(lambda b: b[1], batched),
+                "checkpoint vjp": _pullback(jax.checkpoint(fn), args)[1](c)}
+
+    jitted = jax.jit(fn)
+    return jax.jit(under_jit), lambda args, c: _pullback(jitted, args)[1](c)
+
+
+def transformations_agree(fn: Callable, args: Sequence[Any], cotangent: Any) -> None:
+    """Eager, jit, vmap, grad-of-jit and jax.checkpoint (remat) all give the same VJP."""
+    args = tuple(args)
+    eager = _pullback(fn, args)[1](cotangent)
+    under_jit, grad_of_jit = _transformed(fn)
+    results = under_jit(args, cotangent) | {"grad-of-jit vjp": grad_of_jit(args, cotangent)}
+    for name, got in results.items():
+        assert_close("transformations_agree", fn, name, got, "eager vjp", eager)
