@@ -1,8 +1,15 @@
 """Shared fixtures. Tests run with strict dtype promotion, as in Equinox's suite."""
 
 
-import jax
-import pytest
+import os
+
+# The suite compiles ~1000 small programs once each, so compilation is most of its CPU time:
+# XLA's CPU backend is asked for quick compilation, as `handgrad verify` does. Tolerances
+# are unchanged. Read when JAX starts its backend, which no module does on import.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,126 @@
+"""``handgrad bench``: one training step written three ways, timed in one process.
+
+* H: pure's hand-written VJPs (``pure.nn.classification_loss`` + ``pure.optim.sgd``);
+* A: ``jax.grad`` over a plain jax.numpy forward, with the same SGD;
+* O: ``jax.grad`` + ``optax.chain(add_decayed_weights, sgd)``, what a jax + optax user writes.
+
+Method: each step is lowered and compiled explicitly (compile time apart from step time),
+warmed up, then H, A and O run in turn step after step, each timed to ``block_until_ready``,
+so that the machine's drift hits all three alike. Reported: the median of the per-round
+ratios (steps/s of H over A, and over O) with their interquartile range, and the compiled
+programs' temp memory from ``memory_analysis()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import pure.nn
+import pure.optim
+import reference.nn
+
+LR, WEIGHT_DECAY = 0.01, 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchRow:
+    sizes: str
+    batch: int
+    activation: str
+    ms_per_step: dict[str, float]  # median step time of H, A and O
+    ratio: dict[str, tuple[float, float, float]]  # "H/A", "H/O": steps/s ratio (median, q1, q3)
+    compile_s: dict[str, float]
+    temp_bytes: dict[str, int]
+
+
+def _steps(activation: str) -> dict[str, tuple[Callable, Any]]:
+    """The three jitted steps ``(params, opt_state, x, y) -> (params, opt_state, loss)`` and their optimizers."""
+    hand_opt = pure.optim.sgd(LR, weight_decay=WEIGHT_DECAY, mask=pure.nn.weights_only)
+    optax_opt = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY, pure.nn.weights_only), optax.sgd(LR))
+
+    def make(loss: Callable, opt: Any) -> Callable:
+        def step(params, opt_state, x, y):
+            value, grads = jax.value_and_grad(loss)(params, x, y)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return pure.optim.apply_updates(params, updates), opt_state, value
+        return jax.jit(step, donate_argnums=(0, 1))
+
+    hand = lambda p, x, y: pure.nn.classification_loss(p, x, y, activation=activation)  # noqa: E731
+    plain = lambda p, x, y: reference.nn.classification_loss(p, x, y, activation=activation)  # noqa: E731
+    return {"H": (make(hand, hand_opt), hand_opt), "A": (make(plain, hand_opt), hand_opt),
+            "O": (make(plain, optax_opt), optax_opt)}
+
+
+def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    q1, med, q3 = np.percentile(np.asarray(values), [25, 50, 75])
+    return float(med), float(q1), float(q3)
+
+
+def bench_one(sizes: Sequence[int], batch: int, activation: str, *, rounds: int = 30, warmup: int = 3,
+              seed: int = 0, dtype: Any = jnp.float32) -> BenchRow:
+    """Times one configuration; see the module docstring for the method."""
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((batch, sizes[0])).astype(dtype))
+    y = jnp.asarray(rng.integers(0, sizes[-1], batch).astype(np.int32))
+    steps, state, compiled = _steps(activation), {}, {}
+    compile_s, temp = {}, {}
+    for name, (step, opt) in steps.items():
+        params = pure.nn.init_mlp(jax.random.key(seed), sizes, dtype=dtype)
+        state[name] = (params, opt.init(params))
+        start = time.perf_counter()
+        compiled[name] = step.lower(*state[name], x, y).compile()
+        compile_s[name] = time.perf_counter() - start
+        memory = compiled[name].memory_analysis()
+        temp[name] = int(getattr(memory, "temp_size_in_bytes", -1)) if memory is not None else -1
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(warmup + rounds):
+        for name in steps:  # H, A, O in turn: drift hits all three alike
+            start = time.perf_counter()
+            params, opt_state, loss = compiled[name](*state[name], x, y)
+            jax.block_until_ready(loss)
+            elapsed = time.perf_counter() - start
+            state[name] = (params, opt_state)
+            if i >= warmup:
+                times[name].append(elapsed)
+    h = np.asarray(times["H"])
+    ratio = {f"H/{other}": _quartiles(np.asarray(times[other]) / h) for other in ("A", "O")}
+    return BenchRow(",".join(map(str, sizes)), batch, activation,
+                    {name: 1e3 * float(np.median(t)) for name, t in times.items()}, ratio, compile_s, temp)
+
+
+def run(sizes: Sequence[int] = (784, 512, 512, 10), batches: Sequence[int] = (128, 1024),
+        activations: Sequence[str] = ("relu", "sigmoid", "tanh"), rounds: int = 30,
+        progress: Callable[[str], None] = lambda _: None) -> list[BenchRow]:
+    rows = []
+    for batch in batches:
+        for activation in activations:
+            progress(f"batch {batch}, {activation}")
+            rows.append(bench_one(sizes, batch, activation, rounds=rounds))
+    return rows
+
+
+def print_rows(rows: Sequence[BenchRow]) -> None:
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}")
+    print(f"{'batch':>5} {'act':<8} {'H ms':>7} {'A ms':>7} {'O ms':>7} {'H/A [IQR]':>20} {'H/O [IQR]':>20} "
+          f"{'compile H/A':>11} {'temp H/A':>9}")
+    for r in rows:
+        ratio = {k: f"{m:.2f} [{q1:.2f}, {q3:.2f}]" for k, (m, q1, q3) in r.ratio.items()}
+        temp = r.temp_bytes["H"] / r.temp_bytes["A"] if r.temp_bytes["A"] > 0 else float("nan")
+        print(f"{r.batch:5d} {r.activation:<8} {r.ms_per_step['H']:7.2f} {r.ms_per_step['A']:7.2f} "
+              f"{r.ms_per_step['O']:7.2f} {ratio['H/A']:>20} {ratio['H/O']:>20} "
+              f"{r.compile_s['H'] / r.compile_s['A']:11.2f} {temp:9.2f}")
+
+
+def write_json(rows: Sequence[BenchRow], path: str) -> None:
+    with open(path, "w") as f:
+        json.dump({"jax": jax.__version__, "device": str(jax.devices()[0]), "backend": jax.default_backend(),
+                   "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=2)
