@@ -83,8 +83,8 @@ def _is_float_tree(a: Any) -> bool:
     return all(jnp.issubdtype(x.dtype, jnp.floating) for x in jax.tree_util.tree_leaves(a))
 
 
-def _pullback(fn: Callable, args: Sequence[Any]) -> tuple[Any, Callable]:
-    """``jax.vjp`` w.r.t. the float arguments only (labels and keys stay fixed)."""
+def _over_floats(fn: Callable, args: Sequence[Any]) -> tuple[Callable, tuple]:
+    """``fn`` as a function of the float arguments alone (labels and keys stay fixed), and those arguments."""
     idx = [i for i, a in enumerate(args) if _is_float_tree(a)]
 
     def of_floats(*floats):
@@ -93,7 +93,13 @@ def _pullback(fn: Callable, args: Sequence[Any]) -> tuple[Any, Callable]:
             full[i] = f
         return fn(*full)
 
-    return jax.vjp(of_floats, *(args[i] for i in idx))
+    return of_floats, tuple(args[i] for i in idx)
+
+
+def _pullback(fn: Callable, args: Sequence[Any]) -> tuple[Any, Callable]:
+    """``jax.vjp`` w.r.t. the float arguments only."""
+    of_floats, floats = _over_floats(fn, args)
+    return jax.vjp(of_floats, *floats)
 
 
 # ---------------------------------------------------------------- 1. chain rule
@@ -285,15 +291,7 @@ def vjp_linearity(fn: Callable, args: Sequence[Any], c1: Any, c2: Any, a: float,
 @functools.cache
 def _adjoint_sides(fn: Callable, reference: Callable) -> Callable:
     def sides(args, tangents, c):
-        idx = [i for i, a in enumerate(args) if _is_float_tree(a)]
-
-        def ref_of_floats(*floats):
-            full = list(args)
-            for i, f in zip(idx, floats, strict=True):
-                full[i] = f
-            return reference(*full)
-
-        _, jv = jax.jvp(ref_of_floats, tuple(args[i] for i in idx), tuple(tangents))
+        _, jv = jax.jvp(*_over_floats(reference, args), tuple(tangents))
         vjp = _pullback(fn, args)[1](c)
         absolute = functools.partial(jax.tree_util.tree_map, jnp.abs)
         scale = jnp.maximum(_vdot(absolute(jv), absolute(c)), _vdot(absolute(tuple(tangents)), absolute(vjp)))
