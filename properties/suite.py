@@ -187,7 +187,7 @@ def _gate_routing(op: Op, data: st.DataObject) -> None:
 
 
 def _chain(op: Op, data: st.DataObject) -> None:
-    layer_args = data.draw(OPS[7].args)  # affine's (x, W, b)
+    layer_args = data.draw(_BY_NAME["affine"].args)  # (x, W, b)
     laws.chain_rule(op.fn, pure.affine, layer_args, data.draw(hs.float_arrays(F32, (6, 3))))
 
 

@@ -11,34 +11,13 @@ import pytest
 import pure.optim as optim
 import reference.optim as ref_optim
 from pure.regularizers import l2_penalty
-
-STEPS = 100
+from reference.verify import trajectory
 
 
 def _params(dtype=jnp.float64):
     rng = np.random.default_rng(0)
     return [{"W": jnp.asarray(rng.standard_normal((3, 4)), dtype), "b": jnp.asarray(rng.standard_normal(4), dtype)},
             {"W": jnp.asarray(rng.standard_normal((4, 2)), dtype), "b": jnp.asarray(rng.standard_normal(2), dtype)}]
-
-
-def _grad(params, t):
-    # A gradient that depends on the step and on the params, like a real loss's.
-    noise = jax.random.fold_in(jax.random.key(1), t)
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(noise, len(leaves))
-    return jax.tree_util.tree_unflatten(treedef, [
-        0.3 * w + jax.random.normal(k, w.shape, w.dtype) for w, k in zip(leaves, keys, strict=True)])
-
-
-def _trajectory(opt, params, steps=STEPS, apply=optax.apply_updates):
-    @jax.jit
-    def run(params):
-        def body(carry, t):
-            p, s = carry
-            u, s = opt.update(_grad(p, t), s, p)
-            return (apply(p, u), s), None
-        return jax.lax.scan(body, (params, opt.init(params)), jnp.arange(steps))[0][0]
-    return run(params)
 
 
 BIAS_FREE = lambda p: [{"W": True, "b": False} for _ in p]  # noqa: E731
@@ -53,8 +32,8 @@ def test_sgd_is_bitwise_the_optax_chain_over_100_steps_in_float64(x64, momentum,
     lr = optim.cosine_decay(0.1, 60, 0.1) if schedule else 0.05
     ref_lr = ref_optim.cosine_decay(0.1, 60, 0.1) if schedule else 0.05
     kw = dict(momentum=momentum, weight_decay=0.01, mask=mask, decoupled_weight_decay=decoupled)
-    ours = _trajectory(optim.sgd(lr, **kw), _params())
-    theirs = _trajectory(ref_optim.sgd(ref_lr, **kw), _params())
+    ours = trajectory(optim.sgd(lr, **kw), _params())
+    theirs = trajectory(ref_optim.sgd(ref_lr, **kw), _params())
     for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -63,8 +42,8 @@ def test_sgd_is_bitwise_the_optax_chain_over_100_steps_in_float64(x64, momentum,
 def test_sgd_composes_inside_optax_chain():
     chained = optax.chain(optax.clip_by_global_norm(0.5), optim.sgd(0.1, momentum=0.9))
     plain = optax.chain(optax.clip_by_global_norm(0.5), optax.sgd(0.1, momentum=0.9))
-    for a, b in zip(jax.tree_util.tree_leaves(_trajectory(chained, _params(jnp.float32), 10)),
-                    jax.tree_util.tree_leaves(_trajectory(plain, _params(jnp.float32), 10)), strict=True):
+    for a, b in zip(jax.tree_util.tree_leaves(trajectory(chained, _params(jnp.float32), 10)),
+                    jax.tree_util.tree_leaves(trajectory(plain, _params(jnp.float32), 10)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
@@ -108,16 +87,16 @@ def test_weight_decay_equals_l2_penalty_equals_the_decay_formula_without_momentu
 
 def test_with_momentum_coupled_and_decoupled_decay_differ_by_a_measured_amount(x64):
     lam, eta, mu = 0.1, 0.1, 0.9
-    coupled = _trajectory(optim.sgd(eta, momentum=mu, weight_decay=lam), _params(), 20)
-    decoupled = _trajectory(optim.sgd(eta, momentum=mu, weight_decay=lam, decoupled_weight_decay=True), _params(), 20)
+    coupled = trajectory(optim.sgd(eta, momentum=mu, weight_decay=lam), _params(), 20)
+    decoupled = trajectory(optim.sgd(eta, momentum=mu, weight_decay=lam, decoupled_weight_decay=True), _params(), 20)
     gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in
               zip(jax.tree_util.tree_leaves(coupled), jax.tree_util.tree_leaves(decoupled), strict=True))
     scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree_util.tree_leaves(coupled))
     # Coupled decay is amplified by the momentum trace (up to 1/(1 − μ) = 10×); decoupled is not.
     assert gap > 0.05 * scale, (gap, scale)
     # Without momentum the two orders coincide.
-    a = _trajectory(optim.sgd(eta, weight_decay=lam), _params(), 20)
-    b = _trajectory(optim.sgd(eta, weight_decay=lam, decoupled_weight_decay=True), _params(), 20)
+    a = trajectory(optim.sgd(eta, weight_decay=lam), _params(), 20)
+    b = trajectory(optim.sgd(eta, weight_decay=lam, decoupled_weight_decay=True), _params(), 20)
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-13)
 
