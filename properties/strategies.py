@@ -43,7 +43,8 @@ def float_arrays(dtype: Any = jnp.float32, shape: Any = None, *, max_magnitude: 
         magnitudes = st.floats(exact(min_magnitude), exact(max_magnitude), **kw)
         elements = st.tuples(st.sampled_from([-1.0, 1.0]), magnitudes).map(lambda sm: sm[0] * sm[1])
     shapes = st.sampled_from(SHAPES) if shape is None else shape
-    return hnp.arrays(np_dtype, shapes, elements=elements).map(lambda a: jnp.asarray(a, dtype))
+    # Cast in numpy and transfer: jnp.asarray(a, dtype) would compile a convert per bucket.
+    return hnp.arrays(np_dtype, shapes, elements=elements).map(lambda a: jax.device_put(a.astype(dtype)))
 
 
 def away_from_kinks(dtype: Any = jnp.float32, shape: Any = None, *, margin: float = 0.1) -> st.SearchStrategy:
