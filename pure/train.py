@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from pure.optim import GradientTransformation, apply_updates
 
 LossFn = Callable[[Any, Any, jax.Array], jax.Array]  # (params, batch, key) -> scalar loss
 Step = Callable[[Any, Any, Any, jax.Array], tuple[Any, Any, dict[str, jax.Array]]]
+Project = Callable[[Any], Any]  # params -> params, applied after each update (e.g. max-norm)
 
 
 def global_norm(tree: Any) -> jax.Array:
@@ -19,16 +22,17 @@ def global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
 
 
-def _step(loss_fn: LossFn, optimizer: GradientTransformation, params: Any, opt_state: Any, batch: Any,
-          key: jax.Array) -> tuple[Any, Any, dict[str, Any]]:
+def _step(loss_fn: LossFn, optimizer: GradientTransformation, project: Project | None, params: Any, opt_state: Any,
+          batch: Any, key: jax.Array) -> tuple[Any, Any, dict[str, Any]]:
     loss, grads = jax.value_and_grad(loss_fn)(params, batch, key)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     metrics = {"loss": loss, "grad_norm": global_norm(grads),
                "grad_norms": jax.tree_util.tree_map(lambda g: jnp.sqrt(jnp.sum(g * g)), grads)}
-    return apply_updates(params, updates), opt_state, metrics
+    params = apply_updates(params, updates)
+    return (params if project is None else project(params)), opt_state, metrics
 
 
-def make_train_step(loss_fn: LossFn, optimizer: GradientTransformation) -> Step:
+def make_train_step(loss_fn: LossFn, optimizer: GradientTransformation, *, project: Project | None = None) -> Step:
     """A pure, jit-compiled ``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``.
 
     ``jax.value_and_grad(loss_fn)`` supplies the gradient; when ``loss_fn`` is built from
@@ -39,13 +43,15 @@ def make_train_step(loss_fn: LossFn, optimizer: GradientTransformation) -> Step:
     Args:
       loss_fn: ``(params, batch, key) -> scalar``; ``key`` feeds dropout.
       optimizer: any optax-style transform, e.g. :func:`pure.optim.sgd` or an optax chain.
+      project: applied to the parameters after each update, e.g.
+        ``lambda p: pure.max_norm(p, 3.0)``; None for no projection.
 
     Returns:
       The jitted step. ``metrics`` holds ``loss``, ``grad_norm`` (global) and ``grad_norms``
       (one norm per parameter leaf).
     """
     def step(params, opt_state, batch, key):
-        return _step(loss_fn, optimizer, params, opt_state, batch, key)
+        return _step(loss_fn, optimizer, project, params, opt_state, batch, key)
 
     return jax.jit(step, donate_argnums=(0, 1))
 
@@ -55,14 +61,35 @@ def epoch_order(seed: int, epoch: int, n: int) -> jax.Array:
     return jax.random.permutation(jax.random.fold_in(jax.random.key(seed), epoch), n)
 
 
-def make_epoch(loss_fn: LossFn, optimizer: GradientTransformation, batch_size: int) -> Callable[..., Any]:
-    """Minibatch SGD over one epoch, as a single ``jax.lax.scan`` inside ``jit``.
+def data_sharding(devices: Sequence[jax.Device] | None = None) -> NamedSharding:
+    """Data parallelism's batch sharding: a 1-D mesh with axis ``"data"`` over ``devices``
+    (default: every device of every process), batch axis split across it.
 
-    ``epoch(params, opt_state, X, y, seed, epoch, key) -> (params, opt_state, metrics)``
+    Pass it to :func:`make_epoch` as ``batch_sharding``. Parameters and the data set stay
+    replicated (:func:`replicated`); inside ``jit`` GSPMD then computes each device's share
+    of the batch and all-reduces the gradients, through the hand-written VJPs unchanged.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)
+    return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def replicated(sharding: NamedSharding) -> NamedSharding:
+    """The same mesh, every array whole on every device (parameters, optimizer state, data)."""
+    return NamedSharding(sharding.mesh, PartitionSpec())
+
+
+def make_epoch(loss_fn: LossFn, optimizer: GradientTransformation, batch_size: int, *, steps: int | None = None,
+               project: Project | None = None, batch_sharding: NamedSharding | None = None) -> Callable[..., Any]:
+    """Minibatch SGD over one epoch, or a stretch of it, as a single ``jax.lax.scan`` inside ``jit``.
+
+    ``epoch(params, opt_state, X, y, seed, epoch, key, start=0) -> (params, opt_state, metrics)``
     shuffles with :func:`epoch_order` (a pure function of ``(seed, epoch)``), cuts
     ``n // batch_size`` full batches (the remainder waits for the next epoch's order),
-    and scans the train step over them, with step key ``fold_in(key, step)``. ``metrics``
-    are stacked per step. ``params`` and ``opt_state`` are donated.
+    and scans the train step over batches ``start, …, start + steps − 1`` with step key
+    ``fold_in(key, batch index)``. So running an epoch in stretches (to checkpoint in
+    the middle of one) takes exactly the steps of running it whole. ``metrics`` are
+    stacked per step. ``params`` and ``opt_state`` are donated.
 
     Why scan, by measurement: on the 2-core CPU, one digits epoch (28 batches of 64) took
     6.4 ms with scan against 22.6 ms with a jitted step and host-side batching for a
@@ -73,23 +100,46 @@ def make_epoch(loss_fn: LossFn, optimizer: GradientTransformation, batch_size: i
       loss_fn: ``(params, (x_batch, y_batch), key) -> scalar``.
       optimizer: an optax-style transform.
       batch_size: a positive int no larger than the data set.
+      steps: batches per call; None for the whole epoch (from ``start``, which must then be 0).
+      project: applied to the parameters after each update, as in :func:`make_train_step`.
+      batch_sharding: e.g. :func:`data_sharding`, to split every batch across devices
+        (data parallelism). ``batch_size`` must be a multiple of its device count: a
+        ragged batch is refused, never padded.
     """
+    fn = "make_epoch"
     if not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"make_epoch: batch_size must be a positive int, got {batch_size!r}")
+        raise ValueError(f"{fn}: batch_size must be a positive int, got {batch_size!r}")
+    if steps is not None and (not isinstance(steps, int) or steps <= 0):
+        raise ValueError(f"{fn}: steps must be a positive int or None, got {steps!r}")
+    if batch_sharding is not None and batch_size % batch_sharding.num_devices:
+        raise ValueError(f"{fn}: batch_size {batch_size} is not divisible by the {batch_sharding.num_devices} devices "
+                         f"of batch_sharding; use a multiple of {batch_sharding.num_devices}")
 
-    def epoch_fn(params, opt_state, X, y, seed, epoch, key):
-        n = X.shape[0]
-        if n < batch_size:
-            raise ValueError(f"make_epoch: batch_size {batch_size} is larger than the data set ({n} samples)")
-        steps = n // batch_size
-        order = epoch_order(seed, epoch, n)[: steps * batch_size].reshape(steps, batch_size)
+    @partial(jax.jit, donate_argnums=(0, 1))
+    def run(params, opt_state, X, y, seed, epoch, key, start):
+        per_epoch = X.shape[0] // batch_size
+        count = per_epoch if steps is None else steps
+        order = epoch_order(seed, epoch, X.shape[0])[: per_epoch * batch_size].reshape(per_epoch, batch_size)
+        indices = start + jnp.arange(count)
 
-        def body(carry, xs):
-            i, idx = xs
-            p, s, m = _step(loss_fn, optimizer, *carry, (X[idx], y[idx]), jax.random.fold_in(key, i))
+        def body(carry, i):
+            batch = (X[order[i]], y[order[i]])
+            if batch_sharding is not None:
+                batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+            p, s, m = _step(loss_fn, optimizer, project, *carry, batch, jax.random.fold_in(key, i))
             return (p, s), m
 
-        (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), (jnp.arange(steps), order))
+        (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), indices)
         return params, opt_state, metrics
 
-    return jax.jit(epoch_fn, donate_argnums=(0, 1))
+    def epoch_fn(params, opt_state, X, y, seed, epoch, key, start=0):
+        n = X.shape[0]
+        if n < batch_size:
+            raise ValueError(f"{fn}: batch_size {batch_size} is larger than the data set ({n} samples)")
+        per_epoch = n // batch_size
+        if not isinstance(start, int) or not 0 <= start <= per_epoch - (steps or per_epoch):
+            raise ValueError(f"{fn}: start must be an int in [0, {per_epoch - (steps or per_epoch)}] for "
+                             f"{steps or per_epoch} steps of an epoch of {per_epoch} batches, got {start!r}")
+        return run(params, opt_state, X, y, seed, epoch, key, start)
+
+    return epoch_fn

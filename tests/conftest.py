@@ -2,14 +2,26 @@
 
 
 import os
+import shutil
+import tempfile
 
 # The suite compiles ~1000 small programs once each, so compilation is most of its CPU time:
 # XLA's CPU backend is asked for quick compilation, as `handgrad verify` does. Tolerances
 # are unchanged. Read when JAX starts its backend, which no module does on import.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+# One persistent compilation cache for the run, shared by both xdist workers and by the `handgrad train`
+# subprocesses the CLI tests start, which compile the same programs as the in-process runs beside them.
+_CACHE = os.path.join(tempfile.gettempdir(), f"handgrad-jax-cache-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist) cleans up
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

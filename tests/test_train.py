@@ -1,4 +1,9 @@
-"""The jit train step and the scanned epoch."""
+"""The jit train step, the scanned epoch, and data parallelism over 8 CPU devices."""
+
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -55,3 +60,64 @@ def test_scanned_epoch_equals_the_same_steps_one_by_one():
         p, s, _ = step(p, s, (X[idx], y[idx]), jax.random.fold_in(key, i))
     for a, b in zip(jax.tree_util.tree_leaves(p_scan), jax.tree_util.tree_leaves(p), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+PARALLEL = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np
+import pure.nn as nn, pure.optim as optim
+from pure.train import data_sharding, make_epoch, replicated
+
+assert jax.device_count() == 8, jax.devices()
+rng = np.random.default_rng(0)
+X = rng.standard_normal((640, 16)).astype(np.float32)
+y = rng.integers(0, 4, 640).astype(np.int32)
+loss = lambda p, batch, key: nn.classification_loss(p, *batch, l2=1e-3, dropout_rate=0.1, key=key, deterministic=False)
+opt = optim.sgd(0.1, momentum=0.9, weight_decay=1e-4, mask=nn.weights_only)
+key = jax.random.key(1)
+sharding = data_sharding()
+
+
+def run(sharding):
+    params = nn.init_mlp(jax.random.key(0), [16, 64, 32, 4])
+    tree = (params, opt.init(params), X, y)
+    if sharding is not None:
+        tree = jax.device_put(tree, replicated(sharding))
+    params, state, data = tree[0], tree[1], tree[2:]
+    params, state, metrics = make_epoch(loss, opt, 32, steps=19, batch_sharding=sharding)(params, state, *data, 0, 0,
+                                                                                          key)
+    batch = (data[0][:32], data[1][:32])  # step 20's gradient, its batch split over the devices or not
+    if sharding is not None:
+        batch = jax.device_put(batch, sharding)
+    grads = jax.jit(jax.grad(loss))(params, batch, key)
+    devices = len(batch[0].sharding.device_set) if sharding is not None else 1
+    return [np.asarray(g) for g in jax.tree_util.tree_leaves(grads)], metrics["grad_norm"], devices
+
+
+def rel(a, b):
+    return max(float(np.max(np.abs(x - y)) / np.max(np.abs(y))) for x, y in zip(a, b))
+
+
+one, one_norms, _ = run(None)
+many, many_norms, placed = run(sharding)
+try:
+    make_epoch(loss, opt, 36, batch_sharding=sharding)
+    ragged = "accepted"
+except ValueError as e:
+    ragged = str(e)
+print(json.dumps({"grad_rel": rel(many, one), "norm_rel": rel([np.asarray(many_norms)], [np.asarray(one_norms)]),
+                  "shards": placed, "ragged": ragged}))
+"""
+
+
+def test_data_parallel_gradients_equal_single_device_after_20_steps():
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", PARALLEL], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["shards"] == 8
+    assert result["grad_rel"] <= 1e-6 and result["norm_rel"] <= 1e-6, result
+    assert result["ragged"] == ("make_epoch: batch_size 36 is not divisible by the 8 devices of batch_sharding; "
+                                "use a multiple of 8")
