@@ -71,7 +71,7 @@ def _bench(args: argparse.Namespace) -> int:
     if len(args.sizes) < 2:
         print(f"handgrad bench: --sizes needs at least an input and an output width, got {args.sizes}", file=sys.stderr)
         return 2
-    rows = bench.run(args.sizes, args.batch, args.activations.split(","), rounds=args.rounds,
+    rows = bench.run(args.sizes, args.batch, args.activations.split(","), rounds=args.rounds, dtype=args.dtype,
                      progress=lambda what: print(f"  timing {what} ...", file=sys.stderr, flush=True))
     bench.print_rows(rows)
     if args.json:
@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--batch", type=_ints, default=[128, 1024], help="batch sizes (default 128,1024)")
     b.add_argument("--activations", default="relu,sigmoid,tanh", help="default relu,sigmoid,tanh")
     b.add_argument("--rounds", type=int, default=30, help="timed rounds of H, A and O (default 30)")
+    b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="compute dtype; params and loss stay float32 (default float32)")
     b.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     b.set_defaults(run=_bench)
     _add_train(sub)

@@ -82,8 +82,15 @@ def count_params(params: Params) -> int:
 
 
 def mlp(params: Params, x: jax.Array, *, activation: str = "relu", dropout_rate: float = 0.0,
-        key: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+        key: jax.Array | None = None, deterministic: bool = True, compute_dtype: Any = None) -> jax.Array:
     """Logits of the MLP: ``affine → activation → dropout`` per hidden layer, then ``affine``.
+
+    **Mixed precision.** With ``compute_dtype`` (e.g. ``jnp.bfloat16``) the inputs and each
+    layer's ``W`` and ``b`` are cast to it on the way in, so every matmul and activation, and
+    their hand-written backwards, run in it, while the parameters (and so their gradients,
+    through the cast's transpose) stay in their own dtype, usually float32. The logits come
+    out in ``compute_dtype``; the pure losses compute in at least float32. That is the policy
+    "params float32, compute bfloat16 (or float16), loss and softmax float32".
 
     Args:
       params: from :func:`init_mlp`.
@@ -93,9 +100,11 @@ def mlp(params: Params, x: jax.Array, *, activation: str = "relu", dropout_rate:
       key: a PRNG key, required when dropout is live (``dropout_rate > 0`` and not
         ``deterministic``); split once per hidden layer.
       deterministic: True (the default) turns dropout off, as at inference.
+      compute_dtype: the dtype of the forward and backward computation; None computes in
+        the parameters' own dtype.
 
     Returns:
-      Logits of shape ``(..., d_out)``.
+      Logits of shape ``(..., d_out)``, in ``compute_dtype`` if given.
 
     Example:
       >>> params = init_mlp(jax.random.key(0), [4, 10, 3])
@@ -110,6 +119,9 @@ def mlp(params: Params, x: jax.Array, *, activation: str = "relu", dropout_rate:
                          "deterministic=False); pass key=jax.random.key(...) or deterministic=True")
     act = ACTIVATIONS[activation]
     keys = jax.random.split(key, len(params)) if live else [None] * len(params)
+    if compute_dtype is not None:
+        x, params = jnp.asarray(x).astype(compute_dtype), jax.tree_util.tree_map(lambda a: a.astype(compute_dtype),
+                                                                                  params)
     h = x
     for layer, k in zip(params[:-1], keys, strict=False):
         h = act(affine(h, layer["W"], layer["b"]))
@@ -120,7 +132,8 @@ def mlp(params: Params, x: jax.Array, *, activation: str = "relu", dropout_rate:
 
 def classification_loss(params: Params, x: jax.Array, labels: jax.Array, *, l2: float = 0.0,
                         loss: str = "softmax", activation: str = "relu", dropout_rate: float = 0.0,
-                        key: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+                        key: jax.Array | None = None, deterministic: bool = True,
+                        compute_dtype: Any = None) -> jax.Array:
     """Mean classification loss of the MLP plus ``l2/2 · Σ W²`` over the weights (not biases).
 
     Args:
@@ -129,14 +142,16 @@ def classification_loss(params: Params, x: jax.Array, labels: jax.Array, *, l2: 
       labels: integer classes ``(N,)``.
       l2: λ of the d2l penalty ``λ/2‖W‖²`` (use ``2·reg`` for CS231n's ``reg·ΣW²``).
       loss: "softmax" (cross-entropy) or "hinge" (CS231n multiclass SVM).
-      activation, dropout_rate, key, deterministic: as in :func:`mlp`.
+      activation, dropout_rate, key, deterministic, compute_dtype: as in :func:`mlp`; the loss
+        and the penalty are computed in at least float32 whatever ``compute_dtype`` is.
 
     Returns:
       A scalar.
     """
     if loss not in LOSSES:
         raise ValueError(f"classification_loss: loss must be one of {sorted(LOSSES)}, got {loss!r}")
-    logits = mlp(params, x, activation=activation, dropout_rate=dropout_rate, key=key, deterministic=deterministic)
+    logits = mlp(params, x, activation=activation, dropout_rate=dropout_rate, key=key, deterministic=deterministic,
+                 compute_dtype=compute_dtype)
     data = LOSSES[loss](logits, labels)
     return data + l2_penalty(params, l2, mask=weights_only) if l2 else data
 

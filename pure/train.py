@@ -22,17 +22,38 @@ def global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
 
 
-def _step(loss_fn: LossFn, optimizer: GradientTransformation, project: Project | None, params: Any, opt_state: Any,
-          batch: Any, key: jax.Array) -> tuple[Any, Any, dict[str, Any]]:
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch, key)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
+def all_finite(tree: Any) -> jax.Array:
+    """True iff every entry of every leaf is finite (no inf, no NaN): a scalar bool."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def _step(loss_fn: LossFn, optimizer: GradientTransformation, project: Project | None, loss_scale: float | None,
+          params: Any, opt_state: Any, batch: Any, key: jax.Array) -> tuple[Any, Any, dict[str, Any]]:
+    if loss_scale is None:
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch, key)
+    else:  # static loss scaling: the backward runs on loss·S, the gradients are divided by S in float32
+        scaled, grads = jax.value_and_grad(lambda p: loss_fn(p, batch, key) * loss_scale)(params)
+        loss, grads = scaled / loss_scale, jax.tree_util.tree_map(lambda g: g / loss_scale, grads)
+    updates, new_state = optimizer.update(grads, opt_state, params)
     metrics = {"loss": loss, "grad_norm": global_norm(grads),
                "grad_norms": jax.tree_util.tree_map(lambda g: jnp.sqrt(jnp.sum(g * g)), grads)}
-    params = apply_updates(params, updates)
-    return (params if project is None else project(params)), opt_state, metrics
+    new_params = apply_updates(params, updates)
+    new_params = new_params if project is None else project(new_params)
+    if loss_scale is None:
+        return new_params, new_state, metrics
+    finite = all_finite(grads)  # an overflow in the scaled backward: skip the step, keep everything as it was
+    metrics["skipped"] = ~finite
+    keep = partial(jax.tree_util.tree_map, lambda new, old: jnp.where(finite, new, old))
+    return keep(new_params, params), keep(new_state, opt_state), metrics
 
 
-def make_train_step(loss_fn: LossFn, optimizer: GradientTransformation, *, project: Project | None = None) -> Step:
+def _check_loss_scale(fn: str, loss_scale: Any) -> None:
+    if loss_scale is not None and not (isinstance(loss_scale, int | float) and 0 < loss_scale < float("inf")):
+        raise ValueError(f"{fn}: loss_scale must be a positive finite number or None, got {loss_scale!r}")
+
+
+def make_train_step(loss_fn: LossFn, optimizer: GradientTransformation, *, project: Project | None = None,
+                    loss_scale: float | None = None) -> Step:
     """A pure, jit-compiled ``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``.
 
     ``jax.value_and_grad(loss_fn)`` supplies the gradient; when ``loss_fn`` is built from
@@ -45,13 +66,20 @@ def make_train_step(loss_fn: LossFn, optimizer: GradientTransformation, *, proje
       optimizer: any optax-style transform, e.g. :func:`pure.optim.sgd` or an optax chain.
       project: applied to the parameters after each update, e.g.
         ``lambda p: pure.max_norm(p, 3.0)``; None for no projection.
+      loss_scale: static loss scaling for float16 compute (e.g. ``2.0**12``): the backward
+        runs on ``loss · loss_scale``, so small float16 cotangents do not flush to zero, and
+        the gradients are divided by it again. If any gradient is then inf or NaN (the
+        scaled backward overflowed) the step is skipped: params and optimizer state come
+        back unchanged and ``metrics["skipped"]`` is True. None (the default) for no scaling.
 
     Returns:
       The jitted step. ``metrics`` holds ``loss``, ``grad_norm`` (global) and ``grad_norms``
-      (one norm per parameter leaf).
+      (one norm per parameter leaf), and ``skipped`` with ``loss_scale``.
     """
+    _check_loss_scale("make_train_step", loss_scale)
+
     def step(params, opt_state, batch, key):
-        return _step(loss_fn, optimizer, project, params, opt_state, batch, key)
+        return _step(loss_fn, optimizer, project, loss_scale, params, opt_state, batch, key)
 
     return jax.jit(step, donate_argnums=(0, 1))
 
@@ -80,7 +108,8 @@ def replicated(sharding: NamedSharding) -> NamedSharding:
 
 
 def make_epoch(loss_fn: LossFn, optimizer: GradientTransformation, batch_size: int, *, steps: int | None = None,
-               project: Project | None = None, batch_sharding: NamedSharding | None = None) -> Callable[..., Any]:
+               project: Project | None = None, batch_sharding: NamedSharding | None = None,
+               loss_scale: float | None = None) -> Callable[..., Any]:
     """Minibatch SGD over one epoch, or a stretch of it, as a single ``jax.lax.scan`` inside ``jit``.
 
     ``epoch(params, opt_state, X, y, seed, epoch, key, start=0) -> (params, opt_state, metrics)``
@@ -101,7 +130,7 @@ def make_epoch(loss_fn: LossFn, optimizer: GradientTransformation, batch_size: i
       optimizer: an optax-style transform.
       batch_size: a positive int no larger than the data set.
       steps: batches per call; None for the whole epoch (from ``start``, which must then be 0).
-      project: applied to the parameters after each update, as in :func:`make_train_step`.
+      project, loss_scale: as in :func:`make_train_step`.
       batch_sharding: e.g. :func:`data_sharding`, to split every batch across devices
         (data parallelism). ``batch_size`` must be a multiple of its device count: a
         ragged batch is refused, never padded.
@@ -111,6 +140,7 @@ def make_epoch(loss_fn: LossFn, optimizer: GradientTransformation, batch_size: i
         raise ValueError(f"{fn}: batch_size must be a positive int, got {batch_size!r}")
     if steps is not None and (not isinstance(steps, int) or steps <= 0):
         raise ValueError(f"{fn}: steps must be a positive int or None, got {steps!r}")
+    _check_loss_scale(fn, loss_scale)
     if batch_sharding is not None and batch_size % batch_sharding.num_devices:
         raise ValueError(f"{fn}: batch_size {batch_size} is not divisible by the {batch_sharding.num_devices} devices "
                          f"of batch_sharding; use a multiple of {batch_sharding.num_devices}")
@@ -126,7 +156,7 @@ def make_epoch(loss_fn: LossFn, optimizer: GradientTransformation, batch_size: i
             batch = (X[order[i]], y[order[i]])
             if batch_sharding is not None:
                 batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-            p, s, m = _step(loss_fn, optimizer, project, *carry, batch, jax.random.fold_in(key, i))
+            p, s, m = _step(loss_fn, optimizer, project, loss_scale, *carry, batch, jax.random.fold_in(key, i))
             return (p, s), m
 
         (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), indices)

@@ -36,13 +36,14 @@ class BenchRow:
     sizes: str
     batch: int
     activation: str
+    dtype: str  # the compute dtype; params and loss are float32
     ms_per_step: dict[str, float]  # median step time of H, A and O
     ratio: dict[str, tuple[float, float, float]]  # "H/A", "H/O": steps/s ratio (median, q1, q3)
     compile_s: dict[str, float]
     temp_bytes: dict[str, int]
 
 
-def _steps(activation: str) -> dict[str, tuple[Callable, Any]]:
+def _steps(activation: str, compute_dtype: Any = None) -> dict[str, tuple[Callable, Any]]:
     """The three jitted steps ``(params, opt_state, x, y) -> (params, opt_state, loss)`` and their optimizers."""
     hand_opt = pure.optim.sgd(LR, weight_decay=WEIGHT_DECAY, mask=pure.nn.weights_only)
     optax_opt = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY, pure.nn.weights_only), optax.sgd(LR))
@@ -54,8 +55,9 @@ def _steps(activation: str) -> dict[str, tuple[Callable, Any]]:
             return pure.optim.apply_updates(params, updates), opt_state, value
         return jax.jit(step, donate_argnums=(0, 1))
 
-    hand = lambda p, x, y: pure.nn.classification_loss(p, x, y, activation=activation)  # noqa: E731
-    plain = lambda p, x, y: reference.nn.classification_loss(p, x, y, activation=activation)  # noqa: E731
+    policy = {"activation": activation, "compute_dtype": compute_dtype}
+    hand = lambda p, x, y: pure.nn.classification_loss(p, x, y, **policy)  # noqa: E731
+    plain = lambda p, x, y: reference.nn.classification_loss(p, x, y, **policy)  # noqa: E731
     return {"H": (make(hand, hand_opt), hand_opt), "A": (make(plain, hand_opt), hand_opt),
             "O": (make(plain, optax_opt), optax_opt)}
 
@@ -66,15 +68,16 @@ def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
 
 
 def bench_one(sizes: Sequence[int], batch: int, activation: str, *, rounds: int = 30, warmup: int = 3,
-              seed: int = 0, dtype: Any = jnp.float32) -> BenchRow:
-    """Times one configuration; see the module docstring for the method."""
+              seed: int = 0, dtype: str = "float32") -> BenchRow:
+    """Times one configuration; see the module docstring for the method. Params, inputs and the
+    loss are float32; ``dtype`` is the compute dtype (the mixed-precision policy of pure.nn.mlp)."""
     rng = np.random.default_rng(seed)
-    x = jnp.asarray(rng.standard_normal((batch, sizes[0])).astype(dtype))
+    x = jnp.asarray(rng.standard_normal((batch, sizes[0])).astype(np.float32))
     y = jnp.asarray(rng.integers(0, sizes[-1], batch).astype(np.int32))
-    steps, state, compiled = _steps(activation), {}, {}
+    steps, state, compiled = _steps(activation, None if dtype == "float32" else jnp.dtype(dtype)), {}, {}
     compile_s, temp = {}, {}
     for name, (step, opt) in steps.items():
-        params = pure.nn.init_mlp(jax.random.key(seed), sizes, dtype=dtype)
+        params = pure.nn.init_mlp(jax.random.key(seed), sizes)
         state[name] = (params, opt.init(params))
         start = time.perf_counter()
         compiled[name] = step.lower(*state[name], x, y).compile()
@@ -93,23 +96,24 @@ def bench_one(sizes: Sequence[int], batch: int, activation: str, *, rounds: int 
                 times[name].append(elapsed)
     h = np.asarray(times["H"])
     ratio = {f"H/{other}": _quartiles(np.asarray(times[other]) / h) for other in ("A", "O")}
-    return BenchRow(",".join(map(str, sizes)), batch, activation,
+    return BenchRow(",".join(map(str, sizes)), batch, activation, dtype,
                     {name: 1e3 * float(np.median(t)) for name, t in times.items()}, ratio, compile_s, temp)
 
 
 def run(sizes: Sequence[int] = (784, 512, 512, 10), batches: Sequence[int] = (128, 1024),
-        activations: Sequence[str] = ("relu", "sigmoid", "tanh"), rounds: int = 30,
+        activations: Sequence[str] = ("relu", "sigmoid", "tanh"), rounds: int = 30, dtype: str = "float32",
         progress: Callable[[str], None] = lambda _: None) -> list[BenchRow]:
     rows = []
     for batch in batches:
         for activation in activations:
-            progress(f"batch {batch}, {activation}")
-            rows.append(bench_one(sizes, batch, activation, rounds=rounds))
+            progress(f"batch {batch}, {activation}, {dtype}")
+            rows.append(bench_one(sizes, batch, activation, rounds=rounds, dtype=dtype))
     return rows
 
 
 def print_rows(rows: Sequence[BenchRow]) -> None:
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}")
+    print(f"compute dtype {rows[0].dtype if rows else '-'} (params and loss float32)")
     print(f"{'batch':>5} {'act':<8} {'H ms':>7} {'A ms':>7} {'O ms':>7} {'H/A [IQR]':>20} {'H/O [IQR]':>20} "
           f"{'compile H/A':>11} {'temp H/A':>9}")
     for r in rows:

@@ -12,10 +12,12 @@ __all__ = ["init_mlp", "count_params", "mlp", "classification_loss", "two_layer_
 
 
 def mlp(params: list, x: jax.Array, *, activation: str = "relu", dropout_rate: float = 0.0,
-        key: Any = None, deterministic: bool = True) -> jax.Array:
+        key: Any = None, deterministic: bool = True, compute_dtype: Any = None) -> jax.Array:
     act = getattr(activations, activation)
     live = dropout_rate > 0 and not deterministic
     keys = jax.random.split(key, len(params)) if live else [None] * len(params)
+    if compute_dtype is not None:
+        x, params = jnp.asarray(x, compute_dtype), [{k: v.astype(compute_dtype) for k, v in p.items()} for p in params]
     h = x
     for layer, k in zip(params[:-1], keys, strict=False):
         h = act(h @ layer["W"] + layer["b"])
@@ -26,8 +28,11 @@ def mlp(params: list, x: jax.Array, *, activation: str = "relu", dropout_rate: f
 
 def classification_loss(params: list, x: jax.Array, labels: jax.Array, *, l2: float = 0.0, loss: str = "softmax",
                         activation: str = "relu", dropout_rate: float = 0.0, key: Any = None,
-                        deterministic: bool = True) -> jax.Array:
-    logits = mlp(params, x, activation=activation, dropout_rate=dropout_rate, key=key, deterministic=deterministic)
+                        deterministic: bool = True, compute_dtype: Any = None) -> jax.Array:
+    logits = mlp(params, x, activation=activation, dropout_rate=dropout_rate, key=key, deterministic=deterministic,
+                 compute_dtype=compute_dtype)
+    if compute_dtype is not None:  # the loss in float32, as pure's losses compute
+        logits = logits.astype(jnp.float32) if jnp.finfo(logits.dtype).bits < 32 else logits
     data = {"softmax": losses.softmax_cross_entropy, "hinge": losses.multiclass_hinge}[loss](logits, labels)
     return data + 0.5 * l2 * sum(jnp.sum(layer["W"] ** 2) for layer in params)
 

@@ -40,13 +40,15 @@ def test_unknown_command_is_an_argparse_error():
     assert info.value.code == 2
 
 
-def test_bench_runs_on_a_tiny_size_and_writes_json(tmp_path, capsys):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_bench_runs_on_a_tiny_size_and_writes_json(tmp_path, capsys, dtype):
     path = tmp_path / "bench.json"
     assert main(["bench", "--sizes", "6,5,3", "--batch", "4", "--activations", "sigmoid", "--rounds", "3",
-                 "--json", str(path)]) == 0
+                 "--dtype", dtype, "--json", str(path)]) == 0
     assert "H/A" in capsys.readouterr().out
     (row,) = json.loads(path.read_text())["rows"]
     assert row["batch"] == 4 and set(row["ms_per_step"]) == {"H", "A", "O"} and row["temp_bytes"]["H"] >= 0
+    assert row["dtype"] == dtype
     median, q1, q3 = row["ratio"]["H/A"]
     assert q1 <= median <= q3  # a ratio, never asserted against a target in tests
 
