@@ -4,11 +4,12 @@
 * A: ``jax.grad`` over a plain jax.numpy forward, with the same SGD;
 * O: ``jax.grad`` + ``optax.chain(add_decayed_weights, sgd)``, what a jax + optax user writes.
 
-Method: each step is lowered and compiled explicitly (compile time apart from step time),
-warmed up, then H, A and O run in turn step after step, each timed to ``block_until_ready``,
-so that the machine's drift hits all three alike. Reported: the median of the per-round
-ratios (steps/s of H over A, and over O) with their interquartile range, and the compiled
-programs' temp memory from ``memory_analysis()``.
+Method: each step is lowered, then compiled explicitly three times, H, A, O in turn (compile
+time, in CPU seconds, apart from step time), warmed up, then H, A and O run in turn step after
+step, each timed to ``block_until_ready``, so that the machine's drift hits all three alike.
+Reported: the median of the per-round ratios (steps/s of H over A, and over O) with their
+interquartile range, the same ratio by process CPU time (which a shared host's stolen time
+does not inflate), and the compiled programs' temp memory from ``memory_analysis()``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class BenchRow:
     dtype: str  # the compute dtype; params and loss are float32
     ms_per_step: dict[str, float]  # median step time of H, A and O
     ratio: dict[str, tuple[float, float, float]]  # "H/A", "H/O": steps/s ratio (median, q1, q3)
-    compile_s: dict[str, float]
+    cpu_ratio: dict[str, tuple[float, float, float]]  # the same by process CPU time, blind to a shared host's steal
+    compile_s: dict[str, float]  # median CPU seconds of compile_rounds compilations
     temp_bytes: dict[str, int]
 
 
@@ -68,36 +70,47 @@ def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
 
 
 def bench_one(sizes: Sequence[int], batch: int, activation: str, *, rounds: int = 30, warmup: int = 3,
-              seed: int = 0, dtype: str = "float32") -> BenchRow:
+              seed: int = 0, dtype: str = "float32", compile_rounds: int = 3) -> BenchRow:
     """Times one configuration; see the module docstring for the method. Params, inputs and the
     loss are float32; ``dtype`` is the compute dtype (the mixed-precision policy of pure.nn.mlp)."""
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.standard_normal((batch, sizes[0])).astype(np.float32))
     y = jnp.asarray(rng.integers(0, sizes[-1], batch).astype(np.int32))
     steps, state, compiled = _steps(activation, None if dtype == "float32" else jnp.dtype(dtype)), {}, {}
-    compile_s, temp = {}, {}
-    for name, (step, opt) in steps.items():
+    compile_cpu, temp = {name: [] for name in steps}, {}
+    for name, (_, opt) in steps.items():
         params = pure.nn.init_mlp(jax.random.key(seed), sizes)
         state[name] = (params, opt.init(params))
-        start = time.perf_counter()
-        compiled[name] = step.lower(*state[name], x, y).compile()
-        compile_s[name] = time.perf_counter() - start
+    for _ in range(compile_rounds):  # H, A, O compiled in turn, each from scratch (no cached executable)
+        for name, (step, _) in steps.items():
+            jax.clear_caches()
+            lowered = step.lower(*state[name], x, y)
+            start = time.process_time()
+            compiled[name] = lowered.compile()
+            compile_cpu[name].append(time.process_time() - start)
+    compile_s = {name: float(np.median(t)) for name, t in compile_cpu.items()}
+    for name in steps:
         memory = compiled[name].memory_analysis()
         temp[name] = int(getattr(memory, "temp_size_in_bytes", -1)) if memory is not None else -1
     times: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(warmup + rounds):
         for name in steps:  # H, A, O in turn: drift hits all three alike
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             params, opt_state, loss = compiled[name](*state[name], x, y)
             jax.block_until_ready(loss)
-            elapsed = time.perf_counter() - start
+            elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
             state[name] = (params, opt_state)
             if i >= warmup:
                 times[name].append(elapsed)
-    h = np.asarray(times["H"])
-    ratio = {f"H/{other}": _quartiles(np.asarray(times[other]) / h) for other in ("A", "O")}
+                cpu[name].append(elapsed_cpu)
+
+    def ratios(t: dict[str, list[float]]) -> dict[str, tuple[float, float, float]]:
+        return {f"H/{other}": _quartiles(np.asarray(t[other]) / np.asarray(t["H"])) for other in ("A", "O")}
+
     return BenchRow(",".join(map(str, sizes)), batch, activation, dtype,
-                    {name: 1e3 * float(np.median(t)) for name, t in times.items()}, ratio, compile_s, temp)
+                    {name: 1e3 * float(np.median(t)) for name, t in times.items()}, ratios(times), ratios(cpu),
+                    compile_s, temp)
 
 
 def run(sizes: Sequence[int] = (784, 512, 512, 10), batches: Sequence[int] = (128, 1024),
@@ -115,12 +128,13 @@ def print_rows(rows: Sequence[BenchRow]) -> None:
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}")
     print(f"compute dtype {rows[0].dtype if rows else '-'} (params and loss float32)")
     print(f"{'batch':>5} {'act':<8} {'H ms':>7} {'A ms':>7} {'O ms':>7} {'H/A [IQR]':>20} {'H/O [IQR]':>20} "
-          f"{'compile H/A':>11} {'temp H/A':>9}")
+          f"{'H/A cpu [IQR]':>20} {'compile H/A':>11} {'temp H/A':>9}")
     for r in rows:
         ratio = {k: f"{m:.2f} [{q1:.2f}, {q3:.2f}]" for k, (m, q1, q3) in r.ratio.items()}
+        cpu = "{:.2f} [{:.2f}, {:.2f}]".format(*r.cpu_ratio["H/A"])
         temp = r.temp_bytes["H"] / r.temp_bytes["A"] if r.temp_bytes["A"] > 0 else float("nan")
         print(f"{r.batch:5d} {r.activation:<8} {r.ms_per_step['H']:7.2f} {r.ms_per_step['A']:7.2f} "
-              f"{r.ms_per_step['O']:7.2f} {ratio['H/A']:>20} {ratio['H/O']:>20} "
+              f"{r.ms_per_step['O']:7.2f} {ratio['H/A']:>20} {ratio['H/O']:>20} {cpu:>20} "
               f"{r.compile_s['H'] / r.compile_s['A']:11.2f} {temp:9.2f}")
 
 
