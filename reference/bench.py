@@ -6,7 +6,8 @@
 
 Method: each step is lowered, then compiled explicitly three times, H, A, O in turn (compile
 time, in CPU seconds, apart from step time), warmed up, then H, A and O run in turn step after
-step, each timed to ``block_until_ready``, so that the machine's drift hits all three alike.
+step (H A O, A O H, O H A, ...), each timed to ``block_until_ready``, so that the machine's
+drift and any cost of going first hit all three alike.
 Reported: the median of the per-round ratios (steps/s of H over A, and over O) with their
 interquartile range, the same ratio by process CPU time (which a shared host's stolen time
 does not inflate), and the compiled programs' temp memory from ``memory_analysis()``.
@@ -43,6 +44,23 @@ class BenchRow:
     cpu_ratio: dict[str, tuple[float, float, float]]  # the same by process CPU time, blind to a shared host's steal
     compile_s: dict[str, float]  # median CPU seconds of compile_rounds compilations
     temp_bytes: dict[str, int]
+    model_tflops: float  # H's achieved model TFLOP/s: 6 × parameters × batch per step
+    matmul_tflops: float  # a plain (batch, width) @ (width, width) matmul in the compute dtype, same run
+
+
+def matmul_tflops(batch: int, width: int, dtype: str, *, rounds: int = 10) -> float:
+    """TFLOP/s of one plain matmul of the MLP's widest layer's size: the peak to compare with."""
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((batch, width)), dtype)
+    b = jnp.asarray(rng.standard_normal((width, width)), dtype)
+    mm = jax.jit(jnp.matmul).lower(a, b).compile()
+    jax.block_until_ready(mm(a, b))
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        jax.block_until_ready(mm(a, b))
+        times.append(time.perf_counter() - start)
+    return 2 * batch * width * width / float(np.median(times)) / 1e12
 
 
 def _steps(activation: str, compute_dtype: Any = None) -> dict[str, tuple[Callable, Any]]:
@@ -94,8 +112,9 @@ def bench_one(sizes: Sequence[int], batch: int, activation: str, *, rounds: int 
         temp[name] = int(getattr(memory, "temp_size_in_bytes", -1)) if memory is not None else -1
     times: dict[str, list[float]] = {name: [] for name in steps}
     cpu: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
     for i in range(warmup + rounds):
-        for name in steps:  # H, A, O in turn: drift hits all three alike
+        for name in names[i % 3:] + names[:i % 3]:  # in turn, first place rotating: drift hits all alike
             start, start_cpu = time.perf_counter(), time.process_time()
             params, opt_state, loss = compiled[name](*state[name], x, y)
             jax.block_until_ready(loss)
@@ -108,9 +127,11 @@ def bench_one(sizes: Sequence[int], batch: int, activation: str, *, rounds: int 
     def ratios(t: dict[str, list[float]]) -> dict[str, tuple[float, float, float]]:
         return {f"H/{other}": _quartiles(np.asarray(t[other]) / np.asarray(t["H"])) for other in ("A", "O")}
 
+    n_params = sum(m * n + n for m, n in zip(sizes[:-1], sizes[1:], strict=False))
+    model = 6 * n_params * batch / float(np.median(times["H"])) / 1e12
     return BenchRow(",".join(map(str, sizes)), batch, activation, dtype,
                     {name: 1e3 * float(np.median(t)) for name, t in times.items()}, ratios(times), ratios(cpu),
-                    compile_s, temp)
+                    compile_s, temp, model, matmul_tflops(batch, max(sizes), dtype))
 
 
 def run(sizes: Sequence[int] = (784, 512, 512, 10), batches: Sequence[int] = (128, 1024),
@@ -128,14 +149,15 @@ def print_rows(rows: Sequence[BenchRow]) -> None:
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}")
     print(f"compute dtype {rows[0].dtype if rows else '-'} (params and loss float32)")
     print(f"{'batch':>5} {'act':<8} {'H ms':>7} {'A ms':>7} {'O ms':>7} {'H/A [IQR]':>20} {'H/O [IQR]':>20} "
-          f"{'H/A cpu [IQR]':>20} {'compile H/A':>11} {'temp H/A':>9}")
+          f"{'H/A cpu [IQR]':>20} {'compile H/A':>11} {'temp H/A':>9} {'TFLOP/s H':>9} {'of matmul':>9}")
     for r in rows:
         ratio = {k: f"{m:.2f} [{q1:.2f}, {q3:.2f}]" for k, (m, q1, q3) in r.ratio.items()}
         cpu = "{:.2f} [{:.2f}, {:.2f}]".format(*r.cpu_ratio["H/A"])
         temp = r.temp_bytes["H"] / r.temp_bytes["A"] if r.temp_bytes["A"] > 0 else float("nan")
         print(f"{r.batch:5d} {r.activation:<8} {r.ms_per_step['H']:7.2f} {r.ms_per_step['A']:7.2f} "
               f"{r.ms_per_step['O']:7.2f} {ratio['H/A']:>20} {ratio['H/O']:>20} {cpu:>20} "
-              f"{r.compile_s['H'] / r.compile_s['A']:11.2f} {temp:9.2f}")
+              f"{r.compile_s['H'] / r.compile_s['A']:11.2f} {temp:9.2f} {r.model_tflops:9.3g} "
+              f"{r.model_tflops / r.matmul_tflops:9.0%}")
 
 
 def write_json(rows: Sequence[BenchRow], path: str) -> None:

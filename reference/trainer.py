@@ -111,6 +111,9 @@ class TrainConfig:
                                      ("--loss", self.loss, (None, "softmax", "hinge"))):
             if value not in choices:
                 raise TrainError(f"{flag} must be one of {', '.join(c for c in choices if c)}, got {value!r}")
+        if not self.kfold and not 0 < self.val_fraction < 1:
+            raise TrainError(f"--val-fraction must be in (0, 1): the val split drives the table and early stopping, "
+                             f"got {self.val_fraction}")
         if self.resume and not self.checkpoint_dir:
             raise TrainError("--resume needs --checkpoint-dir, the directory to resume from")
         if self.kfold and (self.checkpoint_dir or self.reference):

@@ -51,6 +51,7 @@ def _bad_inputs(tmp):
         (["--schedule", "linear"], "argument --schedule: invalid choice"),
         (["--lr", "-0.1"], "--lr must be > 0, got -0.1"),
         (["--val-fraction", "0.6", "--test-fraction", "0.5"], "must be below 1"),
+        (["--val-fraction", "0"], "--val-fraction must be in (0, 1)"),
         (["--dataset", "breast_cancer", "--loss", "hinge"], "breast_cancer is a binary task"),
         (["--dataset", "iris", "--batch-size", "500"], "larger than the training split (105 samples)"),
         (["--resume"], "--resume needs --checkpoint-dir"),
