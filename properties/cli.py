@@ -72,6 +72,7 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"handgrad bench: --sizes needs at least an input and an output width, got {args.sizes}", file=sys.stderr)
         return 2
     rows = bench.run(args.sizes, args.batch, args.activations.split(","), rounds=args.rounds, dtype=args.dtype,
+                     compile_rounds=args.compile_rounds,
                      progress=lambda what: print(f"  timing {what} ...", file=sys.stderr, flush=True))
     bench.print_rows(rows)
     if args.json:
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--batch", type=_ints, default=[128, 1024], help="batch sizes (default 128,1024)")
     b.add_argument("--activations", default="relu,sigmoid,tanh", help="default relu,sigmoid,tanh")
     b.add_argument("--rounds", type=int, default=30, help="timed rounds of H, A and O (default 30)")
+    b.add_argument("--compile-rounds", type=int, default=3, help="compilations from scratch per step (default 3)")
     b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="compute dtype; params and loss stay float32 (default float32)")
     b.add_argument("--json", metavar="PATH", help="also write the rows as JSON")

@@ -8,6 +8,7 @@ mid-write leaves the previous checkpoint whole.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -42,13 +43,14 @@ class Checkpoints:
     def save(self, step: int, tree: Any, record: dict[str, Any]) -> None:
         """Starts writing ``tree`` (arrays only) and ``record`` (JSON) as the checkpoint of ``step``.
 
-        The arrays are copied to host memory first, so the caller may donate or change its own
-        at once; the files are written in the background (:meth:`wait` joins), one save at a time.
+        The arrays are copied to host memory and the record to a snapshot first, so the caller
+        may donate or change its own at once; the files are written in the background
+        (:meth:`wait` joins), one save at a time.
         """
         host = jax.tree_util.tree_map(lambda x: np.array(x, copy=True), tree)
+        snapshot = json.loads(json.dumps({**record, "signature": self.signature}))  # the caller goes on changing it
         args = self._ocp.args
-        self._manager.save(step, args=args.Composite(state=args.StandardSave(host),
-                                                     record=args.JsonSave({**record, "signature": self.signature})))
+        self._manager.save(step, args=args.Composite(state=args.StandardSave(host), record=args.JsonSave(snapshot)))
 
     def wait(self) -> None:
         """Blocks until every save started has been written and renamed into place."""
