@@ -41,6 +41,7 @@ import reference.regularizers
 import reference.train
 from reference import datasets
 from reference.checkpoints import Checkpoints
+from reference.verify import max_abs_diff
 
 LOSS_NAMES = {"softmax": "softmax_cross_entropy", "hinge": "multiclass_hinge",
               "bce": "binary_cross_entropy", "mse": "mse"}
@@ -176,11 +177,6 @@ def _host(tree: Any) -> Any:
     """NumPy copies; a replicated array spread over several processes is read from a local device."""
     return jax.tree_util.tree_map(
         lambda x: np.asarray(x if x.is_fully_addressable else x.addressable_data(0)), tree)
-
-
-def _max_diff(a: Any, b: Any) -> float:
-    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree_util.tree_leaves(_host(a)),
-                                                           jax.tree_util.tree_leaves(_host(b)), strict=True))
 
 
 # ---------------------------------------------------------------------------- one training run
@@ -356,7 +352,7 @@ class Run:
             epoch_key = self.epoch_key(tree["key"], rec["epoch"])
             tree["ref_params"], tree["ref_opt_state"], _ = self.reference(
                 tree["ref_params"], tree["ref_opt_state"], *self.host["train"], cfg.seed, rec["epoch"], epoch_key)
-            row["ref_max_diff"] = _max_diff(tree["params"], tree["ref_params"])
+            row["ref_max_diff"] = max_abs_diff(tree["params"], tree["ref_params"])
         if rec["best_metric"] is None or val_metric > rec["best_metric"]:
             rec["best_metric"], rec["best_epoch"], rec["stale"] = val_metric, rec["epoch"] + 1, 0
             if "best_params" in tree:
@@ -420,7 +416,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print, bar: Calla
     loss = resolve_loss(config, data)
     parts = datasets.split(data, 0.0 if config.kfold else config.val_fraction, config.test_fraction, config.seed)
     if bar is None:
-        bar = _quiet_bar
+        bar = _QuietBar
     log(f"{data.name}: {data.X.shape[0]} samples, {data.X.shape[1]} features, {data.task}"
         + (f" ({data.num_classes} classes)" if data.task != "regression" else "")
         + f"; loss {LOSS_NAMES[loss]}; {jax.device_count()} device(s) in {jax.process_count()} process(es)")
@@ -501,7 +497,7 @@ def _least_squares(run: Run, log: Callable[[str], None]) -> dict[str, float]:
     return result
 
 
-class _quiet_bar:
+class _QuietBar:
     """A progress bar that shows nothing (the default outside the command line)."""
 
     def __init__(self, **_: Any):

@@ -48,7 +48,8 @@ def _float_leaves(tree: Any) -> list[np.ndarray]:
             if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)]
 
 
-def _max_diff(a: Any, b: Any) -> float:
+def max_abs_diff(a: Any, b: Any) -> float:
+    """The largest ``|a − b|`` over the float leaves of two pytrees of the same structure."""
     pairs = zip(_float_leaves(a), _float_leaves(b), strict=True)
     return max([float(np.max(np.abs(x - y), initial=0.0)) for x, y in pairs], default=0.0)
 
@@ -73,9 +74,9 @@ def _transforms_agree(case: Case, dtype: Any, seed: int) -> str | None:
     jitted, mapped = jax.jit(jit_and_vmap)(
         batch[0], cts[0], jax.tree_util.tree_map(stack, *batch), jax.tree_util.tree_map(stack, *cts))
     tol = 10 * _RTOL[jnp.dtype(dtype).name] * max(1.0, _scale(eager))
-    if (d := _max_diff(jitted, eager[0])) > tol:
+    if (d := max_abs_diff(jitted, eager[0])) > tol:
         return f"jit differs from eager by {d:.2e}"
-    if (d := _max_diff(mapped, jax.tree_util.tree_map(stack, *eager))) > tol:
+    if (d := max_abs_diff(mapped, jax.tree_util.tree_map(stack, *eager))) > tol:
         return f"vmap differs from eager by {d:.2e}"
     return None
 
@@ -125,13 +126,13 @@ def _optimizer_row(name: str, dtype: Any, seed: int) -> Row:
         if name == "optim.cosine_decay":
             steps = jnp.arange(0, 120)
             ours = jax.vmap(pure.optim.cosine_decay(0.1, 100, 0.05))(steps)
-            diff = _max_diff(ours, jax.vmap(reference.optim.cosine_decay(0.1, 100, 0.05))(steps))
+            diff = max_abs_diff(ours, jax.vmap(reference.optim.cosine_decay(0.1, 100, 0.05))(steps))
         else:
             schedule, kw = _SGD_CONFIGS[name]
             params = _mlp_params(np.random.default_rng(seed), dtype)
             ours, theirs = ((m.sgd(m.cosine_decay(0.1, 60, 0.1) if schedule else 0.05, **kw))
                             for m in (pure.optim, reference.optim))
-            diff = _max_diff(trajectory(ours, params), trajectory(theirs, params))
+            diff = max_abs_diff(trajectory(ours, params), trajectory(theirs, params))
     exact = jnp.dtype(dtype) == jnp.float64
     ok = diff == 0.0 if exact else diff <= _RTOL["float32"]
     status = "ok" if ok else f"FAIL: differs from optax by {diff:.2e}" + (" (float64 must be bitwise)" if exact else "")
