@@ -21,7 +21,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -182,7 +181,7 @@ def _host(tree: Any) -> Any:
 # ---------------------------------------------------------------------------- one training run
 @functools.lru_cache(maxsize=8)
 def _programs(config: TrainConfig, task: str, loss: str, per_epoch: int, sizes: tuple[int, ...],
-              parallel: bool) -> SimpleNamespace:
+              batch_sharding: Any) -> SimpleNamespace:
     """The jitted functions of a run, built once per setting, so that the folds of ``--kfold``
     (whose splits usually share a shape) compile once and not once per fold."""
     total_steps = config.epochs * per_epoch
@@ -193,7 +192,6 @@ def _programs(config: TrainConfig, task: str, loss: str, per_epoch: int, sizes: 
     optimizer = pure.optim.sgd(schedules[0], **sgd)
     spec = (loss, config.activation, config.dropout, config.l1, config.l2)
     project = (lambda p: pure.max_norm(p, config.max_norm)) if config.max_norm else None
-    batch_sharding = pure.train.data_sharding() if parallel else None
 
     @functools.cache
     def stretch(steps: int) -> Callable:  # make_epoch for stretches of ``steps`` batches
@@ -245,7 +243,7 @@ class Run:
                              f"devices the batch is split over; use a multiple of {jax.device_count()}")
         self.arrays = {k: self.put(v) for k, v in self.host.items()}
         self.sizes = (data.X.shape[1], *config.hidden, data.outputs)
-        programs = _programs(config, data.task, loss, self.per_epoch, self.sizes, self.sharding is not None)
+        programs = _programs(config, data.task, loss, self.per_epoch, self.sizes, self.sharding)
         self.optimizer, self.learning_rate, self._fresh, self._evaluate, self._stretch = (
             programs.optimizer, programs.learning_rate, programs.fresh, programs.evaluate, programs.stretch)
         self.reference, self.ref_optimizer = programs.reference, programs.ref_optimizer
@@ -270,11 +268,10 @@ class Run:
     def initial_state(self) -> dict[str, Any]:
         tree = self._fresh()
         tree["params"], tree["opt_state"] = self.put((tree["params"], tree["opt_state"]))
-        copy = partial(jax.tree_util.tree_map, jnp.copy)  # separate buffers: the step donates params
         if self.config.early_stopping:
-            tree["best_params"] = copy(tree["params"])
+            tree["best_params"] = _copy(tree["params"])
         if self.reference:
-            tree["ref_params"] = copy(tree["params"])
+            tree["ref_params"] = _copy(tree["params"])
             tree["ref_opt_state"] = jax.jit(self.ref_optimizer.init)(tree["ref_params"])
         record = {"step": 0, "epoch": 0, "batch": 0, "data_seed": self.config.seed, "history": [],
                   "partial": _fresh_partial(len(self.sizes) - 1), "best_epoch": 0, "best_metric": None, "stale": 0}
@@ -333,8 +330,8 @@ class Run:
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
             i = int(bad[0])
-            where = (f"the last good checkpoint is step {self.checkpoints.latest()} in {self.checkpoints.directory}"
-                     if self.checkpoints is not None and self.checkpoints.latest() is not None
+            last = self.checkpoints.latest() if self.checkpoints is not None else None
+            where = (f"the last good checkpoint is step {last} in {self.checkpoints.directory}" if last is not None
                      else "no checkpoint was written")
             raise Diverged(f"non-finite loss ({losses[i]}) at step {rec['step'] + i + 1} (epoch {rec['epoch'] + 1}, "
                            f"batch {rec['batch'] + i + 1}); training stopped, {where}")
@@ -356,7 +353,7 @@ class Run:
         if rec["best_metric"] is None or val_metric > rec["best_metric"]:
             rec["best_metric"], rec["best_epoch"], rec["stale"] = val_metric, rec["epoch"] + 1, 0
             if "best_params" in tree:
-                tree["best_params"] = jax.tree_util.tree_map(jnp.copy, tree["params"])
+                tree["best_params"] = _copy(tree["params"])
         else:
             rec["stale"] += 1
         rec["history"].append(row)
@@ -370,6 +367,11 @@ class Run:
 
     def final_params(self, state: dict[str, Any]) -> Any:
         return state["tree"]["best_params"] if self.config.early_stopping else state["tree"]["params"]
+
+
+def _copy(params: Any) -> Any:
+    """Fresh buffers with the same values: the step donates (and so invalidates) the ones it is given."""
+    return jax.tree_util.tree_map(jnp.copy, params)
 
 
 def _fresh_partial(layers: int) -> dict[str, Any]:

@@ -137,6 +137,14 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         trainer.train(other_data, log=lambda _: None)
 
 
+def _latest_checkpoint(config, directory):
+    """The newest checkpoint in ``directory``, restored as ``handgrad train --resume`` would."""
+    data = datasets.load(config.dataset)
+    checkpoints = Checkpoints(directory, config.signature(data))
+    run = trainer.Run(config, data, "softmax", *datasets.split(data, 0.1, 0.2, 0).values(), checkpoints=checkpoints)
+    return checkpoints.restore(run.initial_state()["tree"])
+
+
 def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(tmp_path, capsys):
     ckpt = str(tmp_path / "ckpt")
     argv = ["train", "--dataset", "iris", "--hidden", "16", "--batch-size", "15", "--lr", "1e30",
@@ -148,23 +156,13 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(tmp_path, 
     assert int(err.split(" at step ")[1].split()[0]) == last + 1
     config = trainer.TrainConfig(dataset="iris", hidden=(16,), batch_size=15, lr=1e30, checkpoint_dir=ckpt,
                                  checkpoint_every=1)
-    data = datasets.load("iris")
-    checkpoints = Checkpoints(ckpt, config.signature(data))
-    run = trainer.Run(config, data, "softmax", *datasets.split(data, 0.1, 0.2, 0).values(), checkpoints=checkpoints)
-    tree, record = checkpoints.restore(run.initial_state()["tree"])
+    tree, record = _latest_checkpoint(config, ckpt)
     assert record["step"] == last
     assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(tree["params"]))
 
 
 def _cli(*args):
     return [sys.executable, "-m", "properties.cli", "train", *args]
-
-
-def _final_checkpoint(config, directory):
-    data = datasets.load(config.dataset)
-    checkpoints = Checkpoints(directory, config.signature(data))
-    run = trainer.Run(config, data, "softmax", *datasets.split(data, 0.1, 0.2, 0).values(), checkpoints=checkpoints)
-    return checkpoints.restore(run.initial_state()["tree"])
 
 
 def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
@@ -189,7 +187,7 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from step " in resumed.stdout and "test acc " in resumed.stdout
     assert "\r" not in resumed.stdout + resumed.stderr  # no TTY: no progress bar, but the rows
-    (whole, whole_record), (again, record) = (_final_checkpoint(config, str(d)) for d in (tmp_path / "whole", ckpt))
+    (whole, whole_record), (again, record) = (_latest_checkpoint(config, str(d)) for d in (tmp_path / "whole", ckpt))
     assert record["step"] == whole_record["step"] == 3 * 39
     for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)  # params, optimizer state and key: bit for bit
