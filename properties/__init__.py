@@ -2,29 +2,26 @@
 
 * :mod:`properties.strategies`: array, label, parameter and key strategies in fixed shape buckets;
 * :mod:`properties.laws`: each law as a function of the op under test and concrete inputs;
-* :mod:`properties.suite`: every law applied to every pure op it fits.
+* :mod:`properties.table`: one row per pure op (its reference, inputs, strategies and laws);
+* :mod:`properties.suite`: every law applied to every op of the table it fits;
+* :mod:`properties.profiles`: the Hypothesis profiles ``handgrad-ci``, ``handgrad-dev`` and
+  ``handgrad-thorough``, registered and loaded only when you call :func:`properties.profiles.load`.
 
-Hypothesis profiles ``ci`` (derandomized, no deadline, 100 examples), ``dev`` (randomized,
-20 examples) and ``thorough`` (1000 examples) are registered on import; choose one with the
-environment variable ``HANDGRAD_PROFILE`` or pytest's ``--hypothesis-profile``. Without either,
-``ci`` is loaded.
+Importing this package, or any module of it, changes no global state: no Hypothesis profile
+is registered or loaded and no JAX setting is touched. Submodules load on first use.
 """
 
-import os
+from __future__ import annotations
 
-from hypothesis import HealthCheck, settings
+import importlib
+from typing import Any
 
-_SLOW_DATA = [HealthCheck.too_slow, HealthCheck.data_too_large]
-settings.register_profile("ci", derandomize=True, deadline=None, max_examples=100, print_blob=True,
-                          suppress_health_check=_SLOW_DATA)
-settings.register_profile("dev", deadline=None, max_examples=20, suppress_health_check=_SLOW_DATA)
-settings.register_profile("thorough", deadline=None, max_examples=1000, suppress_health_check=_SLOW_DATA)
-if "HANDGRAD_PROFILE" in os.environ:
-    settings.load_profile(os.environ["HANDGRAD_PROFILE"])
-elif settings.get_current_profile_name() == "default":  # keep one chosen with --hypothesis-profile
-    settings.load_profile("ci")
+__all__ = ["laws", "profiles", "strategies", "suite", "table", "PropertyViolation"]
 
-from properties import laws, strategies  # noqa: E402
-from properties.laws import PropertyViolation  # noqa: E402
 
-__all__ = ["laws", "strategies", "PropertyViolation"]
+def __getattr__(name: str) -> Any:
+    if name == "PropertyViolation":
+        return importlib.import_module("properties.laws").PropertyViolation
+    if name in __all__:
+        return importlib.import_module(f"properties.{name}")
+    raise AttributeError(f"module 'properties' has no attribute {name!r}")

@@ -27,7 +27,7 @@ import optax
 import pure
 import pure.nn
 import pure.optim
-from pure._checks import resolve_mask
+from reference.transforms import check_transforms
 
 _RTOL = {"float64": 1e-9, "float32": 2e-5, "float16": 4e-3, "bfloat16": 4e-2}
 _FLOOR = 1.0  # inputs are O(1): round-off is relative to O(1) intermediates, not to a tiny result
@@ -203,8 +203,7 @@ def _decay_runs(loss: Callable, steps: int, mask: Any) -> Callable:
     # η and λ arrive traced, as schedules, so one compilation serves every drawn value.
     def runs(params, data, eta, lam):
         lr, wd = (lambda _: eta), (lambda _: lam)
-        keep = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params),
-                                            resolve_mask("weight_decay_equivalence", params, mask))
+        keep = jax.tree_util.tree_map(lambda _: True, params) if mask is None else mask(params)
         by_formula = params
         for _ in range(steps):  # seed 004: w ← (1 − ηλ)w − η∂ℓ/∂w
             grads = jax.grad(loss)(by_formula, data)
@@ -420,27 +419,12 @@ def dropout_deterministic_identity(dropout: Callable, x: jax.Array, key: jax.Arr
 
 
 # --------------------------------------------------- 10. transformations agree
-@functools.cache
-def _transformed(fn: Callable) -> tuple[Callable, Callable]:
-    # Compiled once per function (and shape): jit, vmap and remat share one program.
-    def vjp(args, c):
-        return _pullback(fn, args)[1](c)
-
-    def under_jit(args, c):
-        stack = lambda *xs: jnp.stack(xs)  # noqa: E731
-        batched = jax.vmap(vjp)(jax.tree_util.tree_map(stack, args, args), jax.tree_util.tree_map(stack, c, c))
-        return {"jit vjp": vjp(args, c), "vmap vjp": jax.tree_util.tree_map(lambda b: b[1], batched),
-                "checkpoint vjp": _pullback(jax.checkpoint(fn), args)[1](c)}
-
-    jitted = jax.jit(fn)
-    return jax.jit(under_jit), lambda args, c: _pullback(jitted, args)[1](c)
-
-
-def transformations_agree(fn: Callable, args: Sequence[Any], cotangent: Any) -> None:
-    """Eager, jit, vmap, grad-of-jit and jax.checkpoint (remat) all give the same VJP."""
-    args = tuple(args)
-    eager = _pullback(fn, args)[1](cotangent)
-    under_jit, grad_of_jit = _transformed(fn)
-    results = under_jit(args, cotangent) | {"grad-of-jit vjp": grad_of_jit(args, cotangent)}
-    for name, got in results.items():
-        assert_close("transformations_agree", fn, name, got, "eager vjp", eager)
+def transformations_agree(fn: Callable, args: Sequence[Any], cotangent: Any = None,
+                          batch: Sequence[Sequence[Any]] | None = None) -> None:
+    """Eager, jit, vmap (over distinct batch elements), grad-of-jit, jax.checkpoint and scan all give the
+    same VJP: :func:`reference.check_transforms` as a law."""
+    try:
+        check_transforms(fn, args, None if cotangent is None else jax.tree_util.tree_leaves(cotangent), batch=batch)
+    except AssertionError as e:
+        detail = str(e).split(":", 1)[1].strip()
+        raise PropertyViolation("transformations_agree", fn, "transformed vjp", [], "eager vjp", [], detail) from None

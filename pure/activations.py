@@ -6,12 +6,11 @@ branch at exactly ``x = 0``, so relu'(0) = 0 as in ``jax.nn.relu``.
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 
 from pure._checks import as_float_array
+from pure._vjp import hand_written
 
 
 # ----------------------------------------------------------------------- sigmoid
@@ -20,8 +19,8 @@ def sigmoid(x: jax.Array) -> jax.Array:
 
     .. math:: \\sigma(x) = 1 / (1 + e^{-x}), \\qquad \\sigma'(x) = \\sigma(x)(1 - \\sigma(x))
 
-    Only ``σ(x)`` is saved for the backward; ``dx = g · y · (1 − y)``. Seed 000 warns
-    against using the upstream gradient ``g`` in place of ``y``. Note σ' ≤ 1/4, and
+    Only ``σ(x)`` is saved for the backward; ``dx = g · y · (1 − y)``. A classic slip is to use
+    the upstream gradient ``g`` in place of ``y``. Note σ' ≤ 1/4, and
     ≈ 0 for large |x|: the source of vanishing gradients in deep sigmoid nets.
 
     Args:
@@ -37,11 +36,6 @@ def sigmoid(x: jax.Array) -> jax.Array:
     return _sigmoid(as_float_array("sigmoid", "x", x))
 
 
-@jax.custom_vjp
-def _sigmoid(x):
-    return jax.nn.sigmoid(x)
-
-
 def _sigmoid_fwd(x):
     y = jax.nn.sigmoid(x)
     return y, y
@@ -51,8 +45,7 @@ def _sigmoid_bwd(y, g):
     return (g * y * (1 - y),)
 
 
-_sigmoid.defvjp(_sigmoid_fwd, _sigmoid_bwd)
-_sigmoid = jax.jit(_sigmoid)  # eager calls compile once per shape
+_sigmoid = hand_written(_sigmoid_fwd, _sigmoid_bwd)
 
 
 # -------------------------------------------------------------------------- tanh
@@ -72,11 +65,6 @@ def tanh(x: jax.Array) -> jax.Array:
     return _tanh(as_float_array("tanh", "x", x))
 
 
-@jax.custom_vjp
-def _tanh(x):
-    return jnp.tanh(x)
-
-
 def _tanh_fwd(x):
     y = jnp.tanh(x)
     return y, y
@@ -86,8 +74,7 @@ def _tanh_bwd(y, g):
     return (g * (1 - y * y),)
 
 
-_tanh.defvjp(_tanh_fwd, _tanh_bwd)
-_tanh = jax.jit(_tanh)  # eager calls compile once per shape
+_tanh = hand_written(_tanh_fwd, _tanh_bwd)
 
 
 # -------------------------------------------------------------------------- relu
@@ -96,8 +83,8 @@ def relu(x: jax.Array) -> jax.Array:
 
     .. math:: \\mathrm{relu}'(x) = [x > 0]
 
-    **Kink:** relu'(0) = 0, the same choice as ``jax.nn.relu`` (it keeps a unit that
-    sits exactly at 0 from receiving gradient, and matches the mask ``x > 0`` of seed 003).
+    **Kink:** relu'(0) = 0, the same choice as ``jax.nn.relu`` and PyTorch (it keeps a unit
+    that sits exactly at 0 from receiving gradient, and is CS231n's backward mask ``x > 0``).
 
     Args:
       x: a float array of any shape.
@@ -112,11 +99,6 @@ def relu(x: jax.Array) -> jax.Array:
     return _relu(as_float_array("relu", "x", x))
 
 
-@jax.custom_vjp
-def _relu(x):
-    return jnp.maximum(x, 0)
-
-
 def _relu_fwd(x):
     return jnp.maximum(x, 0), x > 0
 
@@ -125,8 +107,7 @@ def _relu_bwd(positive, g):
     return (jnp.where(positive, g, jnp.zeros_like(g)),)
 
 
-_relu.defvjp(_relu_fwd, _relu_bwd)
-_relu = jax.jit(_relu)  # eager calls compile once per shape
+_relu = hand_written(_relu_fwd, _relu_bwd)
 
 
 # -------------------------------------------------------------------- leaky_relu
@@ -155,11 +136,6 @@ def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
     return _leaky_relu(float(negative_slope), as_float_array("leaky_relu", "x", x))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _leaky_relu(slope, x):
-    return jnp.where(x > 0, x, slope * x)
-
-
 def _leaky_relu_fwd(slope, x):
     positive = x > 0
     return jnp.where(positive, x, slope * x), positive
@@ -169,5 +145,4 @@ def _leaky_relu_bwd(slope, positive, g):
     return (jnp.where(positive, g, slope * g),)
 
 
-_leaky_relu.defvjp(_leaky_relu_fwd, _leaky_relu_bwd)
-_leaky_relu = jax.jit(_leaky_relu, static_argnums=0)  # eager calls compile once per shape
+_leaky_relu = hand_written(_leaky_relu_fwd, _leaky_relu_bwd, static=1)

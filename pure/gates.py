@@ -1,4 +1,4 @@
-"""The three gates of seed 003: add distributes, mul switches, max routes.
+"""The three gates of backprop: add distributes, mul switches, max routes (CS231n, "Backpropagation, intuitions").
 
 All three broadcast like NumPy. A broadcast input receives the upstream gradient
 summed over the axes it was broadcast along, so every cotangent has its input's
@@ -7,12 +7,11 @@ shape and dtype.
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 
 from pure._checks import as_float_array, broadcast_shape
+from pure._vjp import hand_written
 
 
 def _unbroadcast(g: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
@@ -54,11 +53,6 @@ def add(x: jax.Array, y: jax.Array) -> jax.Array:
     return _add((x.shape, x.dtype, y.shape, y.dtype), x, y)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _add(spec, x, y):
-    return x + y
-
-
 def _add_fwd(spec, x, y):
     return x + y, None
 
@@ -68,8 +62,7 @@ def _add_bwd(spec, _, g):
     return _unbroadcast(g, x_shape, x_dtype), _unbroadcast(g, y_shape, y_dtype)
 
 
-_add.defvjp(_add_fwd, _add_bwd)
-_add = jax.jit(_add, static_argnums=0)  # eager calls compile once per shape
+_add = hand_written(_add_fwd, _add_bwd, static=1)
 
 
 # --------------------------------------------------------------------------- mul
@@ -78,7 +71,7 @@ def mul(x: jax.Array, y: jax.Array) -> jax.Array:
 
     .. math:: dx = y \\cdot g, \\qquad dy = x \\cdot g
 
-    A large value on one branch makes the other branch's gradient large (seed 003).
+    A large value on one branch makes the other branch's gradient large.
 
     Args:
       x: a float array or Python float.
@@ -95,11 +88,6 @@ def mul(x: jax.Array, y: jax.Array) -> jax.Array:
     return _mul(x, y)
 
 
-@jax.custom_vjp
-def _mul(x, y):
-    return x * y
-
-
 def _mul_fwd(x, y):
     return x * y, (x, y)
 
@@ -109,8 +97,7 @@ def _mul_bwd(res, g):
     return _unbroadcast(g * y, x.shape, x.dtype), _unbroadcast(g * x, y.shape, y.dtype)
 
 
-_mul.defvjp(_mul_fwd, _mul_bwd)
-_mul = jax.jit(_mul)  # eager calls compile once per shape
+_mul = hand_written(_mul_fwd, _mul_bwd)
 
 
 # ----------------------------------------------------------------------- maximum
@@ -138,11 +125,6 @@ def maximum(x: jax.Array, y: jax.Array) -> jax.Array:
     return _maximum((x.shape, x.dtype, y.shape, y.dtype), x, y)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _maximum(spec, x, y):
-    return jnp.maximum(x, y)
-
-
 def _maximum_fwd(spec, x, y):
     return jnp.maximum(x, y), x >= y  # a bool mask is the smallest residual
 
@@ -154,5 +136,4 @@ def _maximum_bwd(spec, x_wins, g):
             _unbroadcast(jnp.where(x_wins, zero, g), y_shape, y_dtype))
 
 
-_maximum.defvjp(_maximum_fwd, _maximum_bwd)
-_maximum = jax.jit(_maximum, static_argnums=0)  # eager calls compile once per shape
+_maximum = hand_written(_maximum_fwd, _maximum_bwd, static=1)

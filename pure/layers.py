@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from pure._checks import as_float_array, concrete_scalar
+from pure._vjp import hand_written
 
 
 # ------------------------------------------------------------------------ affine
 def affine(x: jax.Array, W: jax.Array, b: jax.Array) -> jax.Array:
-    """The dense layer ``Y = X·W + b``, with the vectorised backward of seed 003.
+    """The dense layer ``Y = X·W + b``, with the vectorised backward (CS231n).
 
     .. math::
        dX = dY \\cdot W^T, \\qquad dW = X^T \\cdot dY, \\qquad db = \\textstyle\\sum_{rows} dY
@@ -48,11 +48,6 @@ def affine(x: jax.Array, W: jax.Array, b: jax.Array) -> jax.Array:
     return _affine(x, W, b)
 
 
-@jax.custom_vjp
-def _affine(x, W, b):
-    return x @ W + b
-
-
 def _affine_fwd(x, W, b):
     return x @ W + b, (x, W)
 
@@ -66,8 +61,7 @@ def _affine_bwd(res, g):
     return dx, dW, db
 
 
-_affine.defvjp(_affine_fwd, _affine_bwd)
-_affine = jax.jit(_affine)  # eager calls compile once per shape
+_affine = hand_written(_affine_fwd, _affine_bwd)
 
 
 # ----------------------------------------------------------------------- dropout
@@ -108,11 +102,6 @@ def dropout(x: jax.Array, key: Any, rate: float, *, deterministic: bool = False)
     return _dropout(rate, x, key)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _dropout(rate, x, key):
-    return _dropout_fwd(rate, x, key)[0]
-
-
 def _dropout_fwd(rate, x, key):
     keep = jax.random.bernoulli(key, jnp.float32(1.0 - rate), x.shape)  # float32 draw: same mask with x64 on
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)), keep
@@ -122,5 +111,4 @@ def _dropout_bwd(rate, keep, g):
     return jnp.where(keep, g / (1.0 - rate), jnp.zeros_like(g)), None
 
 
-_dropout.defvjp(_dropout_fwd, _dropout_bwd)
-_dropout = jax.jit(_dropout, static_argnums=0)  # eager calls compile once per shape
+_dropout = hand_written(_dropout_fwd, _dropout_bwd, static=1)

@@ -1,4 +1,4 @@
-"""Linear least squares in closed form, and the hand-written regression gradient (seeds 001, 004)."""
+"""Linear least squares in closed form, and the hand-written regression gradient ."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def least_squares(X: jax.Array, y: jax.Array, *, ridge: float = 0.0,
 
     Solved as the stacked least-squares problem ``[X; √ridge·I] w ≈ [y; 0]`` with
     ``jnp.linalg.lstsq`` (an SVD), never by forming an inverse. The intercept is fitted
-    by centring X and y first, which is the seed's column of ones left unpenalised.
+    by centring X and y first, which is the textbook column of ones, left unpenalised.
 
     **Rank-deficient X** (e.g. a duplicated column, or d > n) gives the minimum-norm
     solution, as ``numpy.linalg.lstsq`` does; with ``ridge > 0`` the system has full
@@ -60,7 +60,7 @@ def least_squares(X: jax.Array, y: jax.Array, *, ridge: float = 0.0,
 
 def linear_regression_loss(w: jax.Array, b: jax.Array, X: jax.Array, y: jax.Array, *,
                            l2: float = 0.0) -> jax.Array:
-    """``(1/2n)‖y − Xw − b‖² + (l2/2)‖w‖²``, seed 004's training loss with weight decay."""
+    """``(1/2n)‖y − Xw − b‖² + (l2/2)‖w‖²``, d2l's training loss with weight decay."""
     r = X @ w + b - y
     return 0.5 * jnp.mean(r * r) + 0.5 * l2 * jnp.sum(w * w)
 
@@ -71,7 +71,7 @@ def linear_regression_grad(w: jax.Array, b: jax.Array, X: jax.Array, y: jax.Arra
 
     .. math:: r = Xw + b - y, \\qquad \\nabla_w = X^T r / n + \\lambda w, \\qquad \\nabla_b = \\mathrm{mean}(r)
 
-    (Seed 001 writes the unscaled form ``2λw − Σᵢ 2(yᵢ − wᵀxᵢ)xᵢ`` for ``λ‖w‖² + Σ(yᵢ − wᵀxᵢ)²``;
+    (CS231n writes the unscaled form ``2λw − Σᵢ 2(yᵢ − wᵀxᵢ)xᵢ`` for ``λ‖w‖² + Σ(yᵢ − wᵀxᵢ)²``;
     this is the same rule for the ½- and 1/n-scaled loss.)
 
     Args:

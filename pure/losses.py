@@ -1,7 +1,8 @@
 """Losses, each a mean over the batch, with the factors of the notes kept exactly.
 
-Losses are computed in at least float32 (a bfloat16 input is upcast), and each
-cotangent is returned in its input's dtype.
+Losses are computed in at least float32: each public function casts a narrower input
+(bfloat16, float16) up before the hand-written core, and the cast's own transpose brings
+the cotangent back to the input's dtype. That is the only place a dtype is carried.
 
 Labels: JAX would wrap a label of -1 to the last class and turn a label >= C into
 NaN. On an eager call (concrete labels) an out-of-range label raises ValueError
@@ -11,12 +12,16 @@ a NaN loss (and NaN gradient), never a finite wrong number.
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 
 from pure._checks import as_float_array, at_least_float32, check_classification, require_same_shape
+from pure._vjp import hand_written
+
+
+def _upcast(x: jax.Array) -> jax.Array:
+    """``x`` in at least float32; differentiating the cast returns the cotangent in ``x``'s dtype."""
+    return x.astype(at_least_float32(x.dtype))
 
 
 def _label_rows(labels: jax.Array, num_classes: int) -> tuple[jax.Array, jax.Array]:
@@ -27,7 +32,7 @@ def _label_rows(labels: jax.Array, num_classes: int) -> tuple[jax.Array, jax.Arr
 
 # --------------------------------------------------------------------------- mse
 def mse(pred: jax.Array, target: jax.Array) -> jax.Array:
-    """Half mean squared error, ``½·mean((pred − target)²)`` (seed 004's ℓ = ½(y − ŷ)²).
+    """Half mean squared error, ``½·mean((pred − target)²)`` (d2l's ℓ = ½(y − ŷ)²).
 
     .. math:: L = \\frac{1}{2n}\\lVert \\hat y - y \\rVert^2, \\qquad dL/d\\hat y = (\\hat y - y)/n
 
@@ -47,40 +52,33 @@ def mse(pred: jax.Array, target: jax.Array) -> jax.Array:
     """
     pred, target = as_float_array("mse", "pred", pred), as_float_array("mse", "target", target)
     require_same_shape("mse", "pred", pred, "target", target)
-    return _mse((pred.dtype, target.dtype), pred, target)
+    return _mse(_upcast(pred), _upcast(target))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _mse(dtypes, pred, target):
-    return _mse_fwd(dtypes, pred, target)[0]
-
-
-def _mse_fwd(dtypes, pred, target):
-    diff = pred.astype(at_least_float32(pred.dtype)) - target.astype(at_least_float32(target.dtype))
+def _mse_fwd(pred, target):
+    diff = pred - target
     return 0.5 * jnp.mean(diff * diff), diff
 
 
-def _mse_bwd(dtypes, diff, g):
+def _mse_bwd(diff, g):
     d = g * diff / diff.size
-    return d.astype(dtypes[0]), (-d).astype(dtypes[1])
+    return d, -d
 
 
-_mse.defvjp(_mse_fwd, _mse_bwd)
-_mse = jax.jit(_mse, static_argnums=0)  # eager calls compile once per shape
+_mse = hand_written(_mse_fwd, _mse_bwd)
 
 
 # --------------------------------------------------------- softmax cross-entropy
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy with integer labels (seeds 001, 003).
+    """Mean softmax cross-entropy with integer labels (CS231n).
 
     .. math:: L = \\frac1N \\sum_i -\\log \\frac{e^{s_{i,y_i}}}{\\sum_k e^{s_{ik}}}, \\qquad
               \\frac{\\partial L}{\\partial s} = \\frac{\\mathrm{softmax}(s) - \\mathrm{onehot}(y)}{N}
 
     The row max is subtracted first, so logits of ±1e4 in float32 give a finite loss
-    and gradient. The loss picks the label's logit with a gather (one per row, not a
-    masked sum over all C), and the backward reuses the forward's exponentials and row
-    sums instead of recomputing ``exp``: read from the optimised HLO, these two made it
-    1.13× as fast as ``jax.grad`` of optax's loss (it was 0.64×) at N=1024, C=10 on CPU.
+    and gradient. The loss gathers the label's logit (one per row, not a masked sum over
+    all C), and the backward reuses the forward's exponentials and row sums instead of
+    recomputing ``exp`` (docs/performance.md has the measurements behind both).
 
     Args:
       logits: scores of shape ``(N, C)``.
@@ -95,16 +93,10 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
       Array(1.3862944, dtype=float32)
     """
     logits, labels = check_classification("softmax_cross_entropy", logits, labels)
-    return _softmax_cross_entropy(logits.dtype, logits, labels)
+    return _softmax_cross_entropy(_upcast(logits), labels)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _softmax_cross_entropy(dtype, logits, labels):
-    return _softmax_cross_entropy_fwd(dtype, logits, labels)[0]
-
-
-def _softmax_cross_entropy_fwd(dtype, logits, labels):
-    s = logits.astype(at_least_float32(logits.dtype))
+def _softmax_cross_entropy_fwd(s, labels):
     shifted = s - jnp.max(s, axis=1, keepdims=True)
     e = jnp.exp(shifted)
     total = jnp.sum(e, axis=1)
@@ -114,21 +106,20 @@ def _softmax_cross_entropy_fwd(dtype, logits, labels):
     return loss, (e, total, labels)
 
 
-def _softmax_cross_entropy_bwd(dtype, res, g):
+def _softmax_cross_entropy_bwd(res, g):
     e, total, labels = res  # the forward's exponentials: softmax = e / total, no exp recomputed
     onehot, valid = _label_rows(labels, e.shape[1])
     scale = jnp.where(valid, g / e.shape[0], jnp.nan)  # a bad label's row is NaN, never a wrapped class
     d = (e * (1 / total)[:, None] - onehot.astype(e.dtype)) * scale[:, None]
-    return d.astype(dtype), None
+    return d, None
 
 
-_softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
-_softmax_cross_entropy = jax.jit(_softmax_cross_entropy, static_argnums=0)  # eager calls compile once per shape
+_softmax_cross_entropy = hand_written(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
 
 
 # -------------------------------------------------------------- multiclass hinge
 def multiclass_hinge(scores: jax.Array, labels: jax.Array, margin: float = 1.0) -> jax.Array:
-    """Mean multiclass SVM loss in the CS231n sum form (seed 001).
+    """Mean multiclass SVM loss in the CS231n sum form.
 
     .. math:: L = \\frac1N \\sum_i \\sum_{j \\ne y_i} \\max(0,\\ s_{ij} - s_{i y_i} + \\Delta)
 
@@ -152,17 +143,10 @@ def multiclass_hinge(scores: jax.Array, labels: jax.Array, margin: float = 1.0) 
     scores, labels = check_classification("multiclass_hinge", scores, labels)
     if not isinstance(margin, (int, float)):
         raise TypeError(f"multiclass_hinge: margin must be a Python float, got {type(margin).__name__}")
-    return _multiclass_hinge((float(margin), scores.dtype), scores, labels)
+    return _multiclass_hinge(float(margin), _upcast(scores), labels)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _multiclass_hinge(setting, scores, labels):
-    return _multiclass_hinge_fwd(setting, scores, labels)[0]
-
-
-def _multiclass_hinge_fwd(setting, scores, labels):
-    margin, _ = setting
-    s = scores.astype(at_least_float32(scores.dtype))
+def _multiclass_hinge_fwd(margin, s, labels):
     onehot, valid = _label_rows(labels, s.shape[1])
     true_score = jnp.sum(jnp.where(onehot, s, 0), axis=1, keepdims=True)
     slack = s - true_score + margin
@@ -171,21 +155,20 @@ def _multiclass_hinge_fwd(setting, scores, labels):
     return jnp.mean(jnp.where(valid, per_row, jnp.nan)), (violated, labels)
 
 
-def _multiclass_hinge_bwd(setting, res, g):
-    (_, dtype), (violated, labels) = setting, res
+def _multiclass_hinge_bwd(margin, res, g):
+    violated, labels = res
     onehot, valid = _label_rows(labels, violated.shape[1])
     count = jnp.sum(violated, axis=1, keepdims=True, dtype=g.dtype)
     d = (violated.astype(g.dtype) - onehot.astype(g.dtype) * count) * (g / violated.shape[0])
-    return jnp.where(valid[:, None], d, jnp.nan).astype(dtype), None
+    return jnp.where(valid[:, None], d, jnp.nan), None
 
 
-_multiclass_hinge.defvjp(_multiclass_hinge_fwd, _multiclass_hinge_bwd)
-_multiclass_hinge = jax.jit(_multiclass_hinge, static_argnums=0)  # eager calls compile once per shape
+_multiclass_hinge = hand_written(_multiclass_hinge_fwd, _multiclass_hinge_bwd, static=1)
 
 
 # ---------------------------------------------------------- binary cross-entropy
 def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Mean binary cross-entropy of a sigmoid output, taken from the logits (seed 000).
+    """Mean binary cross-entropy of a sigmoid output, taken from the logits.
 
     .. math:: L = \\mathrm{mean}\\big(-t\\log\\sigma(z) - (1-t)\\log(1-\\sigma(z))\\big)
               = \\mathrm{mean}\\big(\\max(z, 0) - z t + \\log(1 + e^{-|z|})\\big)
@@ -208,26 +191,18 @@ def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     fn = "binary_cross_entropy"
     logits, targets = as_float_array(fn, "logits", logits), as_float_array(fn, "targets", targets)
     require_same_shape(fn, "logits", logits, "targets", targets)
-    return _binary_cross_entropy(logits, targets)
+    return _binary_cross_entropy(_upcast(logits), _upcast(targets))
 
 
-@jax.custom_vjp
-def _binary_cross_entropy(logits, targets):
-    return _binary_cross_entropy_fwd(logits, targets)[0]
-
-
-def _binary_cross_entropy_fwd(logits, targets):
-    z, t = logits.astype(at_least_float32(logits.dtype)), targets.astype(at_least_float32(targets.dtype))
+def _binary_cross_entropy_fwd(z, t):
     loss = jnp.mean(jnp.maximum(z, 0) - z * t + jnp.log1p(jnp.exp(-jnp.abs(z))))
-    return loss, (logits, targets)
+    return loss, (z, t)
 
 
 def _binary_cross_entropy_bwd(res, g):
-    logits, targets = res
-    z, t = logits.astype(at_least_float32(logits.dtype)), targets.astype(at_least_float32(targets.dtype))
+    z, t = res
     scale = g / z.size
-    return ((jax.nn.sigmoid(z) - t) * scale).astype(logits.dtype), (-z * scale).astype(targets.dtype)
+    return (jax.nn.sigmoid(z) - t) * scale, -z * scale
 
 
-_binary_cross_entropy.defvjp(_binary_cross_entropy_fwd, _binary_cross_entropy_bwd)
-_binary_cross_entropy = jax.jit(_binary_cross_entropy)  # eager calls compile once per shape
+_binary_cross_entropy = hand_written(_binary_cross_entropy_fwd, _binary_cross_entropy_bwd)

@@ -1,4 +1,4 @@
-"""The multilayer perceptron with explicit parameter pytrees (seed 004).
+"""The multilayer perceptron with explicit parameter pytrees.
 
 ``params`` is a list of ``{"W": (d_in, d_out), "b": (d_out,)}`` dicts. The forward uses
 only :func:`pure.layers.affine`, the pure activations and :func:`pure.layers.dropout`,
@@ -25,10 +25,11 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "leaky_relu": leaky_relu,
 }
 LOSSES = {"softmax": softmax_cross_entropy, "hinge": multiclass_hinge}
+INIT_SCHEMES = ("he", "xavier", "normal")
 
 
 def weights_only(params: Params) -> list[dict[str, bool]]:
-    """The usual penalty mask: every ``W`` and no bias (seed 004)."""
+    """The usual penalty mask: every ``W`` and no bias (biases are usually not regularised)."""
     return [{"W": True, "b": False} for _ in params]
 
 
@@ -64,15 +65,15 @@ def init_mlp(key: jax.Array, sizes: Sequence[int], *, scheme: str = "he", std: f
         "xavier": lambda fan_in, fan_out: math.sqrt(2.0 / (fan_in + fan_out)),
         "he": lambda fan_in, fan_out: math.sqrt(2.0 / fan_in),
     }
-    if scheme not in stds:
-        raise ValueError(f"init_mlp: scheme must be one of {sorted(stds)}, got {scheme!r}")
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"init_mlp: scheme must be one of {sorted(INIT_SCHEMES)}, got {scheme!r}")
     keys = jax.random.split(key, len(sizes) - 1)
     return [{"W": stds[scheme](m, n) * jax.random.normal(k, (m, n), dtype), "b": jnp.zeros(n, dtype)}
             for k, m, n in zip(keys, sizes[:-1], sizes[1:], strict=True)]
 
 
 def count_params(params: Params) -> int:
-    """Seed 000's rule: per layer, #neurons × #inputs + #biases.
+    """The parameter count of a dense net: per layer, #neurons × #inputs + #biases.
 
     Example:
       >>> count_params(init_mlp(jax.random.key(0), [4, 10, 3]))  # 10·4 + 10 + 3·10 + 3

@@ -33,7 +33,7 @@ class SGDState(NamedTuple):
 
 def sgd(learning_rate: float | Schedule, *, momentum: float = 0.0, weight_decay: float | Schedule = 0.0,
         mask: Any = None, decoupled_weight_decay: bool = False) -> GradientTransformation:
-    """Minibatch SGD with heavy-ball momentum and L2 weight decay (seeds 000–004).
+    """Minibatch SGD with heavy-ball momentum and L2 weight decay.
 
     .. math::
        g &\\leftarrow g + \\lambda w \\quad\\text{(on the leaves where mask is True)} \\\\
@@ -49,7 +49,7 @@ def sgd(learning_rate: float | Schedule, *, momentum: float = 0.0, weight_decay:
     ====================================  =======================================
     configuration                         same as an L2 penalty λ/2‖w‖²?
     ====================================  =======================================
-    momentum 0, coupled or decoupled      yes: ``w ← (1 − ηλ)w − η∇L`` (seed 004)
+    momentum 0, coupled or decoupled      yes: ``w ← (1 − ηλ)w − η∇L`` (d2l)
     momentum μ > 0, coupled (default)     yes: λw enters m like any gradient
     momentum μ > 0, decoupled (SGDW)      no: the decay skips the momentum trace
     Adam + L2 penalty vs AdamW (optax)    no: Adam rescales the λw term
@@ -133,11 +133,11 @@ def apply_updates(params: Any, updates: Any) -> Any:
 
 
 def cosine_decay(init_value: float, decay_steps: int, alpha: float = 0.0) -> Schedule:
-    """Cosine learning-rate decay (seed 001), equal to ``optax.cosine_decay_schedule``.
+    """Cosine learning-rate decay (Loshchilov & Hutter, SGDR), equal to ``optax.cosine_decay_schedule``.
 
     .. math:: \\eta_t = \\eta_0\\Big((1 - a)\\,\\tfrac12\\big(1 + \\cos\\tfrac{\\pi \\min(t, T)}{T}\\big) + a\\Big)
 
-    With ``alpha = a = 0`` this is the seed's ``½η₀(1 + cos(tπ/T))``. It falls from
+    With ``alpha = a = 0`` this is the textbook ``½η₀(1 + cos(tπ/T))``. It falls from
     ``η₀`` at ``t = 0`` to the floor ``a·η₀`` at ``t = T`` and stays there after T.
 
     Args:

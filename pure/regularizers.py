@@ -1,19 +1,19 @@
-"""Penalties on parameter pytrees (seeds 000, 003, 004) and the max-norm projection.
+"""Penalties on parameter pytrees (L2 weight decay, L1 lasso) and the max-norm projection.
 
 ``mask`` follows optax: None (every leaf), a pytree of bools with the structure of
 ``params``, or a callable ``params -> pytree of bools``. Biases are usually left
-out (seed 004), e.g. ``mask=lambda p: [{"W": True, "b": False} for _ in p]``.
+out (d2l, §weight decay), e.g. ``mask=lambda p: [{"W": True, "b": False} for _ in p]``.
 """
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from pure._checks import as_float_array, at_least_float32, concrete_scalar, resolve_mask
+from pure._vjp import hand_written
 
 
 def _masked_leaves(fn: str, params: Any, mask: Any) -> tuple[jax.Array, ...]:
@@ -41,13 +41,13 @@ def _total(leaves: tuple[jax.Array, ...], term) -> jax.Array:
 
 # ---------------------------------------------------------------------------- L2
 def l2_penalty(params: Any, strength: float | jax.Array, *, mask: Any = None) -> jax.Array:
-    """The d2l weight-decay penalty ``strength/2 · Σ w²`` over the masked leaves (seed 004).
+    """The d2l weight-decay penalty ``strength/2 · Σ w²`` over the masked leaves (d2l).
 
     .. math:: R(w) = \\frac{\\lambda}{2}\\lVert w\\rVert^2, \\qquad \\nabla R = \\lambda w
 
     With plain SGD, adding this to the loss is the same update as weight decay
     ``w ← (1 − ηλ)w − η∇ℓ``. **CS231n's convention** ``reg · Σ W²`` (gradient
-    ``2·reg·W``, seed 003) is ``l2_penalty(params, 2 * reg)``: never pass ``reg`` itself.
+    ``2·reg·W``) is ``l2_penalty(params, 2 * reg)``: never pass ``reg`` itself.
 
     Args:
       params: a pytree of float arrays.
@@ -64,11 +64,6 @@ def l2_penalty(params: Any, strength: float | jax.Array, *, mask: Any = None) ->
     return _l2_penalty(_masked_leaves("l2_penalty", params, mask), _strength("l2_penalty", strength))
 
 
-@jax.custom_vjp
-def _l2_penalty(leaves, strength):
-    return _l2_penalty_fwd(leaves, strength)[0]
-
-
 def _l2_penalty_fwd(leaves, strength):
     sq = _total(leaves, lambda w: w * w)
     return 0.5 * strength.astype(sq.dtype) * sq, (leaves, strength, sq)
@@ -80,8 +75,7 @@ def _l2_penalty_bwd(res, g):
     return tuple((gs * w.astype(g.dtype)).astype(w.dtype) for w in leaves), (0.5 * g * sq).astype(strength.dtype)
 
 
-_l2_penalty.defvjp(_l2_penalty_fwd, _l2_penalty_bwd)
-_l2_penalty = jax.jit(_l2_penalty)  # eager calls compile once per shape
+_l2_penalty = hand_written(_l2_penalty_fwd, _l2_penalty_bwd)
 
 
 # ---------------------------------------------------------------------------- L1
@@ -108,11 +102,6 @@ def l1_penalty(params: Any, strength: float | jax.Array, *, mask: Any = None) ->
     return _l1_penalty(_masked_leaves("l1_penalty", params, mask), _strength("l1_penalty", strength))
 
 
-@jax.custom_vjp
-def _l1_penalty(leaves, strength):
-    return _l1_penalty_fwd(leaves, strength)[0]
-
-
 def _l1_penalty_fwd(leaves, strength):
     total = _total(leaves, jnp.abs)
     return strength.astype(total.dtype) * total, (leaves, strength, total)
@@ -124,8 +113,7 @@ def _l1_penalty_bwd(res, g):
     return tuple((gs * jnp.sign(w).astype(g.dtype)).astype(w.dtype) for w in leaves), (g * total).astype(strength.dtype)
 
 
-_l1_penalty.defvjp(_l1_penalty_fwd, _l1_penalty_bwd)
-_l1_penalty = jax.jit(_l1_penalty)  # eager calls compile once per shape
+_l1_penalty = hand_written(_l1_penalty_fwd, _l1_penalty_bwd)
 
 
 # ---------------------------------------------------------------------- max-norm
@@ -134,7 +122,7 @@ def max_norm(params: Any, max_value: float, *, axis: int = 0) -> Any:
 
     .. math:: w \\leftarrow w \\cdot \\min\\big(1,\\ c / \\lVert w\\rVert\\big)
 
-    A projection, applied after an update step (the max-norm constraint of seed 000).
+    A projection, applied after an update step (the max-norm constraint of Srivastava et al., 2014).
     With ``W`` of shape ``(D, C)`` and ``axis=0`` each unit's incoming weight vector
     is bounded. Only leaves with ``ndim ≥ 2`` are projected; biases pass through.
     An all-zero slice stays zero (no NaN). **Kink:** at exactly ``‖w‖ = c`` the
@@ -172,11 +160,6 @@ def _norm_scale(c, axis, w):
     return norm, active, jnp.where(active, c / jnp.where(active, norm, 1), 1)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _max_norm(setting, w):
-    return w * _norm_scale(*setting, w)[2]
-
-
 def _max_norm_fwd(setting, w):
     norm, active, scale = _norm_scale(*setting, w)
     return w * scale, (w, norm, active, scale)
@@ -190,5 +173,4 @@ def _max_norm_bwd(setting, res, g):
     return (jnp.where(active, scale * (g - radial), g),)
 
 
-_max_norm.defvjp(_max_norm_fwd, _max_norm_bwd)
-_max_norm = jax.jit(_max_norm, static_argnums=0)  # eager calls compile once per shape
+_max_norm = hand_written(_max_norm_fwd, _max_norm_bwd, static=1)

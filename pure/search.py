@@ -1,4 +1,4 @@
-"""Grid and random search (seed 001): baselines that only evaluate the loss, vectorised with vmap."""
+"""Grid and random search: baselines that only evaluate the loss, vectorised with vmap."""
 
 from __future__ import annotations
 

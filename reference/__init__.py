@@ -1,14 +1,17 @@
-"""handgrad's oracle: independent references and a VJP checker for any JAX function.
+"""handgrad's oracle: independent references and checkers for any JAX function's VJP.
 
 ``reference.<module>.<op>`` is the plain jax.numpy / jax.nn / optax version of
-``pure.<module>.<op>``, differentiated by JAX's own autodiff. :func:`check_vjp`
-proves a VJP right against float64 central differences and such a reference.
+``pure.<module>.<op>``, differentiated by JAX's own autodiff. :func:`check_vjp` proves a
+VJP right against float64 central differences and such a reference; :func:`check_transforms`
+proves it the same under jit, vmap, grad-of-jit, jax.checkpoint and scan.
 """
 
 from reference import activations, gates, layers, linear, losses, nn, optim, regularizers, search, train
-from reference.check import LeafReport, VJPReport, check_vjp, numerical_grad, numerical_vjp
+from reference.check import LeafReport, VJPReport, check_vjp, max_abs_diff, numerical_grad, numerical_vjp
+from reference.transforms import TransformReport, check_transforms
 
 __all__ = [
-    "check_vjp", "numerical_grad", "numerical_vjp", "VJPReport", "LeafReport",
+    "check_vjp", "check_transforms", "numerical_grad", "numerical_vjp", "max_abs_diff",
+    "VJPReport", "LeafReport", "TransformReport",
     "gates", "activations", "layers", "losses", "regularizers", "linear", "nn", "optim", "search", "train",
 ]

@@ -398,6 +398,20 @@ def _check_against_reference(probe: _Probe, k: int, path: str, a: np.ndarray, re
     return float(np.max(kept, initial=0.0)), float(np.max(rel, initial=0.0))
 
 
+def max_abs_diff(a: Any, b: Any) -> float:
+    """The largest ``|a − b|`` over the float leaves of two pytrees of the same structure.
+
+    Example:
+      >>> max_abs_diff({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([1.0, 2.5])})
+      0.5
+    """
+    def floats(tree: Any) -> list[np.ndarray]:
+        return [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(tree) if _is_float(x)]
+
+    pairs = zip(floats(a), floats(b), strict=True)
+    return max([float(np.max(np.abs(x - y), initial=0.0)) for x, y in pairs], default=0.0)
+
+
 def numerical_vjp(fn: Callable, args: Sequence[Any], cotangent: Any, *, eps: float = 1e-6) -> tuple:
     """Float64 central-difference VJP of ``fn`` at ``args`` for the given ``cotangent``.
 

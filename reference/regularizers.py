@@ -1,16 +1,18 @@
-"""References for pure.regularizers."""
+"""References for pure.regularizers, in plain jax.numpy (the mask resolved here, not by pure)."""
 
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from pure._checks import resolve_mask
-
 
 def _selected(params: Any, mask: Any) -> list[jax.Array]:
-    keep = resolve_mask("reference", params, mask)
-    return [w for w, k in zip(jax.tree_util.tree_leaves(params), keep, strict=True) if k]
+    """The leaves an optax-style mask (None, a pytree of bools, or a callable) keeps."""
+    if mask is None:
+        return jax.tree_util.tree_leaves(params)
+    mask = mask(params) if callable(mask) else mask
+    return [w for w, keep in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(mask), strict=True)
+            if keep]
 
 
 def l2_penalty(params: Any, strength: Any, *, mask: Any = None) -> jax.Array:

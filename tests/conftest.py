@@ -18,6 +18,17 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from properties import profiles  # noqa: E402
+
+# handgrad's profiles exist before Hypothesis's plugin reads --hypothesis-profile=handgrad-thorough.
+profiles.register()
+
+
+def pytest_configure(config):
+    # Unless one is chosen (--hypothesis-profile, or HANDGRAD_PROFILE), the suite runs under handgrad-ci.
+    if config.getoption("hypothesis_profile", None) is None:
+        profiles.load(os.environ.get("HANDGRAD_PROFILE", "handgrad-ci"))
+
 
 def pytest_sessionfinish(session):
     if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist) cleans up
@@ -40,5 +51,3 @@ def x64():
     """Enables float64 for one test only (never globally on import)."""
     with jax.enable_x64(True):
         yield
-
-

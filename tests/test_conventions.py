@@ -23,7 +23,7 @@ def test_gates_sum_the_cotangent_over_broadcast_axes(op, bias_shape):
     out, pullback = jax.vjp(op, x, b)
     dx, db = pullback(g)
     assert out.shape == (N, C) and dx.shape == x.shape and db.shape == b.shape
-    local_x, local_b = {  # the local derivatives of seed 003, broadcast to (N, C)
+    local_x, local_b = {  # the local derivatives of each gate, broadcast to (N, C)
         pure.add: (1.0, 1.0),
         pure.mul: (jnp.broadcast_to(b, (N, C)), x),
         pure.maximum: ((x >= b).astype(x.dtype), (x < b).astype(x.dtype)),

@@ -99,3 +99,14 @@ def test_init_schemes_have_their_standard_deviations(scheme, want):
 
 def test_count_params_follows_the_seed_rule():
     assert nn.count_params(nn.init_mlp(jax.random.key(0), [784, 512, 512, 10])) == 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
+
+
+def test_mlp_with_dropout_but_deterministic_drops_nothing_value_or_gradient():
+    x, _ = _batch(jnp.float32, n=8)
+    params, key = nn.init_mlp(jax.random.key(0), SIZES), jax.random.key(5)
+    loss = lambda p, **kw: jnp.sum(nn.mlp(p, x, **kw) ** 2)  # noqa: E731
+    kw = dict(dropout_rate=0.5, key=key, deterministic=True)
+    np.testing.assert_array_equal(nn.mlp(params, x, **kw), nn.mlp(params, x))
+    for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss)(params, **kw)),
+                    jax.tree_util.tree_leaves(jax.grad(loss)(params)), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -1,4 +1,4 @@
-"""pure.optim against optax, and the weight-decay equivalences of seed 004."""
+"""pure.optim against optax, and the weight-decay equivalences (d2l)."""
 
 import re
 
@@ -10,8 +10,8 @@ import pytest
 
 import pure.optim as optim
 import reference.optim as ref_optim
+from handgrad.verify import trajectory
 from pure.regularizers import l2_penalty
-from reference.verify import trajectory
 
 
 def _params(dtype=jnp.float64):
@@ -56,7 +56,7 @@ def test_cosine_decay_equals_optax_at_every_integer_step(x64):
         for t in (0, 25, 50, 51, 1000):  # Python ints too, including 0, T and past T
             assert float(ours(t)) == float(theirs(t))
         assert float(ours(0)) == 0.3 and float(ours(50)) == pytest.approx(0.3 * alpha) and ours(80) == ours(50)
-    assert float(optim.cosine_decay(2.0, 10)(5)) == pytest.approx(0.5 * 2.0 * (1 + np.cos(np.pi / 2)))  # seed 001
+    assert float(optim.cosine_decay(2.0, 10)(5)) == pytest.approx(0.5 * 2.0 * (1 + np.cos(np.pi / 2)))  # ½η₀(1 + cos(tπ/T))
 
 
 def test_weight_decay_equals_l2_penalty_equals_the_decay_formula_without_momentum(x64):
@@ -78,7 +78,7 @@ def test_weight_decay_equals_l2_penalty_equals_the_decay_formula_without_momentu
     decayed = descend(optim.sgd(eta, weight_decay=lam), loss)
     penalised = descend(optim.sgd(eta), lambda p: loss(p) + l2_penalty(p, lam))
     p = jax.tree_util.tree_map(jnp.zeros_like, target)
-    for _ in range(k):  # w ← (1 − ηλ)w − η∇L, seed 004's second line
+    for _ in range(k):  # w ← (1 − ηλ)w − η∇L, d2l's update
         p = jax.tree_util.tree_map(lambda w, g: (1 - eta * lam) * w - eta * g, p, jax.grad(loss)(p))
     for a, b, c in zip(*(jax.tree_util.tree_leaves(t) for t in (decayed, penalised, p)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)

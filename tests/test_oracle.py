@@ -46,7 +46,7 @@ def _max_bwd_to_smaller(args, g):
 
 
 def _sigmoid_bwd_g_as_y(args, g):
-    return (g * (1 - g),)  # seed 000's mix-up: the upstream gradient used as σ(x)
+    return (g * (1 - g),)  # the classic mix-up: the upstream gradient used as σ(x)
 
 
 WRONG = {

@@ -8,9 +8,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import pure.nn as nn
 import pure.optim as optim
+import reference.train
 from pure.train import epoch_order, make_epoch, make_train_step
 
 SIZES = [8, 16, 3]
@@ -44,6 +46,8 @@ def test_step_is_pure_and_compiles_once():
 def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
     a, b, c = epoch_order(7, 3, 50), epoch_order(7, 3, 50), epoch_order(7, 4, 50)
     assert a.tolist() == b.tolist() and a.tolist() != c.tolist() and sorted(a.tolist()) == list(range(50))
+    # the reference epoch (jax.grad + optax beside training) draws its own order: the same one
+    assert a.tolist() == reference.train.epoch_order(7, 3, 50).tolist()
 
 
 def test_scanned_epoch_equals_the_same_steps_one_by_one():
@@ -65,7 +69,8 @@ def test_scanned_epoch_equals_the_same_steps_one_by_one():
 PARALLEL = r"""
 import json
 import jax, jax.numpy as jnp, numpy as np
-import pure.nn as nn, pure.optim as optim
+import pure.nn as nn
+import reference.train, pure.optim as optim
 from pure.train import data_sharding, make_epoch, replicated
 
 assert jax.device_count() == 8, jax.devices()
@@ -110,6 +115,7 @@ print(json.dumps({"grad_rel": rel(many, one), "norm_rel": rel([np.asarray(many_n
 """
 
 
+@pytest.mark.subprocess
 def test_data_parallel_gradients_equal_single_device_after_20_steps():
     env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

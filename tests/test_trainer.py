@@ -1,10 +1,11 @@
 """`handgrad train`: data checks, one-line errors, the oracle beside training, early stopping,
-k-fold, checkpoints (refused when foreign, kept on divergence, bitwise after kill -9), and
-training over two processes."""
+k-fold, the binary and regression paths, output that cannot be lost, checkpoints (refused when
+foreign, kept on divergence, skipped when damaged, bitwise after kill -9), and two processes."""
 
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,9 +16,11 @@ import jax
 import numpy as np
 import pytest
 
-from properties.cli import main
-from reference import datasets, trainer
-from reference.checkpoints import CheckpointError, Checkpoints
+from handgrad.cli import main
+from handgrad.train import data as datasets
+from handgrad.train import loop as trainer
+from handgrad.train.checkpoints import CheckpointError, Checkpoints
+from handgrad.train.config import TrainConfig, TrainError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IRIS = {"dataset": "iris", "hidden": (16,), "batch_size": 15, "epochs": 3}
@@ -28,46 +31,66 @@ def _npz(path, **arrays):
     return str(path)
 
 
-def _bad_inputs(tmp):
-    ones = np.ones((6, 2))
-    corrupt = tmp / "corrupt.npz"
-    corrupt.write_bytes(b"not a zip archive")
-    return [
-        (["--dataset", str(tmp / "missing.npz")], "no such file: "),
-        (["--dataset", str(corrupt)], "is not a .npz (zip) archive"),
-        (["--dataset", _npz(tmp / "keys.npz", features=ones, y=np.arange(6))], "expected X and y"),
-        (["--dataset", _npz(tmp / "len.npz", X=ones, y=np.arange(5))], "X has 6 rows but y has 5"),
-        (["--dataset", _npz(tmp / "nan.npz", X=np.where(np.eye(6, 2) > 0, np.nan, 1.0), y=np.arange(6) % 2)],
-         "X has 2 non-finite values, e.g. X[0, 0] = nan"),
-        (["--dataset", _npz(tmp / "neg.npz", X=ones, y=np.array([0, 1, -1, 0, 1, 0]))],
-         "labels must be integers 0..C-1, got y[2] = -1"),
-        (["--dataset", _npz(tmp / "frac.npz", X=ones, y=np.array([0, 1, 0.5, 0, 1, 0])), "--task", "classification"],
-         "got y[2] = 0.5"),
-        (["--dataset", _npz(tmp / "onebased.npz", X=ones, y=np.array([1, 2, 3, 1, 2, 3]))],
-         "class 0 never occurs (are they 1-based?)"),
-        (["--dataset", "wine"], "neither a bundled data set"),
-        (["--activation", "swish"], "argument --activation: invalid choice: 'swish'"),
-        (["--hidden", "32,x"], "argument --hidden: expected comma-separated integers, got '32,x'"),
-        (["--schedule", "linear"], "argument --schedule: invalid choice"),
-        (["--lr", "-0.1"], "--lr must be > 0, got -0.1"),
-        (["--val-fraction", "0.6", "--test-fraction", "0.5"], "must be below 1"),
-        (["--val-fraction", "0"], "--val-fraction must be in (0, 1)"),
-        (["--dataset", "breast_cancer", "--loss", "hinge"], "breast_cancer is a binary task"),
-        (["--dataset", "iris", "--batch-size", "500"], "larger than the training split (105 samples)"),
-        (["--resume"], "--resume needs --checkpoint-dir"),
-    ]
+_ONES = np.ones((6, 2))
+BAD_INPUTS = {  # name: (argv, given a temporary directory; what the one line on stderr says)
+    "missing .npz": (lambda tmp: ["--dataset", str(tmp / "missing.npz")], "no such file: "),
+    "corrupt .npz": (lambda tmp: ["--dataset", _file(tmp / "corrupt.npz", b"not a zip archive")],
+                     "is not a .npz (zip) archive"),
+    "no X and y": (lambda tmp: ["--dataset", _npz(tmp / "keys.npz", features=_ONES, y=np.arange(6))],
+                   "expected X and y"),
+    "lengths differ": (lambda tmp: ["--dataset", _npz(tmp / "len.npz", X=_ONES, y=np.arange(5))],
+                       "X has 6 rows but y has 5"),
+    "NaN in X": (lambda tmp: ["--dataset", _npz(tmp / "nan.npz", X=np.where(np.eye(6, 2) > 0, np.nan, 1.0),
+                                                y=np.arange(6) % 2)], "X has 2 non-finite values, e.g. X[0, 0] = nan"),
+    "label -1": (lambda tmp: ["--dataset", _npz(tmp / "neg.npz", X=_ONES, y=np.array([0, 1, -1, 0, 1, 0]))],
+                 "labels must be integers 0..C-1, got y[2] = -1"),
+    "label 0.5": (lambda tmp: ["--dataset", _npz(tmp / "frac.npz", X=_ONES, y=np.array([0, 1, 0.5, 0, 1, 0])),
+                               "--task", "classification"], "got y[2] = 0.5"),
+    "1-based labels": (lambda tmp: ["--dataset", _npz(tmp / "onebased.npz", X=_ONES, y=np.array([1, 2, 3, 1, 2, 3]))],
+                       "class 0 never occurs (are they 1-based?)"),
+    "unknown data set": (lambda tmp: ["--dataset", "wine"], "neither a bundled data set"),
+    "unknown activation": (lambda tmp: ["--activation", "swish"], "argument --activation: invalid choice: 'swish'"),
+    "bad --hidden": (lambda tmp: ["--hidden", "32,x"], "argument --hidden: expected comma-separated integers, got '32,x'"),
+    "unknown schedule": (lambda tmp: ["--schedule", "linear"], "argument --schedule: invalid choice"),
+    "negative lr": (lambda tmp: ["--lr", "-0.1"], "--lr must be > 0, got -0.1"),
+    "splits over 1": (lambda tmp: ["--val-fraction", "0.6", "--test-fraction", "0.5"], "must be below 1"),
+    "no val split": (lambda tmp: ["--val-fraction", "0"], "--val-fraction must be in (0, 1)"),
+    "hinge on binary": (lambda tmp: ["--dataset", "breast_cancer", "--loss", "hinge"], "breast_cancer is a binary task"),
+    "batch too large": (lambda tmp: ["--dataset", "iris", "--batch-size", "500"],
+                        "larger than the training split (105 samples)"),
+    "--resume alone": (lambda tmp: ["--resume"], "--resume needs --checkpoint-dir"),
+    "--out under a file": (lambda tmp: ["--out", _file(tmp / "a-file", b"") + "/out"],
+                           "--out {tmp}/a-file/out: cannot write there (Not a directory)"),
+    "--checkpoint-dir under a file": (lambda tmp: ["--checkpoint-dir", _file(tmp / "b-file", b"") + "/ckpt"],
+                                      "--checkpoint-dir {tmp}/b-file/ckpt: cannot write there (Not a directory)"),
+}
 
 
-def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, capsys):
-    for argv, expected in _bad_inputs(tmp_path):
-        try:
-            code = main(["train", *argv])
-        except SystemExit as e:  # argparse's own exit, through _Parser.error
-            code = e.code
-        err = capsys.readouterr().err
-        assert code == 2, (argv, err)
-        assert err.count("\n") == 1 and err.startswith("handgrad train: "), (argv, err)
-        assert expected in err and "Traceback" not in err, (argv, err)
+def _file(path, content):
+    path.write_bytes(content)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_2_before_any_training(case, tmp_path, capsys):
+    argv, expected = BAD_INPUTS[case]
+    try:
+        code = main(["train", *argv(tmp_path)])
+    except SystemExit as e:  # argparse's own exit, through _Parser.error
+        code = e.code
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert captured.err.count("\n") == 1 and captured.err.startswith("handgrad train: "), captured.err
+    assert expected.format(tmp=tmp_path) in captured.err and "Traceback" not in captured.err, captured.err
+    assert "epoch" not in captured.out  # refused before the first step
+
+
+def test_every_choice_of_train_config_is_a_choice_on_the_command_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "{relu,sigmoid,tanh,leaky_relu}" in text and "{classification,binary,regression}" in text
+    assert "{he,xavier,normal}" in text and "{softmax,hinge}" in text
 
 
 def test_split_is_stratified_and_standardised_on_train_only():
@@ -88,7 +111,7 @@ def test_split_is_stratified_and_standardised_on_train_only():
 
 @pytest.mark.standard_promotion  # the reference side runs optax's cosine schedule
 def test_reference_run_stays_within_float32_rounding_of_pure():
-    config = trainer.TrainConfig(**{**IRIS, "epochs": 2}, dropout=0.2, l1=1e-3, l2=1e-3, max_norm=2.0, reference=True)
+    config = TrainConfig(**{**IRIS, "epochs": 2}, dropout=0.2, l1=1e-3, l2=1e-3, max_norm=2.0, reference=True)
     rows = []
     summary = trainer.train(config, log=rows.append)
     assert [r["epoch"] for r in summary["history"]] == [1, 2]
@@ -97,7 +120,7 @@ def test_reference_run_stays_within_float32_rounding_of_pure():
 
 
 def test_early_stopping_keeps_the_best_parameters_and_out_has_metrics_params_and_plots(tmp_path):
-    config = trainer.TrainConfig(**{**IRIS, "epochs": 40}, lr=0.2, early_stopping=2, out=str(tmp_path))
+    config = TrainConfig(**{**IRIS, "epochs": 40}, lr=0.2, early_stopping=2, out=str(tmp_path))
     summary = trainer.train(config, log=lambda _: None)
     history, best = summary["history"], summary["best_epoch"]
     assert len(history) == best + 2 < 40  # stopped two epochs after the best
@@ -115,34 +138,71 @@ def test_early_stopping_keeps_the_best_parameters_and_out_has_metrics_params_and
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_kfold_reports_mean_and_std_over_folds():
+def test_kfold_folds_are_scikit_learns_and_each_score_is_that_folds_own_run():
+    from sklearn.model_selection import StratifiedKFold
+
+    config = TrainConfig(**{**IRIS, "epochs": 2}, kfold=3)
     rows = []
-    summary = trainer.train(trainer.TrainConfig(**{**IRIS, "epochs": 1}, kfold=3), log=rows.append)
-    scores = [f["val_metric"] for f in summary["folds"]]
-    assert len(scores) == 3 and summary["cv_mean"] == pytest.approx(np.mean(scores))
-    assert summary["cv_std"] == pytest.approx(np.std(scores))
-    assert f"3-fold cross-validation: val acc {np.mean(scores):.4f} ± {np.std(scores):.4f}" in rows[-2]
+    summary = trainer.train(config, log=rows.append)
+    data = datasets.load("iris")
+    rest = datasets.split(data, 0.0, config.test_fraction, config.seed)["train"]  # train+val; test untouched
+    folds = StratifiedKFold(3, shuffle=True, random_state=config.seed).split(rest, data.y[rest])
+    scores = []
+    for k, (a, b) in enumerate(folds):  # each fold trained again on its own, from scikit-learn's indices
+        run = trainer.Run(config, data, "softmax", rest[a], rest[b], rest[:0], log=lambda _: None)
+        state, progress = run.initial_state()
+        run.fit(state, progress, trainer._QuietBar)
+        assert summary["folds"][k]["val_metric"] == progress.history[-1]["val_metric"]
+        assert progress.history[-1]["val_metric"] * len(b) == pytest.approx(round(progress.history[-1]["val_metric"]
+                                                                                * len(b)))  # a count over the fold
+        scores.append(progress.history[-1]["val_metric"])
+    assert len(set(scores)) > 1  # three different folds, three different scores
+    assert summary["cv_mean"] == pytest.approx(sum(scores) / 3)
+    assert summary["cv_std"] == pytest.approx((sum((s - sum(scores) / 3) ** 2 for s in scores) / 3) ** 0.5)
+    assert any(r.startswith("3-fold cross-validation: val acc ") for r in rows)
+
+
+def test_binary_path_trains_breast_cancer_with_binary_cross_entropy():
+    rows = []
+    summary = trainer.train(TrainConfig(dataset="breast_cancer", hidden=(16,), epochs=3, batch_size=32),
+                            log=rows.append)
+    assert summary["task"] == "binary" and summary["loss"] == "binary_cross_entropy"
+    assert summary["params"][-1]["W"].shape == (16, 1)  # one logit
+    assert summary["test_metric"] > 0.9, summary["test_metric"]  # a linear-ish problem: 3 epochs suffice
+    assert any("loss binary_cross_entropy" in r for r in rows)
+
+
+def test_regression_path_trains_diabetes_and_fits_least_squares_in_closed_form():
+    rows = []
+    summary = trainer.train(TrainConfig(dataset="diabetes", hidden=(16,), epochs=5, batch_size=32,
+                                        weight_decay=0.01), log=rows.append)
+    assert summary["task"] == "regression" and summary["loss"] == "mse"
+    assert summary["params"][-1]["W"].shape == (16, 1)
+    assert 0.2 < summary["least_squares"]["test_r2"] < 0.6  # the closed form explains part of the variance
+    assert summary["test_metric"] > 0.0  # and the MLP does better than predicting the mean
+    assert any(r.startswith("closed-form least squares (pure.linear.least_squares): val R² ") for r in rows)
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path):
     ckpt = str(tmp_path / "ckpt")
-    trainer.train(trainer.TrainConfig(**{**IRIS, "epochs": 1}, checkpoint_dir=ckpt), log=lambda _: None)
-    with pytest.raises(trainer.TrainError, match="already holds checkpoints .* pass --resume"):
-        trainer.train(trainer.TrainConfig(**{**IRIS, "epochs": 1}, checkpoint_dir=ckpt), log=lambda _: None)
-    other_model = trainer.TrainConfig(**{**IRIS, "epochs": 1, "hidden": (8,)}, checkpoint_dir=ckpt, resume=True)
+    trainer.train(TrainConfig(**{**IRIS, "epochs": 1}, checkpoint_dir=ckpt), log=lambda _: None)
+    with pytest.raises(TrainError, match="already holds checkpoints .* pass --resume"):
+        trainer.train(TrainConfig(**{**IRIS, "epochs": 1}, checkpoint_dir=ckpt), log=lambda _: None)
+    other_model = TrainConfig(**{**IRIS, "epochs": 1, "hidden": (8,)}, checkpoint_dir=ckpt, resume=True)
     with pytest.raises(CheckpointError, match=r"different run: hidden is \[16\] there but \[8\] here"):
         trainer.train(other_model, log=lambda _: None)
-    other_data = trainer.TrainConfig(**{**IRIS, "epochs": 1, "dataset": "digits"}, checkpoint_dir=ckpt, resume=True)
+    other_data = TrainConfig(**{**IRIS, "epochs": 1, "dataset": "digits"}, checkpoint_dir=ckpt, resume=True)
     with pytest.raises(CheckpointError, match="dataset is 'iris' there but 'digits' here.*data is 'iris: 150x4"):
         trainer.train(other_data, log=lambda _: None)
 
 
 def _latest_checkpoint(config, directory):
-    """The newest checkpoint in ``directory``, restored as ``handgrad train --resume`` would."""
+    """The newest checkpoint in ``directory`` that reads back, restored as ``handgrad train --resume`` would."""
     data = datasets.load(config.dataset)
-    checkpoints = Checkpoints(directory, config.signature(data))
+    checkpoints = Checkpoints(directory, trainer.signature(config, data))
     run = trainer.Run(config, data, "softmax", *datasets.split(data, 0.1, 0.2, 0).values(), checkpoints=checkpoints)
-    return checkpoints.restore(run.initial_state()["tree"])
+    tree, record, _ = checkpoints.restore(run.initial_state()[0])
+    return tree, trainer.Progress.from_json(record)
 
 
 def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(tmp_path, capsys):
@@ -154,21 +214,73 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(tmp_path, 
     assert err.startswith("handgrad train: non-finite loss (nan) at step ") and "\n" not in err
     last = int(err.split("the last good checkpoint is step ")[1].split()[0])
     assert int(err.split(" at step ")[1].split()[0]) == last + 1
-    config = trainer.TrainConfig(dataset="iris", hidden=(16,), batch_size=15, lr=1e30, checkpoint_dir=ckpt,
+    config = TrainConfig(dataset="iris", hidden=(16,), batch_size=15, lr=1e30, checkpoint_dir=ckpt,
                                  checkpoint_every=1)
-    tree, record = _latest_checkpoint(config, ckpt)
-    assert record["step"] == last
-    assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(tree["params"]))
+    tree, progress = _latest_checkpoint(config, ckpt)
+    assert progress.step == last
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(tree.params))
+
+
+def _truncate(directory):
+    """Cuts every file of a checkpoint to half its length, as a disk fault or a partial copy would."""
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            os.truncate(path, os.path.getsize(path) // 2)
+
+
+def test_resume_skips_a_damaged_newest_checkpoint_names_it_and_fails_cleanly_when_none_reads(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    argv = ["train", "--dataset", "iris", "--hidden", "16", "--batch-size", "15", "--epochs", "2",
+            "--checkpoint-dir", str(ckpt)]
+    assert main(argv) == 0  # checkpoints at the ends of epochs 1 and 2: steps 7 and 14
+    steps = sorted(int(d) for d in os.listdir(ckpt) if d.isdigit())
+    assert steps == [7, 14]
+    _truncate(ckpt / "14")
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped a damaged checkpoint: step 14 (moved to damaged-14): " in out, out
+    assert "resumed from step 7 (epoch 2, batch 0)" in out and "test acc" in out
+    assert "damaged-14" in os.listdir(ckpt)
+    for step in sorted(int(d) for d in os.listdir(ckpt) if d.isdigit()):
+        _truncate(ckpt / str(step))
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"handgrad train: no checkpoint in {ckpt} reads back whole: step ") and err.count("\n") == 1
+
+
+def test_an_out_that_fails_after_training_leaves_the_results_and_says_where(tmp_path):
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+
+    def pull_the_rug(line):  # --out was writable at the start; just before the final write it is a file
+        if line.startswith("done in"):
+            shutil.rmtree(out)
+            out.write_bytes(b"")
+
+    config = TrainConfig(**IRIS, out=str(out), checkpoint_dir=str(ckpt))
+    with pytest.raises(trainer.OutputError) as info:
+        trainer.train(config, log=pull_the_rug)
+    message = str(info.value)
+    assert message.startswith(f"could not write to --out {out} after training (")
+    fallback = message.split("metrics.json and params.npz are in ")[1].split(" instead")[0]
+    saved = np.load(os.path.join(fallback, "params.npz"))
+    assert saved["0/W"].shape == (4, 16)
+    assert f"the last good checkpoint is step 21 in {ckpt}" in message
+    tree, progress = _latest_checkpoint(config, str(ckpt))
+    np.testing.assert_array_equal(saved["0/W"], tree.params[0]["W"])  # the checkpoint restores the same model
+    shutil.rmtree(fallback)
 
 
 def _cli(*args):
-    return [sys.executable, "-m", "properties.cli", "train", *args]
+    return [sys.executable, "-m", "handgrad.cli", "train", *args]
 
 
+@pytest.mark.subprocess
 def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
     # digits: 1257 train samples / 32 = 39 steps an epoch; checkpoints at steps 13 and 26 of each epoch and
     # at its end. The victim is killed as soon as a checkpoint inside epoch 2 is started (it may be half written).
-    config = trainer.TrainConfig(hidden=(16,), epochs=3, batch_size=32, checkpoint_every=13)
+    config = TrainConfig(hidden=(16,), epochs=3, batch_size=32, checkpoint_every=13)
     args = ["--hidden", "16", "--epochs", "3", "--batch-size", "32", "--checkpoint-every", "13"]
     trainer.train(dataclasses.replace(config, checkpoint_dir=str(tmp_path / "whole")), log=lambda _: None)
 
@@ -187,15 +299,17 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from step " in resumed.stdout and "test acc " in resumed.stdout
     assert "\r" not in resumed.stdout + resumed.stderr  # no TTY: no progress bar, but the rows
-    (whole, whole_record), (again, record) = (_latest_checkpoint(config, str(d)) for d in (tmp_path / "whole", ckpt))
-    assert record["step"] == whole_record["step"] == 3 * 39
+    (whole, whole_progress), (again, progress) = (_latest_checkpoint(config, str(d)) for d in (tmp_path / "whole",
+                                                                                                 ckpt))
+    assert progress.step == whole_progress.step == 3 * 39
     for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)  # params, optimizer state and key: bit for bit
-    timeless = [[{k: v for k, v in r.items() if k != "examples_per_s"} for r in rec["history"]]
-                for rec in (whole_record, record)]
+    timeless = [[{k: v for k, v in r.items() if k != "examples_per_s"} for r in p.history]
+                for p in (whole_progress, progress)]
     assert timeless[0] == timeless[1] and len(timeless[0]) == 3
 
 
+@pytest.mark.subprocess
 def test_two_processes_of_two_devices_match_one_process(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -210,7 +324,7 @@ def test_two_processes_of_two_devices_match_one_process(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     assert "4 device(s) in 2 process(es)" in outs[0][0] and "test acc" in outs[0][0]
     assert "epoch" not in outs[1][0]  # only process 0 reports
-    config = trainer.TrainConfig(dataset="iris", hidden=(16,), epochs=2, batch_size=20)
+    config = TrainConfig(dataset="iris", hidden=(16,), epochs=2, batch_size=20)
     single = trainer.train(config, log=lambda _: None)["params"]
     together = np.load(tmp_path / "params.npz")
     for i, layer in enumerate(single):

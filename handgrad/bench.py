@@ -44,6 +44,7 @@ class BenchRow:
     cpu_ratio: dict[str, tuple[float, float, float]]  # the same by process CPU time, blind to a shared host's steal
     compile_s: dict[str, float]  # median CPU seconds of compile_rounds compilations
     temp_bytes: dict[str, int]
+    loss_spread: float  # the largest relative difference of A's and O's last loss from H's: the same model, 3 ways
     model_tflops: float  # H's achieved model TFLOP/s: 6 × parameters × batch per step
     matmul_tflops: float  # a plain (batch, width) @ (width, width) matmul in the compute dtype, same run
 
@@ -111,6 +112,7 @@ def bench_one(sizes: Sequence[int], batch: int, activation: str, *, rounds: int 
     for name in steps:
         memory = compiled[name].memory_analysis()
         temp[name] = int(getattr(memory, "temp_size_in_bytes", -1)) if memory is not None else -1
+    last_loss: dict[str, float] = {}
     times: dict[str, list[float]] = {name: [] for name in steps}
     cpu: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
@@ -121,6 +123,7 @@ def bench_one(sizes: Sequence[int], batch: int, activation: str, *, rounds: int 
             jax.block_until_ready(loss)
             elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
             state[name] = (params, opt_state)
+            last_loss[name] = float(loss)
             if i >= warmup:
                 times[name].append(elapsed)
                 cpu[name].append(elapsed_cpu)
@@ -132,7 +135,8 @@ def bench_one(sizes: Sequence[int], batch: int, activation: str, *, rounds: int 
     model = 6 * n_params * batch / float(np.median(times["H"])) / 1e12
     return BenchRow(",".join(map(str, sizes)), batch, activation, dtype,
                     {name: 1e3 * float(np.median(t)) for name, t in times.items()}, ratios(times), ratios(cpu),
-                    compile_s, temp, model, matmul_tflops(batch, max(sizes), dtype))
+                    compile_s, temp, max(abs(last_loss[n] / last_loss["H"] - 1) for n in "AO"), model,
+                    matmul_tflops(batch, max(sizes), dtype))
 
 
 def run(sizes: Sequence[int] = (784, 512, 512, 10), batches: Sequence[int] = (128, 1024),

@@ -1,6 +1,6 @@
 """``handgrad train``: an MLP trained by pure's hand-written backprop, through jit, on real data.
 
-One run: load and check the data (:mod:`reference.datasets`), split it stratified into
+One run: load and check the data (:mod:`handgrad.train.data`), split it stratified into
 train / val / test, standardise with the train statistics, and train with
 :func:`pure.train.make_epoch` (a ``lax.scan`` of the jitted step), one epoch, or one stretch
 of ``checkpoint_every`` steps, per call. After every epoch it evaluates train and val,
@@ -17,12 +17,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
+import tempfile
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,97 +37,84 @@ import reference.nn
 import reference.optim
 import reference.regularizers
 import reference.train
-from reference import datasets
-from reference.checkpoints import Checkpoints
-from reference.verify import max_abs_diff
+from handgrad.train import data as datasets
+from handgrad.train.checkpoints import Checkpoints
+from handgrad.train.config import TrainConfig, TrainError
+from reference import max_abs_diff
 
 LOSS_NAMES = {"softmax": "softmax_cross_entropy", "hinge": "multiclass_hinge",
               "bce": "binary_cross_entropy", "mse": "mse"}
-
-
-class TrainError(ValueError):
-    """A run that cannot start as configured; the message is one line."""
 
 
 class Diverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step."""
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything ``handgrad train`` is told; the defaults reach ≥ 95% test accuracy on digits."""
+class OutputError(RuntimeError):
+    """``--out`` could not be written after training; the message says where the results are instead."""
 
-    dataset: str = "digits"
-    task: str | None = None  # for a .npz: classification or regression (default: from y's dtype)
-    hidden: tuple[int, ...] = (128, 64)
-    activation: str = "relu"
-    init: str = "he"
-    dropout: float = 0.0
-    loss: str | None = None  # softmax or hinge for classification; binary and regression have their own
-    l1: float = 0.0
-    l2: float = 0.0
-    max_norm: float | None = None
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    epochs: int = 30
-    batch_size: int = 64
-    seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    kfold: int | None = None
-    early_stopping: int | None = None
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 50
-    resume: bool = False
-    reference: bool = False
-    out: str | None = None
-    plots: bool = True  # with out: also curves.png, weights.png and grad_norms.png
 
-    def check(self) -> None:
-        """Raises TrainError for a value or a combination that cannot run."""
-        bounds = [("--dropout", self.dropout, 0 <= self.dropout < 1, "in [0, 1)"),
-                  ("--l1", self.l1, self.l1 >= 0, "≥ 0"), ("--l2", self.l2, self.l2 >= 0, "≥ 0"),
-                  ("--max-norm", self.max_norm, self.max_norm is None or self.max_norm > 0, "> 0"),
-                  ("--lr", self.lr, self.lr > 0, "> 0"), ("--momentum", self.momentum, 0 <= self.momentum < 1,
-                                                          "in [0, 1)"),
-                  ("--weight-decay", self.weight_decay, self.weight_decay >= 0, "≥ 0"),
-                  ("--epochs", self.epochs, self.epochs >= 1, "≥ 1"),
-                  ("--batch-size", self.batch_size, self.batch_size >= 1, "≥ 1"),
-                  ("--checkpoint-every", self.checkpoint_every, self.checkpoint_every >= 1, "≥ 1"),
-                  ("--early-stopping", self.early_stopping, self.early_stopping is None or self.early_stopping >= 1,
-                   "≥ 1"), ("--kfold", self.kfold, self.kfold is None or self.kfold >= 2, "≥ 2"),
-                  ("--hidden", self.hidden, all(h >= 1 for h in self.hidden), "positive widths")]
-        for flag, value, ok, want in bounds:
-            if not ok or (isinstance(value, float) and not math.isfinite(value)):
-                raise TrainError(f"{flag} must be {want}, got {value}")
-        for flag, value, choices in (("--activation", self.activation, pure.nn.ACTIVATIONS),
-                                     ("--init", self.init, ("he", "xavier", "normal")),
-                                     ("--optimizer", self.optimizer, ("sgd",)),
-                                     ("--schedule", self.schedule, ("constant", "cosine")),
-                                     ("--loss", self.loss, (None, "softmax", "hinge"))):
-            if value not in choices:
-                raise TrainError(f"{flag} must be one of {', '.join(c for c in choices if c)}, got {value!r}")
-        if not self.kfold and not 0 < self.val_fraction < 1:
-            raise TrainError(f"--val-fraction must be in (0, 1): the val split drives the table and early stopping, "
-                             f"got {self.val_fraction}")
-        if self.resume and not self.checkpoint_dir:
-            raise TrainError("--resume needs --checkpoint-dir, the directory to resume from")
-        if self.kfold and (self.checkpoint_dir or self.reference):
-            raise TrainError("--kfold trains one model per fold; it does not combine with --checkpoint-dir "
-                             "or --reference")
-        if jax.process_count() > 1 and (self.checkpoint_dir or self.reference):
-            raise TrainError("--checkpoint-dir and --reference run in a single process only")
+# ---------------------------------------------------------------------------- the state of a run
+class RefState(NamedTuple):
+    """The model trained beside it with jax.grad + optax (``--reference``)."""
 
-    def signature(self, data: datasets.Dataset) -> dict[str, Any]:
-        """What a checkpoint must agree on to be resumed: the data and every setting of the trajectory."""
-        skip = {"checkpoint_dir", "resume", "out", "plots"}
-        mine = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
-                if k not in skip}
-        return {**mine, "data": f"{data.name}: {data.X.shape[0]}x{data.X.shape[1]}, {data.task}",
-                "devices": jax.device_count()}
+    params: Any
+    opt_state: Any
+
+
+class TrainState(NamedTuple):
+    """Every array of a run: what a checkpoint holds, besides its :class:`Progress`."""
+
+    params: Any
+    opt_state: Any
+    key: jax.Array  # the dropout key's raw data
+    best_params: Any = None  # the best val parameters so far, with --early-stopping
+    ref: RefState | None = None  # with --reference
+
+
+@dataclasses.dataclass
+class EpochSums:
+    """Running sums over the steps of the epoch in progress (checkpointed mid-epoch)."""
+
+    grad_sums: list[float]  # per layer, Σ over steps of ‖∂L/∂W‖
+    loss_sum: float = 0.0
+    steps: int = 0
+    seconds: float = 0.0
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands, as plain numbers: a checkpoint stores it as JSON."""
+
+    sums: EpochSums
+    step: int = 0
+    epoch: int = 0  # epochs finished
+    batch: int = 0  # batches finished in the epoch in progress
+    data_seed: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # one row per finished epoch
+    best_epoch: int = 0
+    best_metric: float | None = None
+    stale: int = 0  # epochs since the best val metric
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> Progress:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in record.items() if k in fields}, "sums": EpochSums(**record["sums"])})
+
+
+class Programs(NamedTuple):
+    """The jitted functions of a run."""
+
+    optimizer: pure.optim.GradientTransformation
+    learning_rate: Callable[[int], Any]
+    fresh: Callable[[], TrainState]
+    evaluate: Callable[..., tuple[jax.Array, jax.Array]]
+    stretch: Callable[[int], Callable]  # steps -> make_epoch over that many batches
+    reference: Callable | None  # reference.train.make_epoch, with --reference
+    ref_optimizer: Any
 
 
 # ---------------------------------------------------------------------------- the model
@@ -181,7 +167,7 @@ def _host(tree: Any) -> Any:
 # ---------------------------------------------------------------------------- one training run
 @functools.lru_cache(maxsize=8)
 def _programs(config: TrainConfig, task: str, loss: str, per_epoch: int, sizes: tuple[int, ...],
-              batch_sharding: Any) -> SimpleNamespace:
+              batch_sharding: Any) -> Programs:
     """The jitted functions of a run, built once per setting, so that the folds of ``--kfold``
     (whose splits usually share a shape) compile once and not once per fold."""
     total_steps = config.epochs * per_epoch
@@ -202,7 +188,7 @@ def _programs(config: TrainConfig, task: str, loss: str, per_epoch: int, sizes: 
     def fresh():
         init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
         params = pure.nn.init_mlp(init_key, list(sizes), scheme=config.init)
-        return {"params": params, "opt_state": optimizer.init(params), "key": jax.random.key_data(dropout_key)}
+        return TrainState(params, optimizer.init(params), jax.random.key_data(dropout_key))
 
     data_loss = _data_loss(pure, loss)
 
@@ -218,8 +204,7 @@ def _programs(config: TrainConfig, task: str, loss: str, per_epoch: int, sizes: 
         ref_epoch = reference.train.make_epoch(objective("reference", *spec), ref_optimizer, config.batch_size,
                                                project=ref_project)
     learning_rate = jax.jit(schedules[0]) if callable(schedules[0]) else (lambda step: config.lr)
-    return SimpleNamespace(optimizer=optimizer, learning_rate=learning_rate, fresh=fresh, evaluate=evaluate,
-                           stretch=stretch, reference=ref_epoch, ref_optimizer=ref_optimizer)
+    return Programs(optimizer, learning_rate, fresh, evaluate, stretch, ref_epoch, ref_optimizer)
 
 
 class Run:
@@ -243,10 +228,7 @@ class Run:
                              f"devices the batch is split over; use a multiple of {jax.device_count()}")
         self.arrays = {k: self.put(v) for k, v in self.host.items()}
         self.sizes = (data.X.shape[1], *config.hidden, data.outputs)
-        programs = _programs(config, data.task, loss, self.per_epoch, self.sizes, self.sharding)
-        self.optimizer, self.learning_rate, self._fresh, self._evaluate, self._stretch = (
-            programs.optimizer, programs.learning_rate, programs.fresh, programs.evaluate, programs.stretch)
-        self.reference, self.ref_optimizer = programs.reference, programs.ref_optimizer
+        self.programs = _programs(config, data.task, loss, self.per_epoch, self.sizes, self.sharding)
 
     def put(self, tree: Any) -> Any:
         """Replicated over the data-parallel devices (a no-op on one device). Every process holds the
@@ -261,121 +243,127 @@ class Run:
             jax.random.fold_in(jax.random.wrap_key_data(key_data), epoch))))
 
     def evaluate(self, params: Any, split: str) -> tuple[float, float]:
-        loss, metric = _host(self._evaluate(params, *self.arrays[split]))
+        loss, metric = _host(self.programs.evaluate(params, *self.arrays[split]))
         return float(loss), float(metric)
 
     # -- state ------------------------------------------------------------------------------
-    def initial_state(self) -> dict[str, Any]:
-        tree = self._fresh()
-        tree["params"], tree["opt_state"] = self.put((tree["params"], tree["opt_state"]))
-        if self.config.early_stopping:
-            tree["best_params"] = _copy(tree["params"])
-        if self.reference:
-            tree["ref_params"] = _copy(tree["params"])
-            tree["ref_opt_state"] = jax.jit(self.ref_optimizer.init)(tree["ref_params"])
-        record = {"step": 0, "epoch": 0, "batch": 0, "data_seed": self.config.seed, "history": [],
-                  "partial": _fresh_partial(len(self.sizes) - 1), "best_epoch": 0, "best_metric": None, "stale": 0}
-        return {"tree": tree, "record": record}
+    def initial_state(self) -> tuple[TrainState, Progress]:
+        fresh = self.programs.fresh()
+        params, opt_state = self.put((fresh.params, fresh.opt_state))
+        ref = None
+        if self.programs.reference is not None:
+            ref_params = _copy(params)
+            ref = RefState(ref_params, jax.jit(self.programs.ref_optimizer.init)(ref_params))
+        best = _copy(params) if self.config.early_stopping else None
+        state = TrainState(params, opt_state, fresh.key, best, ref)
+        return state, Progress(EpochSums([0.0] * (len(self.sizes) - 1)), data_seed=self.config.seed)
 
-    def resume_state(self) -> dict[str, Any]:
-        like = self.initial_state()["tree"]
-        tree, record = self.checkpoints.restore(like)
-        tree = {k: (self.put(v) if k != "key" else v) for k, v in tree.items()}
-        self.log(f"resumed from step {record['step']} (epoch {record['epoch'] + 1}, batch {record['batch']}) "
+    def resume_state(self) -> tuple[TrainState, Progress]:
+        like, _ = self.initial_state()
+        restored, record, skipped = self.checkpoints.restore(like)
+        for reason in skipped:
+            self.log(f"skipped a damaged checkpoint: {reason}")
+        state = TrainState(*(self.put(v) if name != "key" else v for name, v in zip(TrainState._fields, restored,
+                                                                                      strict=True)))
+        progress = Progress.from_json(record)
+        self.log(f"resumed from step {progress.step} (epoch {progress.epoch + 1}, batch {progress.batch}) "
                  f"in {self.checkpoints.directory}")
-        return {"tree": tree, "record": record}
+        return state, progress
 
-    def save(self, state: dict[str, Any]) -> None:
+    def save(self, state: TrainState, progress: Progress) -> None:
         if self.checkpoints is not None:
-            self.checkpoints.save(state["record"]["step"], state["tree"], state["record"])
+            self.checkpoints.save(progress.step, state, progress.to_json())
 
     # -- the loop -----------------------------------------------------------------------------
-    def fit(self, state: dict[str, Any], bar: Callable[..., Any]) -> dict[str, Any]:
-        """Trains from ``state`` to the last epoch (or early stop); returns the final state."""
-        cfg, tree, rec = self.config, state["tree"], state["record"]
+    def fit(self, state: TrainState, progress: Progress, bar: Callable[..., Any]) -> TrainState:
+        """Trains from ``state`` to the last epoch (or early stop), updating ``progress``; returns the final state."""
+        cfg = self.config
         stretch = cfg.checkpoint_every if self.checkpoints is not None else self.per_epoch
         X, y = self.arrays["train"]
-        while rec["epoch"] < cfg.epochs and not (cfg.early_stopping and rec["stale"] >= cfg.early_stopping):
-            epoch = rec["epoch"]
-            epoch_key = self.epoch_key(tree["key"], epoch)
-            progress = bar(total=self.per_epoch, initial=rec["batch"], desc=f"epoch {epoch + 1}/{cfg.epochs}")
-            while rec["batch"] < self.per_epoch:
-                steps = min(stretch, self.per_epoch - rec["batch"])
+        while progress.epoch < cfg.epochs and not (cfg.early_stopping and progress.stale >= cfg.early_stopping):
+            epoch = progress.epoch
+            epoch_key = self.epoch_key(state.key, epoch)
+            shown = bar(total=self.per_epoch, initial=progress.batch, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+            while progress.batch < self.per_epoch:
+                steps = min(stretch, self.per_epoch - progress.batch)
                 start = time.perf_counter()
-                tree["params"], tree["opt_state"], metrics = self._stretch(steps)(
-                    tree["params"], tree["opt_state"], X, y, cfg.seed, epoch, epoch_key, rec["batch"])
+                params, opt_state, metrics = self.programs.stretch(steps)(
+                    state.params, state.opt_state, X, y, cfg.seed, epoch, epoch_key, progress.batch)
+                state = state._replace(params=params, opt_state=opt_state)
                 losses, norms = _host((metrics["loss"], [layer["W"] for layer in metrics["grad_norms"]]))
-                self._require_finite(losses, rec)
-                part = rec["partial"]
-                part["loss_sum"] += float(np.sum(losses, dtype=np.float64))
-                part["grad_sums"] = [s + float(np.sum(n, dtype=np.float64)) for s, n in zip(part["grad_sums"], norms,
-                                                                                           strict=True)]
-                part["steps"] += steps
-                part["seconds"] += time.perf_counter() - start
-                rec["batch"] += steps
-                rec["step"] += steps
-                progress.update(steps)
-                progress.set_postfix(loss=f"{part['loss_sum'] / part['steps']:.4f}",
-                                     ex_s=f"{part['steps'] * cfg.batch_size / part['seconds']:.0f}")
-                if rec["batch"] < self.per_epoch:
-                    self.save(state)
-            progress.close()
-            self._end_epoch(tree, rec)
-            self.save(state)
+                self._require_finite(losses, progress)
+                sums = progress.sums
+                sums.loss_sum += float(np.sum(losses, dtype=np.float64))
+                sums.grad_sums = [s + float(np.sum(n, dtype=np.float64)) for s, n in zip(sums.grad_sums, norms,
+                                                                                       strict=True)]
+                sums.steps += steps
+                sums.seconds += time.perf_counter() - start
+                progress.batch += steps
+                progress.step += steps
+                shown.update(steps)
+                shown.set_postfix(loss=f"{sums.loss_sum / sums.steps:.4f}",
+                                  ex_s=f"{sums.steps * cfg.batch_size / sums.seconds:.0f}")
+                if progress.batch < self.per_epoch:
+                    self.save(state, progress)
+            shown.close()
+            state = self._end_epoch(state, progress)
+            self.save(state, progress)
         if self.checkpoints is not None:
             self.checkpoints.wait()
         return state
 
-    def _require_finite(self, losses: np.ndarray, rec: dict[str, Any]) -> None:
+    def _require_finite(self, losses: np.ndarray, progress: Progress) -> None:
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
             i = int(bad[0])
-            last = self.checkpoints.latest() if self.checkpoints is not None else None
-            where = (f"the last good checkpoint is step {last} in {self.checkpoints.directory}" if last is not None
-                     else "no checkpoint was written")
-            raise Diverged(f"non-finite loss ({losses[i]}) at step {rec['step'] + i + 1} (epoch {rec['epoch'] + 1}, "
-                           f"batch {rec['batch'] + i + 1}); training stopped, {where}")
+            raise Diverged(f"non-finite loss ({losses[i]}) at step {progress.step + i + 1} "
+                           f"(epoch {progress.epoch + 1}, batch {progress.batch + i + 1}); training stopped, "
+                           f"{self.where_saved()}")
 
-    def _end_epoch(self, tree: dict[str, Any], rec: dict[str, Any]) -> None:
-        cfg, part = self.config, rec["partial"]
-        train_loss, train_metric = self.evaluate(tree["params"], "train")
-        val_loss, val_metric = self.evaluate(tree["params"], "val")
-        row = {"epoch": rec["epoch"] + 1, "step": rec["step"], "objective": part["loss_sum"] / part["steps"],
+    def where_saved(self) -> str:
+        """Where the newest complete checkpoint is, in words."""
+        last = self.checkpoints.latest() if self.checkpoints is not None else None
+        return (f"the last good checkpoint is step {last} in {self.checkpoints.directory}" if last is not None
+                else "no checkpoint was written")
+
+    def _end_epoch(self, state: TrainState, progress: Progress) -> TrainState:
+        cfg, sums = self.config, progress.sums
+        train_loss, train_metric = self.evaluate(state.params, "train")
+        val_loss, val_metric = self.evaluate(state.params, "val")
+        row = {"epoch": progress.epoch + 1, "step": progress.step, "objective": sums.loss_sum / sums.steps,
                "train_loss": train_loss, "train_metric": train_metric, "val_loss": val_loss, "val_metric": val_metric,
-               "lr": float(self.learning_rate(rec["step"])),
-               "examples_per_s": part["steps"] * cfg.batch_size / part["seconds"],
-               "grad_norms": [s / part["steps"] for s in part["grad_sums"]]}
-        if self.reference:
-            epoch_key = self.epoch_key(tree["key"], rec["epoch"])
-            tree["ref_params"], tree["ref_opt_state"], _ = self.reference(
-                tree["ref_params"], tree["ref_opt_state"], *self.host["train"], cfg.seed, rec["epoch"], epoch_key)
-            row["ref_max_diff"] = max_abs_diff(tree["params"], tree["ref_params"])
-        if rec["best_metric"] is None or val_metric > rec["best_metric"]:
-            rec["best_metric"], rec["best_epoch"], rec["stale"] = val_metric, rec["epoch"] + 1, 0
-            if "best_params" in tree:
-                tree["best_params"] = _copy(tree["params"])
+               "lr": float(self.programs.learning_rate(progress.step)),
+               "examples_per_s": sums.steps * cfg.batch_size / sums.seconds,
+               "grad_norms": [s / sums.steps for s in sums.grad_sums]}
+        if state.ref is not None:
+            epoch_key = self.epoch_key(state.key, progress.epoch)
+            ref_params, ref_opt_state, _ = self.programs.reference(
+                state.ref.params, state.ref.opt_state, *self.host["train"], cfg.seed, progress.epoch, epoch_key)
+            state = state._replace(ref=RefState(ref_params, ref_opt_state))
+            row["ref_max_diff"] = max_abs_diff(state.params, ref_params)
+        if progress.best_metric is None or val_metric > progress.best_metric:
+            progress.best_metric, progress.best_epoch, progress.stale = val_metric, progress.epoch + 1, 0
+            if state.best_params is not None:
+                state = state._replace(best_params=_copy(state.params))
         else:
-            rec["stale"] += 1
-        rec["history"].append(row)
-        rec["epoch"] += 1
-        rec["batch"] = 0
-        rec["partial"] = _fresh_partial(len(part["grad_sums"]))
+            progress.stale += 1
+        progress.history.append(row)
+        progress.epoch += 1
+        progress.batch = 0
+        progress.sums = EpochSums([0.0] * len(sums.grad_sums))
         self.log(format_row(row, self.data.task, cfg.reference))
-        if cfg.early_stopping and rec["stale"] >= cfg.early_stopping:
+        if cfg.early_stopping and progress.stale >= cfg.early_stopping:
             self.log(f"early stopping: no better val {metric_name(self.data.task)} for {cfg.early_stopping} epochs; "
-                     f"keeping the parameters of epoch {rec['best_epoch']}")
+                     f"keeping the parameters of epoch {progress.best_epoch}")
+        return state
 
-    def final_params(self, state: dict[str, Any]) -> Any:
-        return state["tree"]["best_params"] if self.config.early_stopping else state["tree"]["params"]
+    def final_params(self, state: TrainState) -> Any:
+        return state.best_params if state.best_params is not None else state.params
 
 
 def _copy(params: Any) -> Any:
     """Fresh buffers with the same values: the step donates (and so invalidates) the ones it is given."""
     return jax.tree_util.tree_map(jnp.copy, params)
-
-
-def _fresh_partial(layers: int) -> dict[str, Any]:
-    return {"loss_sum": 0.0, "steps": 0, "seconds": 0.0, "grad_sums": [0.0] * layers}
 
 
 def metric_name(task: str) -> str:
@@ -404,16 +392,39 @@ def resolve_loss(config: TrainConfig, data: datasets.Dataset) -> str:
     return "bce" if data.task == "binary" else "mse"
 
 
+def signature(config: TrainConfig, data: datasets.Dataset) -> dict[str, Any]:
+    """What a checkpoint must agree on to be resumed: every setting of the trajectory, the data, the devices."""
+    return {**config.signature(), "data": f"{data.name}: {data.X.shape[0]}x{data.X.shape[1]}, {data.task}",
+            "devices": jax.device_count()}
+
+
+def require_writable(flag: str, directory: str) -> None:
+    """Creates ``directory`` if need be and proves a file can be written there, else TrainError (before training)."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise TrainError(f"{flag} {directory}: cannot write there ({e.strerror or e})") from None
+
+
 def train(config: TrainConfig, *, log: Callable[[str], None] = print, bar: Callable[..., Any] | None = None
           ) -> dict[str, Any]:
     """Runs ``handgrad train`` and returns what ``metrics.json`` holds.
 
     Raises:
-      datasets.DataError, TrainError, CheckpointError: bad input, before any training.
+      datasets.DataError, TrainError, CheckpointError: bad input, before any training (an
+        unwritable ``--out`` or ``--checkpoint-dir`` too).
       Diverged: a non-finite loss; the last checkpoint written stays restorable.
+      OutputError: ``--out`` failed after training; the message says where the parameters are.
     """
     started = time.perf_counter()
     config.check()
+    if jax.process_count() > 1 and (config.checkpoint_dir or config.reference):
+        raise TrainError("--checkpoint-dir and --reference run in a single process only")
+    for flag, directory in (("--out", config.out), ("--checkpoint-dir", config.checkpoint_dir)):
+        if directory and jax.process_index() == 0:
+            require_writable(flag, directory)
     data = datasets.load(config.dataset, config.task)
     loss = resolve_loss(config, data)
     parts = datasets.split(data, 0.0 if config.kfold else config.val_fraction, config.test_fraction, config.seed)
@@ -425,6 +436,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print, bar: Calla
     summary: dict[str, Any] = {"config": dataclasses.asdict(config), "dataset": data.name, "task": data.task,
                                "loss": LOSS_NAMES[loss], "devices": jax.device_count(),
                                "processes": jax.process_count(), "jax": jax.__version__}
+    run = None
     if config.kfold:
         summary["folds"] = _cross_validate(config, data, loss, parts["train"], log, bar)
         scores = [f["val_metric"] for f in summary["folds"]]
@@ -434,32 +446,32 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print, bar: Calla
     else:
         checkpoints = None
         if config.checkpoint_dir:
-            checkpoints = Checkpoints(config.checkpoint_dir, config.signature(data))
+            checkpoints = Checkpoints(config.checkpoint_dir, signature(config, data))
             if not config.resume and checkpoints.latest() is not None:
                 raise TrainError(f"{checkpoints.directory} already holds checkpoints (latest step "
                                  f"{checkpoints.latest()}); pass --resume to continue, or choose an empty directory")
         run = Run(config, data, loss, parts["train"], parts["val"], parts["test"], log=log, checkpoints=checkpoints)
         log(f"split: {len(parts['train'])} train, {len(parts['val'])} val, {len(parts['test'])} test; "
             f"MLP {'-'.join(map(str, run.sizes))} ({config.activation}), {run.per_epoch} steps per epoch")
-        if config.resume and checkpoints.latest() is not None:
-            state = run.resume_state()
+        if config.resume and checkpoints.has_any():
+            state, progress = run.resume_state()
         else:
             if config.resume:
                 log(f"no checkpoint in {checkpoints.directory} yet; starting from scratch")
-            state = run.initial_state()
+            state, progress = run.initial_state()
         log(header(data.task, config.reference))
-        for row in state["record"]["history"]:
+        for row in progress.history:
             log(format_row(row, data.task, config.reference))
-        state = run.fit(state, bar)
+        state = run.fit(state, progress, bar)
         params = run.final_params(state)
-        summary["history"] = state["record"]["history"]
-        summary["best_epoch"] = state["record"]["best_epoch"]
+        summary["history"] = progress.history
+        summary["best_epoch"] = progress.best_epoch
         if config.reference:
             summary["ref_max_diff"] = max(r["ref_max_diff"] for r in summary["history"])
             log(f"largest parameter difference from jax.grad + optax over all epochs: {summary['ref_max_diff']:.2e}")
         if len(parts["test"]):
             summary["test_loss"], summary["test_metric"] = run.evaluate(params, "test")
-            which = (f"epoch {state['record']['best_epoch']} (best val)" if config.early_stopping
+            which = (f"epoch {progress.best_epoch} (best val)" if config.early_stopping
                      else f"epoch {len(summary['history'])}")
             log(f"test {metric_name(data.task)} {summary['test_metric']:.4f} on {len(parts['test'])} samples "
                 f"(parameters of {which})")
@@ -469,9 +481,25 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print, bar: Calla
     summary["seconds"] = time.perf_counter() - started
     log(f"done in {summary['seconds']:.1f}s")
     if config.out and jax.process_index() == 0:
-        write_outputs(summary, config.out, data.task, plots=config.plots)
+        try:
+            write_outputs(summary, config.out, data.task, plots=config.plots)
+        except OSError as e:
+            raise OutputError(f"could not write to --out {config.out} after training ({e.strerror or e}); "
+                              + _rescue(summary, run)) from None
         log(f"wrote metrics.json{', params.npz and plots' if config.plots else ' and params.npz'} to {config.out}")
     return summary
+
+
+def _rescue(summary: dict[str, Any], run: Run | None) -> str:
+    """Writes the results to a fresh temporary directory instead; says where they, and the last checkpoint, are."""
+    where = [run.where_saved()] if run is not None and run.checkpoints is not None else []
+    try:
+        fallback = tempfile.mkdtemp(prefix="handgrad-train-")
+        write_outputs(summary, fallback, summary["task"], plots=False)
+        where.insert(0, f"metrics.json and params.npz are in {fallback} instead")
+    except OSError as e:
+        where.insert(0, f"writing them to a temporary directory failed too ({e.strerror or e})")
+    return "; ".join(where)
 
 
 def _cross_validate(config: TrainConfig, data: datasets.Dataset, loss: str, index: np.ndarray,
@@ -481,10 +509,11 @@ def _cross_validate(config: TrainConfig, data: datasets.Dataset, loss: str, inde
         log(f"fold {k + 1}/{config.kfold}: {len(train_idx)} train, {len(val_idx)} val")
         log(header(data.task, False))
         run = Run(config, data, loss, train_idx, val_idx, val_idx[:0], log=log)
-        record = run.fit(run.initial_state(), bar)["record"]
-        best = record["best_epoch"] if config.early_stopping else len(record["history"])
-        folds.append({"fold": k + 1, "val_metric": record["history"][best - 1]["val_metric"], "epoch": best,
-                      "history": record["history"]})
+        state, progress = run.initial_state()
+        run.fit(state, progress, bar)
+        best = progress.best_epoch if config.early_stopping else len(progress.history)
+        folds.append({"fold": k + 1, "val_metric": progress.history[best - 1]["val_metric"], "epoch": best,
+                      "history": progress.history})
     return folds
 
 
@@ -529,7 +558,7 @@ def write_outputs(summary: dict[str, Any], out: str, task: str, *, plots: bool =
              **{f"{i}/{name}": a for i, layer in enumerate(host) for name, a in layer.items()})
     if not plots:
         return
-    from reference import plots as draw
+    from handgrad.train import plots as draw
 
     draw.curves(summary["history"], os.path.join(out, "curves.png"), metric_name(task), summary.get("best_epoch"))
     draw.weights(host[0]["W"], os.path.join(out, "weights.png"), summary["config"])

@@ -1,0 +1,150 @@
+"""What ``handgrad train`` is told: one dataclass whose fields carry their own flags, choices and bounds.
+
+The command line is built from :class:`TrainConfig` (:func:`add_arguments`) and every value is
+checked against the same field (:meth:`TrainConfig.check`), so a default, a choice or a bound
+is written once. This module imports no part of the ``train`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import pure.nn
+from handgrad.train.data import BUNDLED, TASKS
+
+
+class TrainError(ValueError):
+    """A run that cannot start as configured; the message is one line."""
+
+
+def positive_ints(text: str) -> tuple[int, ...]:
+    """``"128,64"`` -> ``(128, 64)``, for argparse."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _float_or_none(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
+def option(default: Any, group: str, help: str, *, choices: tuple | None = None, valid: Callable[[Any], bool] = None,
+           want: str = "", parse: Callable[[str], Any] | None = None, metavar: str | None = None) -> Any:
+    """A field of :class:`TrainConfig` with what its flag needs: argparse group, help, choices, and
+    the bound ``valid`` (described as ``want``) that :meth:`TrainConfig.check` enforces."""
+    meta = dict(group=group, help=help, choices=choices, valid=valid, want=want, parse=parse, metavar=metavar)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+_at_least_1 = dict(valid=lambda v: v >= 1, want="≥ 1")
+_non_negative = dict(valid=lambda v: v >= 0, want="≥ 0")
+_optional_at_least = {k: dict(valid=lambda v, k=k: v is None or v >= k, want=f"≥ {k}") for k in (1, 2)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``handgrad train`` is told; the defaults reach ≥ 95% test accuracy on digits."""
+
+    dataset: str = option("digits", "data", f"{', '.join(BUNDLED)} (default digits), or a .npz holding X and y")
+    task: str | None = option(None, "data", "for a .npz: default classification for integer y, regression for "
+                                            "float y", choices=TASKS)
+    val_fraction: float = option(0.1, "data", "stratified validation split (default 0.1)")
+    test_fraction: float = option(0.2, "data", "stratified test split, used once at the end (default 0.2)")
+    kfold: int | None = option(None, "data", "K-fold cross-validation on train+val: mean ± std", metavar="K",
+                               **_optional_at_least[2])
+    hidden: tuple[int, ...] = option((128, 64), "model", "hidden widths (default 128,64)", parse=positive_ints,
+                                     valid=lambda v: len(v) > 0 and min(v) >= 1, want="positive widths")
+    activation: str = option("relu", "model", "hidden activation (default relu)", choices=tuple(pure.nn.ACTIVATIONS))
+    init: str = option("he", "model", "weight initialisation (default he)", choices=pure.nn.INIT_SCHEMES)
+    dropout: float = option(0.0, "model", "dropout rate on hidden units (default 0)", valid=lambda v: 0 <= v < 1,
+                            want="in [0, 1)")
+    loss: str | None = option(None, "loss", "for multi-class data (default softmax)", choices=tuple(pure.nn.LOSSES))
+    l1: float = option(0.0, "loss", "l1 · Σ|W| penalty (default 0)", **_non_negative)
+    l2: float = option(0.0, "loss", "l2/2 · ΣW² penalty (default 0)", **_non_negative)
+    max_norm: float | None = option(None, "loss", "project each unit's incoming weights to norm ≤ c",
+                                    parse=_float_or_none, valid=lambda v: v is None or v > 0, want="> 0")
+    optimizer: str = option("sgd", "optimiser", "(default sgd)", choices=("sgd",))
+    schedule: str = option("cosine", "optimiser", "learning-rate schedule (default cosine)",
+                           choices=("constant", "cosine"))
+    lr: float = option(0.05, "optimiser", "learning rate (default 0.05)", valid=lambda v: v > 0, want="> 0")
+    momentum: float = option(0.9, "optimiser", "(default 0.9)", valid=lambda v: 0 <= v < 1, want="in [0, 1)")
+    weight_decay: float = option(1e-4, "optimiser", "(default 0.0001)", **_non_negative)
+    epochs: int = option(30, "run", "(default 30)", **_at_least_1)
+    batch_size: int = option(64, "run", "(default 64)", **_at_least_1)
+    seed: int = option(0, "run", "initialisation, data order, splits and dropout (default 0)")
+    early_stopping: int | None = option(None, "run", "stop after PATIENCE epochs without a better val metric; keep "
+                                                     "the best parameters", metavar="PATIENCE", **_optional_at_least[1])
+    checkpoint_dir: str | None = option(None, "run", "write orbax checkpoints here", metavar="DIR")
+    checkpoint_every: int = option(50, "run", "checkpoint every N steps within an epoch, and at each epoch's end "
+                                              "(default 50)", metavar="N", **_at_least_1)
+    resume: bool = option(False, "run", "continue from the newest checkpoint in --checkpoint-dir that reads back whole")
+    reference: bool = option(False, "run", "also train with jax.grad + optax and report the largest parameter "
+                                           "difference per epoch")
+    out: str | None = option(None, "run", "write metrics.json, params.npz and plots here", metavar="DIR")
+    plots: bool = option(True, "run", "with --out, draw curves.png, weights.png and grad_norms.png (default on)")
+
+    def check(self) -> None:
+        """Raises TrainError for a value outside its field's choices or bounds, or a combination that cannot run."""
+        for f in dataclasses.fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if meta["choices"] is not None and value is not None and value not in meta["choices"]:
+                raise TrainError(f"{flag(f.name)} must be one of {', '.join(meta['choices'])}, got {value!r}")
+            bad_float = isinstance(value, float) and not math.isfinite(value)
+            if (meta["valid"] is not None and not meta["valid"](value)) or bad_float:
+                raise TrainError(f"{flag(f.name)} must be {meta['want'] or 'finite'}, got {value}")
+        if not self.kfold and not 0 < self.val_fraction < 1:
+            raise TrainError(f"--val-fraction must be in (0, 1): the val split drives the table and early stopping, "
+                             f"got {self.val_fraction}")
+        if self.resume and not self.checkpoint_dir:
+            raise TrainError("--resume needs --checkpoint-dir, the directory to resume from")
+        if self.kfold and (self.checkpoint_dir or self.reference):
+            raise TrainError("--kfold trains one model per fold; it does not combine with --checkpoint-dir "
+                             "or --reference")
+
+    def signature(self) -> dict[str, Any]:
+        """The settings a checkpoint must agree on to be resumed: every one that shapes the trajectory."""
+        skip = {"checkpoint_dir", "resume", "out", "plots"}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
+                if k not in skip}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per :class:`TrainConfig` field, in argument groups, with the field's default and choices."""
+    groups: dict[str, Any] = {}
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        kw: dict[str, Any] = {"default": f.default, "help": meta["help"], "dest": f.name}
+        if isinstance(f.default, bool):
+            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+        else:
+            kw["type"] = meta["parse"] or _value_type(hints[f.name])
+            if meta["choices"] is not None:
+                kw["choices"] = meta["choices"]
+            if meta["metavar"]:
+                kw["metavar"] = meta["metavar"]
+        group.add_argument(flag(f.name), **kw)
+
+
+def _value_type(hint: Any) -> type:
+    """``int`` for ``int`` or ``int | None``."""
+    return next(t for t in typing.get_args(hint) if t is not type(None)) if typing.get_args(hint) else hint
+
+
+def from_arguments(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed command-line arguments (other attributes are ignored)."""
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})

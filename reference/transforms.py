@@ -1,0 +1,181 @@
+"""The same VJP under every transformation: eager, jit, vmap, grad-of-jit, jax.checkpoint and scan.
+
+A custom_vjp can be right at a point and still go wrong under a transformation: a
+``custom_batching.custom_vmap`` rule that mixes batch elements, a rule that closes over a
+tracer, a backward that reads a global. :func:`check_transforms` computes the VJP of ``fn``
+every way and compares each with the eager one, over a batch of *distinct* elements, so that
+one element bleeding into another shows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reference._trees import Split, kind
+
+TRANSFORMS = ("jit", "vmap", "grad-of-jit", "checkpoint", "scan")
+_RTOL = {"float64": 1e-9, "complex128": 1e-9, "float32": 2e-5, "complex64": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}
+_SCALES = (1.0, 0.9, 0.8)  # the default batch: args, then its float leaves scaled (a cone-preserving change)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformReport:
+    """The largest difference from the eager VJP under each transformation."""
+
+    batch: int
+    max_abs_diff: dict[str, float]
+
+    def __str__(self) -> str:
+        return "\n".join(f"{name:<12} {diff:9.2e}" for name, diff in self.max_abs_diff.items())
+
+
+def _scaled(args: tuple, scale: float) -> tuple:
+    return jax.tree_util.tree_map(lambda x: x * scale if kind(x) is not None else x, args)
+
+
+def _outputs(fn: Callable) -> Callable:
+    """``fn`` returning just its float and complex output leaves (what has a cotangent)."""
+    return lambda *a: [o for o in jax.tree_util.tree_leaves(fn(*a)) if kind(o) is not None]
+
+
+def _random_like(shapes: list, rng: np.random.Generator) -> list:
+    def draw(s):
+        x = rng.standard_normal(s.shape)
+        if jnp.issubdtype(s.dtype, jnp.complexfloating):
+            x = x + 1j * rng.standard_normal(s.shape)
+        return jax.device_put(np.asarray(x).astype(s.dtype))
+    return [draw(s) for s in shapes]
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if hasattr(a, "dtype") and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+        a, b = jax.random.key_data(a), jax.random.key_data(b)
+    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+@functools.lru_cache(maxsize=128)
+def _programs(fn: Callable, treedef: Any, diff: tuple, shared: tuple, varying: tuple, static: tuple) -> tuple:
+    """The eager VJP and one jitted program for jit, vmap, checkpoint and scan, built once per function
+    and argument structure, so that repeated checks (a property's examples) reuse one compilation."""
+    out_fn = _outputs(fn)
+    jitted_out, remat_out = jax.jit(out_fn), jax.checkpoint(out_fn)
+    n = len(diff) + len(shared) + len(varying) + len(static)
+
+    def vjp(fixed, d, varied, ct, *, jitted=False, remat=False):
+        def call(*dd):
+            full = dict(static) | dict(zip(shared, fixed, strict=True)) | dict(zip(varying, varied, strict=True))
+            full |= dict(zip(diff, dd, strict=True))
+            args = jax.tree_util.tree_unflatten(treedef, [full[i] for i in range(n)])
+            return (jitted_out if jitted else remat_out if remat else out_fn)(*args)
+        return jax.vjp(call, *d)[1](ct)
+
+    @jax.jit  # one program for four of the five: each compilation costs more than the comparison
+    def transformed(fixed, first, batched):
+        one = lambda d, varied, ct: vjp(fixed, d, varied, ct)  # noqa: E731
+        return {"jit": one(*first), "vmap": jax.vmap(one)(*batched), "checkpoint": vjp(fixed, *first, remat=True),
+                "scan": jax.lax.scan(lambda carry, x: (carry, one(*x)), None, batched)[1]}
+
+    return vjp, transformed
+
+
+def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *,
+                     batch: Sequence[Sequence[Any]] | None = None, rtol: float | None = None,
+                     seed: int = 0) -> TransformReport:
+    """Checks that the VJP of ``fn`` is the same eager and under every transformation.
+
+    The VJP is taken with respect to the float and complex leaves of ``args`` (integer labels,
+    keys and the like stay fixed) and compared, entry by entry, with the eager ``jax.vjp``:
+
+    * ``jit``: ``jax.jit`` of the VJP;
+    * ``vmap``: ``jax.vmap`` of the VJP over a batch of distinct elements, each with its own cotangent;
+    * ``grad-of-jit``: the VJP of ``jax.jit(fn)``;
+    * ``checkpoint``: the VJP of ``jax.checkpoint(fn)`` (rematerialisation);
+    * ``scan``: the VJP computed inside ``jax.lax.scan`` over the batch.
+
+    Args:
+      fn: any JAX function, e.g. your own ``jax.custom_vjp``.
+      args: a sequence of arguments (pytrees).
+      cotangent: the cotangent of ``fn``'s float outputs, as a list of arrays in output order;
+        None draws one (seeded).
+      batch: distinct argument tuples to vmap and scan over, all shaped like ``args``; the
+        default is ``args`` and two copies whose float leaves are scaled by 0.9 and 0.8.
+      rtol: relative tolerance; by default from the leaf dtype (float32 2e-5, float64 1e-9, ...).
+      seed: seeds the drawn cotangents.
+
+    Returns:
+      A :class:`TransformReport`.
+
+    Raises:
+      AssertionError: naming the transformation, the batch element, the argument path and
+        flat index, and both values.
+    """
+    args = tuple(args)
+    elements = [tuple(e) for e in batch] if batch is not None else [_scaled(args, s) for s in _SCALES]
+    if batch is not None and not elements:
+        raise ValueError("check_transforms: batch must hold at least one tuple of arguments")
+    split = Split.of(elements[0])
+    if not split.diff:
+        raise TypeError("check_transforms: no argument of fn has a float or complex leaf, so there is no VJP to check")
+    parts = [Split.of(e) for e in elements]
+    if any(p.treedef != split.treedef for p in parts):
+        raise ValueError("check_transforms: every element of batch must have the structure of the first")
+    out_fn = _outputs(fn)
+    shapes = jax.eval_shape(lambda *d: out_fn(*split.rebuild(d)), *split.diff_leaves())
+    if not shapes:
+        raise TypeError(f"check_transforms: {getattr(fn, '__name__', fn)} has no float or complex output to pull back")
+    rng = np.random.default_rng(seed)
+    cts = [list(cotangent) if cotangent is not None and b == 0 else _random_like(shapes, rng)
+           for b in range(len(elements))]
+    fixed = [i for i in range(len(split.leaves)) if i not in split.diff]
+    same = {i: all(_equal(p.leaves[i], split.leaves[i]) for p in parts) for i in fixed}
+    static = tuple((i, split.leaves[i]) for i in fixed if same[i] and not hasattr(split.leaves[i], "dtype"))
+    shared = tuple(i for i in fixed if same[i] and hasattr(split.leaves[i], "dtype"))
+    varying = tuple(i for i in fixed if not same[i])
+    key = (fn, split.treedef, split.diff, shared, varying, static)
+    try:
+        vjp, transformed = _programs(*key)
+    except TypeError:  # an unhashable function or static leaf: build the programs for this call alone
+        vjp, transformed = _programs.__wrapped__(*key)
+
+    def inputs(b):
+        leaves = parts[b].leaves
+        return ([leaves[i] for i in split.diff], [leaves[i] for i in varying], cts[b])
+
+    stack = lambda *xs: jnp.stack([jnp.asarray(x) for x in xs])  # noqa: E731
+    stacked = jax.tree_util.tree_map(stack, *[inputs(b) for b in range(len(elements))])
+    fixed_values = [split.leaves[i] for i in shared]
+    eager = [vjp(fixed_values, *inputs(b)) for b in range(len(elements))]
+    results = transformed(fixed_values, inputs(0), stacked)
+    results["grad-of-jit"] = vjp(fixed_values, *inputs(0), jitted=True)
+    diffs, problems = {}, []
+    for name in TRANSFORMS:
+        got = results[name]
+        per_element = [jax.tree_util.tree_map(lambda x, b=b: x[b], got) for b in range(len(elements))] \
+            if name in ("vmap", "scan") else [got]
+        worst = 0.0
+        for b, value in enumerate(per_element):
+            for k, (g, e) in enumerate(zip(value, eager[b], strict=True)):
+                g, e = np.asarray(g), np.asarray(e)
+                r = rtol if rtol is not None else _RTOL.get(e.dtype.name, 2e-5)
+                err = np.abs(g.astype(np.complex128) - e.astype(np.complex128))
+                tol = 10 * r * (np.abs(e) + np.max(np.abs(e), initial=0.0)) + 1e-30
+                worst = max(worst, float(np.max(err, initial=0.0)))
+                bad = np.flatnonzero(~(err <= tol))
+                if bad.size:
+                    i = int(bad[0])
+                    problems.append((name, f"under {name}, batch element {b}, {split.paths[split.diff[k]]} flat index "
+                                           f"{i}: {g.ravel()[i]:.6g} vs eager {e.ravel()[i]:.6g} (tolerance "
+                                           f"{tol.ravel()[i]:.2e}; {bad.size} entries differ)"))
+        diffs[name] = worst
+    if problems:
+        under = ", ".join(dict.fromkeys(name for name, _ in problems))
+        raise AssertionError(f"check_transforms: the VJP of {getattr(fn, '__name__', fn)} differs from eager under "
+                             f"{under}:\n  " + "\n  ".join(message for _, message in problems))
+    return TransformReport(len(elements), diffs)
