@@ -32,7 +32,7 @@ def _verify(args: argparse.Namespace) -> int:
         return 2
     start = time.perf_counter()
     rows = verify(ops, optimizers=optimizers)
-    print_rows(rows)
+    print_rows(rows, ops)
     if args.json:
         write_json(rows, args.json)
     failed = [r for r in rows if r.status != "ok"]

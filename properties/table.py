@@ -36,6 +36,7 @@ class Op:
     args: st.SearchStrategy  # argument tuples from the whole domain, kinks included
     smooth: st.SearchStrategy | None = None  # argument tuples a margin from every kink (None: args is smooth)
     laws: tuple[str, ...] = ()  # the op-specific laws of properties.suite that fit it
+    second_order: str | None = None  # None: its backward is differentiable (verify checks order 2); else why not
 
     @property
     def short(self) -> str:

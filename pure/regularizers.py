@@ -103,7 +103,7 @@ def l1_penalty(params: Any, strength: float | jax.Array, *, mask: Any = None) ->
 
 
 def _l1_penalty_fwd(leaves, strength):
-    total = _total(leaves, jnp.abs)
+    total = _total(leaves, lambda w: jnp.sign(w) * w)  # |w|, with the subgradient 0 at 0 at every order
     return strength.astype(total.dtype) * total, (leaves, strength, total)
 
 
@@ -155,9 +155,10 @@ def max_norm(params: Any, max_value: float, *, axis: int = 0) -> Any:
 
 
 def _norm_scale(c, axis, w):
-    norm = jnp.sqrt(jnp.sum(w * w, axis=axis, keepdims=True))
-    active = norm > c
-    return norm, active, jnp.where(active, c / jnp.where(active, norm, 1), 1)
+    sq = jnp.sum(w * w, axis=axis, keepdims=True)
+    active = sq > c * c
+    norm = jnp.sqrt(jnp.where(active, sq, 1))  # never sqrt(0): grad-of-grad stays finite at a zero column
+    return norm, active, jnp.where(active, c / norm, 1)
 
 
 def _max_norm_fwd(setting, w):
@@ -168,7 +169,7 @@ def _max_norm_fwd(setting, w):
 def _max_norm_bwd(setting, res, g):
     _, axis = setting
     w, norm, active, scale = res
-    unit = w / jnp.where(active, norm, 1)
+    unit = w / norm
     radial = unit * jnp.sum(unit * g, axis=axis, keepdims=True)
     return (jnp.where(active, scale * (g - radial), g),)
 

@@ -37,7 +37,14 @@ class TransformReport:
 
 
 def _scaled(args: tuple, scale: float) -> tuple:
-    return jax.tree_util.tree_map(lambda x: x * scale if kind(x) is not None else x, args)
+    """``args`` with every float leaf scaled, in numpy (nothing to compile)."""
+    def one(x: Any) -> Any:
+        if kind(x) is None:
+            return x
+        if isinstance(x, float | complex):
+            return x * scale
+        return jax.device_put((np.asarray(x) * scale).astype(np.asarray(x).dtype))
+    return jax.tree_util.tree_map(one, args)
 
 
 def _outputs(fn: Callable) -> Callable:
@@ -148,7 +155,10 @@ def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *
         leaves = parts[b].leaves
         return ([leaves[i] for i in split.diff], [leaves[i] for i in varying], cts[b])
 
-    stack = lambda *xs: jnp.stack([jnp.asarray(x) for x in xs])  # noqa: E731
+    def stack(*xs: Any) -> Any:  # in numpy, but for keys, which numpy cannot hold
+        if jax.dtypes.issubdtype(getattr(xs[0], "dtype", np.float32), jax.dtypes.prng_key):
+            return jnp.stack(xs)
+        return jax.device_put(np.stack([np.asarray(x) for x in xs]))
     stacked = jax.tree_util.tree_map(stack, *[inputs(b) for b in range(len(elements))])
     fixed_values = [split.leaves[i] for i in shared]
     eager = [vjp(fixed_values, *inputs(b)) for b in range(len(elements))]
@@ -156,7 +166,7 @@ def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *
     results["grad-of-jit"] = vjp(fixed_values, *inputs(0), jitted=True)
     diffs, problems = {}, []
     for name in TRANSFORMS:
-        got = results[name]
+        got = jax.tree_util.tree_map(np.asarray, results[name])
         per_element = [jax.tree_util.tree_map(lambda x, b=b: x[b], got) for b in range(len(elements))] \
             if name in ("vmap", "scan") else [got]
         worst = 0.0

@@ -14,11 +14,12 @@ def test_verify_prints_rows_writes_json_and_exits_zero(tmp_path, capsys):
     path = tmp_path / "rows.json"
     assert main(["verify", "--ops", "activations.relu,gates.maximum", "--json", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "activations.relu" in out and "float64" in out and "4 passed, 0 failed" in out
+    assert "activations.relu" in out and "float64" in out and "6 passed, 0 failed" in out
     rows = json.loads(path.read_text())["rows"]
-    assert [(r["op"], r["dtype"], r["status"]) for r in rows] == [
-        ("gates.maximum", "float32", "ok"), ("gates.maximum", "float64", "ok"),
-        ("activations.relu", "float32", "ok"), ("activations.relu", "float64", "ok")]
+    assert [(r["op"], r["dtype"], r["order"], r["status"]) for r in rows] == [
+        ("gates.maximum", "float32", 1, "ok"), ("gates.maximum", "float64", 1, "ok"),
+        ("activations.relu", "float32", 1, "ok"), ("activations.relu", "float64", 1, "ok"),
+        ("gates.maximum", "float64", 2, "ok"), ("activations.relu", "float64", 2, "ok")]
     assert all(r["kinks"] >= 1 for r in rows)  # the tie and the zeros are on the kink, and accepted
 
 
