@@ -165,7 +165,89 @@ def print_rows(rows: Sequence[BenchRow]) -> None:
               f"{r.model_tflops / r.matmul_tflops:9.0%}")
 
 
-def write_json(rows: Sequence[BenchRow], path: str) -> None:
+def write_json(rows: Sequence[Any], path: str) -> None:
     with open(path, "w") as f:
         json.dump({"jax": jax.__version__, "device": str(jax.devices()[0]), "backend": jax.default_backend(),
                    "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=2)
+
+
+# ---------------------------------------------------------------- the oracle on needles in large leaves
+@dataclasses.dataclass(frozen=True)
+class OracleRow:
+    case: str  # "elementwise n=…" or "affine dW W d×d"
+    entries: int
+    planted: bool  # a 1% error in one entry, or the correct rule
+    seconds: float  # check_vjp
+    verdict: str  # "found at flat index …", "missed", "passed" or "false alarm"
+    check_grads_seconds: float
+    check_grads_verdict: str
+
+
+def _needle_cases(sizes: Sequence[int], widths: Sequence[int]) -> list[tuple[str, int, Callable, tuple, int]]:
+    """(case, entries, fn factory(needle or None), args, needle) for an elementwise sigmoid rule and affine's dW."""
+    rng = np.random.default_rng(0)
+
+    def sigmoid_rule(needle):
+        f = jax.custom_vjp(jax.nn.sigmoid)
+        f.defvjp(lambda x: (jax.nn.sigmoid(x), jax.nn.sigmoid(x)),
+                 lambda y, g: ((g * y * (1 - y)).at[needle].multiply(1.01 if needle is not None else 1.0),))
+        return f
+
+    def affine_rule(needle):
+        f = jax.custom_vjp(lambda x, W, b: x @ W + b)
+
+        def bwd(res, g):
+            x, W = res
+            dW = (x.T @ g).reshape(-1).at[needle if needle is not None else 0].multiply(
+                1.01 if needle is not None else 1.0).reshape(W.shape)
+            return g @ W.T, dW, g.sum(0)
+        f.defvjp(lambda x, W, b: (x @ W + b, (x, W)), bwd)
+        return f
+
+    cases = [(f"elementwise n={n:.0e}".replace("e+0", "e"), n, sigmoid_rule,
+              (jnp.asarray(rng.standard_normal(n), jnp.float32),), n // 3 + 7) for n in sizes]
+    for d in widths:
+        args = (jnp.asarray(rng.standard_normal((64, d)), jnp.float32),
+                jnp.asarray(rng.standard_normal((d, d)) / np.sqrt(d), jnp.float32), jnp.zeros(d, jnp.float32))
+        cases.append((f"affine dW, W {d}x{d}, x 64x{d}", d * d, affine_rule, args, d * d // 2 + 5))
+    return cases
+
+
+def oracle(sizes: Sequence[int] = (10**4, 10**5, 10**6), widths: Sequence[int] = (256, 1024),
+           progress: Callable[[str], None] = lambda _: None) -> list[OracleRow]:
+    """``check_vjp`` and ``jax.test_util.check_grads`` on a rule with a 1% error in one entry, and on the
+    correct rule, at each size: time and verdict of each."""
+    from jax.test_util import check_grads
+
+    from reference import check_vjp
+
+    rows = []
+    for case, entries, rule, args, needle in _needle_cases(sizes, widths):
+        for planted in (True, False):
+            progress(f"{case}, {'1% needle' if planted else 'correct rule'}")
+            fn = rule(needle if planted else None)
+            start = time.perf_counter()
+            try:
+                check_vjp(fn, args)
+                verdict = "missed" if planted else "passed"
+            except AssertionError as e:
+                found = f"flat index {needle}:" in str(e).splitlines()[1]
+                verdict = (f"found at flat index {needle}" if found else "flagged elsewhere") if planted \
+                    else "false alarm"
+            seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            try:
+                check_grads(fn, args, order=1, modes=["rev"])
+                theirs = "missed" if planted else "passed"
+            except AssertionError:
+                theirs = "found (no index)" if planted else "false alarm"
+            rows.append(OracleRow(case, entries, planted, seconds, verdict, time.perf_counter() - start, theirs))
+    return rows
+
+
+def print_oracle(rows: Sequence[OracleRow]) -> None:
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}")
+    print(f"{'case':<34} {'rule':<10} {'check_vjp':>9}  {'verdict':<28} {'check_grads':>11}  verdict")
+    for r in rows:
+        print(f"{r.case:<34} {'1% needle' if r.planted else 'correct':<10} {r.seconds:8.2f}s  {r.verdict:<28} "
+              f"{r.check_grads_seconds:10.2f}s  {r.check_grads_verdict}")

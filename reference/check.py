@@ -681,15 +681,6 @@ def _check(fn: Callable, name: str, args: tuple, *, reference: Callable | None, 
             continue
         device = diffs.device(a_main, np.abs(a_main) + natural, scale)
         index.append(_search(diffs, lo, hi, device, eta, 1e-9 if evaluate is not call else 1e-2 * r_user, chunk))
-        if evaluate is not call:
-            tol = r_user * (np.abs(a_main[lo:hi]) + natural[lo:hi]) + spread[lo:hi] + extra + 1e-30
-            err = np.abs(a_user[lo:hi] - a_main[lo:hi])
-            for j in np.flatnonzero(~(err <= tol))[: 4 * _SHOWN]:
-                k = lo + int(j)
-                problems.append(_Problem(float(err[j] / tol[j]) if np.isfinite(err[j]) else np.inf,
-                                         f"{_entry_text(flat, paths, k)}: analytic {a_user[k]:.6g} "
-                                         f"({_NAME_OF[call.bits]}), the same rule in float64 {a_main[k]:.6g}, "
-                                         f"tolerance {tol[j]:.2e} (rtol {r_user:g})"))
     index = np.concatenate(index) if index else np.zeros(0, np.int64)
     leaf_stats = [_LeafStats() for _ in paths]
     if index.size:
@@ -709,6 +700,16 @@ def _check(fn: Callable, name: str, args: tuple, *, reference: Callable | None, 
         if np.all(unchecked):
             raise ValueError(f"check_vjp: nothing could be checked: {name} jumps, or is not finite, a step away "
                              f"from every entry of its arguments")
+    if evaluate is not call:  # every entry of the call's own VJP against the same rule in float64, where the
+        # differences cannot see it (a tail entry below their round-off, an entry no probe singled out)
+        tol = r_user * (np.abs(a_main) + natural) + spread + extra + 1e-300
+        err = np.abs(a_user - a_main)
+        seen = set(index[~ok].tolist()) if index.size else set()
+        for k in [k for k in np.flatnonzero(~(err <= tol)) if k not in seen][: 4 * _SHOWN]:
+            problems.append(_Problem(float(err[k] / tol[k]) if np.isfinite(err[k]) else np.inf,
+                                     f"{_entry_text(flat, paths, int(k))}: analytic {a_user[k]:.6g} "
+                                     f"({_NAME_OF[call.bits]}), the same rule in float64 {a_main[k]:.6g}, "
+                                     f"tolerance {tol[k]:.2e} (rtol {r_user:g})"))
 
     ref_stats: list = [None] * len(paths)
     forward_err = None
