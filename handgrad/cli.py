@@ -7,8 +7,10 @@ Hypothesis, and ``train`` needs the ``train`` extra only once it starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
+import re
 import sys
 import time
 from typing import Any, NoReturn
@@ -55,6 +57,30 @@ def _properties(ops: list, profile: str) -> list:
     for r in results:
         print(f"{r.prop:<34} {r.ops:3d} {r.examples:8d} {r.seconds:6.1f}s  {r.status}")
     return [r for r in results if r.status != "ok"]
+
+
+def _check(args: argparse.Namespace) -> int:
+    if "XLA_FLAGS" not in os.environ:
+        os.environ["XLA_FLAGS"] = _FAST_COMPILE
+    import jax
+    import numpy as np
+
+    from handgrad import check
+
+    wide = any(re.match(r"(f64|c128)\[", spec) for spec in args.specs)  # float64 asked for: x64 on, for the check
+    try:
+        with jax.enable_x64(True) if wide else contextlib.nullcontext():
+            fn, name = check.load_function(args.target)
+            values = check.parse_args(args.specs, np.random.default_rng(args.seed))
+            rows = check.run(fn, name, values, order=args.order, transforms=args.transforms, seed=args.seed)
+    except (check.UsageError, TypeError, ValueError) as e:
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"handgrad check: {message}", file=sys.stderr)
+        return 2
+    check.print_rows(name, args.specs, rows)
+    if args.json:
+        check.write_json(name, args.specs, rows, args.json)
+    return 1 if any(r.status != "ok" for r in rows) else 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -160,6 +186,18 @@ def main(argv: list[str] | None = None) -> int:
                         "handgrad-thorough, or one of your own)")
     p.add_argument("--ops", metavar="NAMES", help="only the ops whose names contain one of these, comma-separated")
     p.set_defaults(run=_verify)
+    c = sub.add_parser("check", help="audit any importable function's VJP: check_vjp, order 2, transformations",
+                       description="Check the VJP of MODULE:FUNCTION (a dotted module or a .py file) at random "
+                                   "arguments described by specs: f32[4,5], f64[3], c64[3], i32[4]<10 (labels "
+                                   "below 10), bool[4], key, 1.5, @data.npz, @data.npz:X, @x.npy.")
+    c.add_argument("target", metavar="MODULE:FUNCTION")
+    c.add_argument("specs", metavar="SPEC", nargs="*", help="one per positional argument")
+    c.add_argument("--order", type=int, choices=[1, 2], default=1, help="2 also checks the VJP of the VJP")
+    c.add_argument("--transforms", action="store_true",
+                   help="also check the VJP under jit, vmap, grad-of-jit, jax.checkpoint and scan")
+    c.add_argument("--seed", type=int, default=0, help="for the arguments, cotangents and probes (default 0)")
+    c.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    c.set_defaults(run=_check)
     b = sub.add_parser("bench", help="time the MLP training step: hand-written VJPs vs jax.grad vs jax.grad + optax")
     b.add_argument("--sizes", type=positive_ints, default=(784, 512, 512, 10),
                    help="layer widths (default 784,512,512,10)")

@@ -25,7 +25,6 @@ import numpy as np
 import optax
 
 import pure
-import pure.nn
 import pure.optim
 from reference.transforms import check_transforms
 
@@ -114,7 +113,7 @@ def _chain_sides(f: Callable, g: Callable) -> Callable:
 
 
 def chain_rule(f: Callable, g: Callable, g_args: Sequence[Any], cotangent: Any) -> None:
-    """The VJP of ``f∘g`` equals ``vjp_g(vjp_f(c))``: backprop composes (seeds 000, 002)."""
+    """The VJP of ``f∘g`` equals ``vjp_g(vjp_f(c))``: backprop composes."""
     lhs, rhs = _chain_sides(f, g)(tuple(g_args), cotangent)
     assert_close("chain_rule", f, "vjp(f∘g)(c)", lhs, "vjp_g(vjp_f(c))", rhs)
 
@@ -131,32 +130,43 @@ def mlp_chain_rule(loss: Callable, reference_loss: Callable, params: Any, *data:
 
 
 @functools.cache
-def _recursion_sides(activation: str) -> Callable:
-    act, sigma = pure.nn.ACTIVATIONS[activation], getattr(jax.nn, activation)
-
+def _recursion_sides(act: Callable, slope: Callable, affine: Callable, loss: Callable) -> Callable:
     def sides(params, x, labels):
         def from_layer(l, z):  # the loss as a function of the pre-activation z_l
             h = z
             for layer in params[l + 1:]:
-                h = pure.affine(act(h), layer["W"], layer["b"])
-            return pure.softmax_cross_entropy(h, labels)
+                h = affine(act(h), layer["W"], layer["b"])
+            return loss(h, labels)
 
         zs, h = [], x
         for layer in params:
-            zs.append(pure.affine(h, layer["W"], layer["b"]))
+            zs.append(affine(h, layer["W"], layer["b"]))
             h = act(zs[-1])
         deltas = [jax.grad(from_layer, argnums=1)(l, z) for l, z in enumerate(zs)]
-        slopes = [jax.grad(lambda z: jnp.sum(sigma(z)))(z) for z in zs]  # σ'(z) from jax.nn, entry by entry
+        slopes = [slope(z) for z in zs]  # σ'(z), entry by entry, from the reference
         return deltas[:-1], [s * (d @ layer["W"].T) for s, d, layer in zip(slopes[:-1], deltas[1:], params[1:],
                                                                              strict=True)]
     return jax.jit(sides)
 
 
-def backward_recursion(params: list, x: jax.Array, labels: jax.Array, activation: str = "tanh") -> None:
-    """Seed 002: ``∂C/∂z_l = σ'(z_l) ⊙ (∂C/∂z_{l+1} · W_{l+1}ᵀ)`` for the pre-activations ``z``."""
-    lhs, rhs = _recursion_sides(activation)(params, x, labels)
-    assert_close("backward_recursion", pure.nn.ACTIVATIONS[activation], "dC/dz[l]", lhs,
-                 "sigma'(z[l]) * (dC/dz[l+1] @ W[l+1].T)", rhs)
+@functools.cache
+def elementwise_slope(reference: Callable) -> Callable:
+    """``z -> σ'(z)`` entry by entry, by ``jax.grad`` of an elementwise reference ``σ``."""
+    return jax.grad(lambda z: jnp.sum(reference(z)))
+
+
+def backward_recursion(act: Callable, params: list, x: jax.Array, labels: jax.Array, *,
+                       slope: Callable | None = None, affine: Callable = pure.affine,
+                       loss: Callable = pure.softmax_cross_entropy) -> None:
+    """``∂C/∂z_l = σ'(z_l) ⊙ (∂C/∂z_{l+1} · W_{l+1}ᵀ)`` for the pre-activations ``z`` (Hung-yi Lee's backward pass).
+
+    ``act`` is the activation under test, ``slope`` its derivative entry by entry (default: that of
+    ``act`` itself, by jax.grad; pass ``elementwise_slope(reference)`` to use an independent one).
+    ``affine`` and ``loss`` build the network (pure's by default).
+    """
+    slope = slope if slope is not None else elementwise_slope(act)
+    lhs, rhs = _recursion_sides(act, slope, affine, loss)(params, x, labels)
+    assert_close("backward_recursion", act, "dC/dz[l]", lhs, "sigma'(z[l]) * (dC/dz[l+1] @ W[l+1].T)", rhs)
 
 
 # -------------------------------------------------------------- 2. gate routing
@@ -171,20 +181,50 @@ def _vjp_jit(fn: Callable) -> Callable:
     return jax.jit(lambda args, c: _pullback(fn, args)[1](c))
 
 
-def gate_routing(gate: Callable, x: jax.Array, y: jax.Array, g: jax.Array) -> None:
-    """Seed 003's routing: add distributes, mul switches, max routes to the winner (``x`` on ties).
+ROUTING: dict[Any, str] = {pure.add: "add", pure.mul: "mul", pure.maximum: "max"}  # pure's gates, by default
 
-    Cotangents are summed over broadcast axes; for ``maximum`` the two always add up to ``g``.
+
+def _local(routing: str | Callable, ties: str, xb: np.ndarray, yb: np.ndarray) -> tuple[Any, Any]:
+    """The local derivatives (d/dx, d/dy) of a gate, broadcast: the rule the law holds the gate to."""
+    if callable(routing):
+        dx, dy = routing(xb, yb)
+        return np.asarray(dx, np.float64), np.asarray(dy, np.float64)
+    if routing == "add":
+        return 1.0, 1.0
+    if routing == "mul":
+        return yb, xb
+    if routing == "max":
+        tie = xb == yb
+        x_share = {"x": 1.0, "y": 0.0, "split": 0.5}[ties]
+        return np.where(tie, x_share, xb > yb).astype(float), np.where(tie, 1 - x_share, xb < yb).astype(float)
+    raise ValueError(f"gate_routing: routing must be 'add', 'mul', 'max' or a function (x, y) -> (dx, dy), "
+                     f"got {routing!r}")
+
+
+def gate_routing(gate: Callable, x: jax.Array, y: jax.Array, g: jax.Array, *, routing: str | Callable | None = None,
+                 ties: str = "x") -> None:
+    """The routing of backprop's gates (CS231n): add distributes, mul switches, max routes to the winner.
+
+    ``routing`` is the rule the gate is held to: ``"add"``, ``"mul"``, ``"max"`` (with ``ties``: the
+    whole gradient to ``"x"``, to ``"y"``, or ``"split"`` ½/½), or a function ``(x, y) -> (dx, dy)``
+    of local derivatives. None looks the gate up among pure's (:data:`ROUTING`). Cotangents are
+    summed over broadcast axes; with ``"max"`` and ties to one side, the two add up to ``g`` exactly.
     """
+    if routing is None:
+        if gate not in ROUTING:
+            raise TypeError(f"gate_routing: {op_name(gate)} is not one of pure's gates; say which rule it follows "
+                            f"with routing='add', 'mul', 'max' or a function (x, y) -> (dx, dy)")
+        routing = ROUTING[gate]
+    if ties not in ("x", "y", "split"):
+        raise ValueError(f"gate_routing: ties must be 'x', 'y' or 'split', got {ties!r}")
     dx, dy = _vjp_jit(gate)((x, y), g)
     xb, yb = (np.broadcast_to(np.asarray(v, np.float64), g.shape) for v in (x, y))
     g64 = np.asarray(g, np.float64)
-    local = {"add": (1.0, 1.0), "mul": (yb, xb),
-             "maximum": ((xb >= yb).astype(float), (xb < yb).astype(float))}[gate.__name__]
+    local = _local(routing, ties, xb, yb)
     for name, got, d, primal in (("dx", dx, local[0], x), ("dy", dy, local[1], y)):
         assert_close("gate_routing", gate, name, got, f"g * d/{name[1]} summed over broadcast axes",
-                     _summed_to(g64 * d, primal.shape))
-    if gate.__name__ == "maximum" and x.shape == y.shape == g.shape:  # exact: each entry goes one way
+                     _summed_to(g64 * d, np.shape(primal)))
+    if routing == "max" and ties != "split" and np.shape(x) == np.shape(y) == g.shape:  # each entry goes one way
         if not np.array_equal(np.asarray(dx) + np.asarray(dy), np.asarray(g)):
             raise PropertyViolation("gate_routing", gate, "dx + dy", np.asarray(dx) + np.asarray(dy), "g", g)
 
@@ -199,48 +239,50 @@ def _descend(opt: Any, loss: Callable, params: Any, data: Any, steps: int) -> An
 
 
 @functools.cache
-def _decay_runs(loss: Callable, steps: int, mask: Any) -> Callable:
+def _decay_runs(loss: Callable, steps: int, mask: Any, sgd: Callable, l2_penalty: Callable) -> Callable:
     # η and λ arrive traced, as schedules, so one compilation serves every drawn value.
     def runs(params, data, eta, lam):
         lr, wd = (lambda _: eta), (lambda _: lam)
         keep = jax.tree_util.tree_map(lambda _: True, params) if mask is None else mask(params)
         by_formula = params
-        for _ in range(steps):  # seed 004: w ← (1 − ηλ)w − η∂ℓ/∂w
+        for _ in range(steps):  # d2l: w ← (1 − ηλ)w − η∂ℓ/∂w
             grads = jax.grad(loss)(by_formula, data)
             by_formula = jax.tree_util.tree_map(lambda w, g, k: (1 - eta * lam if k else 1.0) * w - eta * g,
                                                 by_formula, grads, keep)
-        l2 = lambda p, d: loss(p, d) + pure.l2_penalty(p, lam, mask=mask)  # noqa: E731
+        l2 = lambda p, d: loss(p, d) + l2_penalty(p, lam, mask=mask)  # noqa: E731
         cs231n = lambda p, d: loss(p, d) + lam / 2 * sum(jnp.sum(w * w) for w in jax.tree_util.tree_leaves(p))  # noqa: E731
         return {
             "(1 - eta*lam) w - eta grad L": by_formula,
-            "sgd on L + l2_penalty": _descend(pure.optim.sgd(lr), l2, params, data, steps),
-            "sgd(weight_decay=lam)": _descend(pure.optim.sgd(lr, weight_decay=wd, mask=mask), loss, params, data,
+            "sgd on L + l2_penalty": _descend(sgd(lr), l2, params, data, steps),
+            "sgd(weight_decay=lam)": _descend(sgd(lr, weight_decay=wd, mask=mask), loss, params, data,
                                               steps),
             "optax chain": _descend(optax.chain(optax.add_decayed_weights(wd, mask), optax.sgd(lr)), loss, params,
                                     data, steps),
-            "momentum, coupled decay": _descend(pure.optim.sgd(lr, momentum=0.9, weight_decay=wd), loss, params,
+            "momentum, coupled decay": _descend(sgd(lr, momentum=0.9, weight_decay=wd), loss, params,
                                                 data, steps),
             "momentum, decoupled decay (SGDW)": _descend(
-                pure.optim.sgd(lr, momentum=0.9, weight_decay=wd, decoupled_weight_decay=True), loss, params, data,
+                sgd(lr, momentum=0.9, weight_decay=wd, decoupled_weight_decay=True), loss, params, data,
                 steps),
             "Adam on L + l2_penalty": _descend(optax.adam(lr), l2, params, data, steps),
             "AdamW": _descend(optax.adamw(lr, weight_decay=lam, mask=mask), loss, params, data, steps),
-            "sgd on L + reg*sum(W^2), reg = lam/2": _descend(pure.optim.sgd(lr), cs231n, params, data, steps),
-            "sgd(weight_decay=lam), unmasked": _descend(pure.optim.sgd(lr, weight_decay=wd), loss, params, data, steps),
+            "sgd on L + reg*sum(W^2), reg = lam/2": _descend(sgd(lr), cs231n, params, data, steps),
+            "sgd(weight_decay=lam), unmasked": _descend(sgd(lr, weight_decay=wd), loss, params, data, steps),
         }
     return jax.jit(runs)
 
 
 def weight_decay_equivalence(loss: Callable, params: Any, data: Any, eta: float, lam: float, steps: int = 3,
-                             mask: Any = None) -> None:
+                             mask: Any = None, *, sgd: Callable = pure.optim.sgd,
+                             l2_penalty: Callable = pure.l2_penalty) -> None:
     """Plain SGD: on ``L + (λ/2)‖w‖²`` = ``(1 − ηλ)w − η∇L`` = ``sgd(weight_decay=λ)`` = the optax chain.
 
-    ``loss(params, data)`` is any smooth loss; ``mask`` (None or a callable) keeps biases out.
+    ``loss(params, data)`` is any smooth loss; ``mask`` (None or a callable) keeps biases out. ``sgd``
+    (an optax-style factory with pure.optim.sgd's arguments) and ``l2_penalty`` are under test.
     """
-    runs = _decay_runs(loss, steps, mask)(params, data, eta, lam)
+    runs = _decay_runs(loss, steps, mask, sgd, l2_penalty)(params, data, eta, lam)
     formula = "(1 - eta*lam) w - eta grad L"
     for name in ("sgd on L + l2_penalty", "sgd(weight_decay=lam)", "optax chain"):
-        assert_close("weight_decay_equivalence", pure.optim.sgd, name, runs[name], formula, runs[formula])
+        assert_close("weight_decay_equivalence", sgd, name, runs[name], formula, runs[formula])
 
 
 def _differ(prop: str, op: Any, a_name: str, runs: dict, b_name: str, at_least: float) -> None:
@@ -251,23 +293,25 @@ def _differ(prop: str, op: Any, a_name: str, runs: dict, b_name: str, at_least: 
                                 f"expected them to differ by at least {at_least:.3g}, got {gap:.3g}")
 
 
-def decay_non_equivalence(loss: Callable, params: Any, data: Any, eta: float, lam: float, steps: int = 3) -> None:
+def decay_non_equivalence(loss: Callable, params: Any, data: Any, eta: float, lam: float, steps: int = 3, *,
+                          sgd: Callable = pure.optim.sgd, l2_penalty: Callable = pure.l2_penalty) -> None:
     """Where the equivalence breaks: momentum with coupled vs decoupled decay, and Adam + L2 vs AdamW.
 
     The gap must exceed 1% of the size of one decay step, ``η·λ·max|w|``.
     """
-    runs = _decay_runs(loss, steps, None)(params, data, eta, lam)
+    runs = _decay_runs(loss, steps, None, sgd, l2_penalty)(params, data, eta, lam)
     at_least = 1e-2 * eta * lam * max(float(jnp.max(jnp.abs(w))) for w in jax.tree_util.tree_leaves(params))
-    _differ("decay_non_equivalence", pure.optim.sgd, "momentum, coupled decay", runs,
+    _differ("decay_non_equivalence", sgd, "momentum, coupled decay", runs,
             "momentum, decoupled decay (SGDW)", at_least)
     _differ("decay_non_equivalence", optax.adamw, "Adam on L + l2_penalty", runs, "AdamW", at_least)
 
 
 def cs231n_reg_is_twice_weight_decay(loss: Callable, params: Any, data: Any, eta: float, reg: float,
-                                     steps: int = 3) -> None:
+                                     steps: int = 3, *, sgd: Callable = pure.optim.sgd,
+                                     l2_penalty: Callable = pure.l2_penalty) -> None:
     """CS231n's ``reg·ΣW²`` (gradient 2·reg·W) is ``sgd(weight_decay=2·reg)``."""
-    runs = _decay_runs(loss, steps, None)(params, data, eta, 2 * reg)
-    assert_close("cs231n_reg_is_twice_weight_decay", pure.optim.sgd, "sgd on L + reg*sum(W^2), reg = lam/2",
+    runs = _decay_runs(loss, steps, None, sgd, l2_penalty)(params, data, eta, 2 * reg)
+    assert_close("cs231n_reg_is_twice_weight_decay", sgd, "sgd on L + reg*sum(W^2), reg = lam/2",
                  runs["sgd on L + reg*sum(W^2), reg = lam/2"], "sgd(weight_decay=lam), unmasked",
                  runs["sgd(weight_decay=lam), unmasked"])
 
@@ -323,7 +367,7 @@ def _sample_sides(per_example_loss: Callable, batch_loss: Callable) -> Callable:
 
 def sum_over_samples(per_example_loss: Callable, params: Any, xs: jax.Array, ys: jax.Array,
                      batch_loss: Callable) -> None:
-    """Seed 002: ∇ of the summed loss = Σ per-example gradients (vmap(grad)); the mean gives the mean.
+    """∇ of the summed loss = Σ per-example gradients (vmap(grad)); the mean gives the mean.
 
     ``batch_loss(params, xs, ys)`` is the mean over the batch; ``per_example_loss`` takes one sample.
     """
@@ -333,24 +377,28 @@ def sum_over_samples(per_example_loss: Callable, params: Any, xs: jax.Array, ys:
 
 
 # --------------------------------------------------------- 7. matrix calculus
-@jax.jit
-def _matrix_sides(A, x, X, c):
-    zero = jnp.zeros(A.shape[0], A.dtype)
-    Ax = lambda v: pure.affine(v, A.T, zero)  # noqa: E731  (x·Aᵀ = (Ax)ᵀ)
-    quad = lambda v: jnp.sum(pure.mul(v, pure.affine(v, A.T, zero)))  # noqa: E731
-    return {
-        "grad c.(Ax) = A^T c": (jax.vjp(Ax, x)[1](c)[0], A.T @ c),
-        "grad x^T A x = (A + A^T) x": (jax.grad(quad)(x), (A + A.T) @ x),
-        "grad ||x||^2 = 2x": (jax.grad(lambda v: jnp.sum(pure.mul(v, v)))(x), 2 * x),
-        "grad ||X||_F^2 = 2X": (jax.grad(lambda m: pure.l2_penalty(m, 2.0))(X), 2 * X),
-    }
+@functools.cache
+def _matrix_sides(affine: Callable, mul: Callable, l2_penalty: Callable) -> Callable:
+    def sides(A, x, X, c):
+        zero = jnp.zeros(A.shape[0], A.dtype)
+        Ax = lambda v: affine(v, A.T, zero)  # noqa: E731  (x·Aᵀ = (Ax)ᵀ)
+        quad = lambda v: jnp.sum(mul(v, affine(v, A.T, zero)))  # noqa: E731
+        return {
+            "grad c.(Ax) = A^T c": (jax.vjp(Ax, x)[1](c)[0], A.T @ c),
+            "grad x^T A x = (A + A^T) x": (jax.grad(quad)(x), (A + A.T) @ x),
+            "grad ||x||^2 = 2x": (jax.grad(lambda v: jnp.sum(mul(v, v)))(x), 2 * x),
+            "grad ||X||_F^2 = 2X": (jax.grad(lambda m: l2_penalty(m, 2.0))(X), 2 * X),
+        }
+    return jax.jit(sides)
 
 
-def matrix_calculus(A: jax.Array, x: jax.Array, X: jax.Array, c: jax.Array) -> None:
-    """Seed 004's identities through pure ops: ∇(cᵀAx) = Aᵀc, ∇(xᵀAx) = (A + Aᵀ)x, ∇‖x‖² = 2x, ∇‖X‖_F² = 2X."""
-    for identity, (lhs, rhs) in _matrix_sides(A, x, X, c).items():
+def matrix_calculus(A: jax.Array, x: jax.Array, X: jax.Array, c: jax.Array, *, affine: Callable = pure.affine,
+                    mul: Callable = pure.mul, l2_penalty: Callable = pure.l2_penalty) -> None:
+    """The matrix-calculus identities (d2l) through the ops under test: ∇(cᵀAx) = Aᵀc, ∇(xᵀAx) = (A + Aᵀ)x,
+    ∇‖x‖² = 2x, ∇‖X‖_F² = 2X (``l2_penalty`` in the d2l convention: strength 2 gives ‖X‖_F²)."""
+    for identity, (lhs, rhs) in _matrix_sides(affine, mul, l2_penalty)(A, x, X, c).items():
         left, right = identity.split(" = ")
-        assert_close("matrix_calculus", pure.affine, left, lhs, right, rhs)
+        assert_close("matrix_calculus", affine, left, lhs, right, rhs)
 
 
 # ----------------------------------------------------------- 8. loss invariants

@@ -89,7 +89,7 @@ def _mlp_chain(op: Op, data: st.DataObject) -> None:
 
 def _recursion(op: Op, data: st.DataObject) -> None:
     params, x, labels = data.draw(_MLP)
-    laws.backward_recursion(params, x, labels, activation=op.short)
+    laws.backward_recursion(op.fn, params, x, labels, slope=laws.elementwise_slope(op.ref))
 
 
 def _quartic(params, target):

@@ -155,7 +155,7 @@ OPS: tuple[Op, ...] = (
        laws=("chain_rule", "backward_recursion")),
     Op("activations.leaky_relu", bind(pure.leaky_relu, negative_slope=0.1),
        bind(reference.activations.leaky_relu, negative_slope=0.1), _with_zeros, _ZEROS, _unary(0.1),
-       laws=("chain_rule",)),
+       laws=("chain_rule", "backward_recursion")),
     Op("layers.affine", pure.affine, reference.layers.affine,
        lambda r, d: (_normal(r, d, 4, 5), _normal(r, d, 5, 3), _normal(r, d, 3)), _AFFINE,
        laws=("matrix_calculus",)),

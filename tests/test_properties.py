@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -83,3 +84,40 @@ def test_transformations_agree_vmaps_over_distinct_elements_so_a_bleeding_batch_
     with pytest.raises(PropertyViolation, match=r"under vmap, batch element \d, args\[0\] flat index"):
         laws.transformations_agree(_sin_that_bleeds_under_vmap, (x,), c)
     laws.transformations_agree(jnp.sin, (x,), c)  # the same law passes the plain function
+
+
+# ------------------------------------------------------------------ laws on users' own ops
+@jax.custom_vjp
+def _my_max(x, y):
+    return jnp.maximum(x, y)
+
+
+_my_max.defvjp(lambda x, y: (jnp.maximum(x, y), x >= y),
+               lambda x_wins, g: (jnp.where(x_wins, g, 0.0), jnp.where(x_wins, 0.0, g)))
+
+_max_ties_to_y = jax.custom_vjp(jnp.maximum)
+_max_ties_to_y.defvjp(lambda x, y: (jnp.maximum(x, y), x > y),  # planted: a tie goes to y
+                      lambda x_wins, g: (jnp.where(x_wins, g, 0.0), jnp.where(x_wins, 0.0, g)))
+
+
+def test_gate_routing_takes_the_rule_as_data_for_a_users_gate():
+    x = jnp.array([[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]])
+    y, g = jnp.array([[1.0, 0.0, 5.0], [0.5, 2.0, 4.0]]), jnp.arange(1.0, 7.0).reshape(2, 3)  # three ties
+    laws.gate_routing(_my_max, x, y, g, routing="max", ties="x")
+    laws.gate_routing(jnp.maximum, x, y, g, routing="max", ties="split")  # jax's own rule splits a tie
+    laws.gate_routing(jnp.multiply, x, y, g, routing=lambda a, b: (b, a))  # a local-derivative function
+    with pytest.raises(PropertyViolation, match="property 'gate_routing' fails for .*: dx != g \\* d/x"):
+        laws.gate_routing(_max_ties_to_y, x, y, g, routing="max", ties="x")
+    with pytest.raises(TypeError, match="_my_max is not one of pure's gates; say which rule it follows"):
+        laws.gate_routing(_my_max, x, y, g)
+
+
+def test_backward_recursion_takes_the_activation_and_its_slope_as_data():
+    params = [{"W": jnp.asarray(np.random.default_rng(i).standard_normal((4, 4)) * 0.5, jnp.float32),
+               "b": jnp.zeros(4, jnp.float32)} for i in range(3)]
+    x, labels = jnp.asarray(np.random.default_rng(9).standard_normal((5, 4)), jnp.float32), jnp.array([0, 1, 2, 3, 0])
+    laws.backward_recursion(jax.nn.gelu, params, x, labels, slope=laws.elementwise_slope(jax.nn.gelu))
+    wrong = jax.custom_vjp(jnp.tanh)
+    wrong.defvjp(lambda z: (jnp.tanh(z), jnp.tanh(z)), lambda y, g: (g * (1 - y),))  # forgot the square
+    with pytest.raises(PropertyViolation, match="backward_recursion"):
+        laws.backward_recursion(wrong, params, x, labels, slope=laws.elementwise_slope(jnp.tanh))
