@@ -111,7 +111,7 @@ def resolve_mask(fn: str, params: Any, mask: Any) -> list[bool]:
     if callable(mask):
         mask = mask(params)
     mask_leaves, mask_def = jax.tree_util.tree_flatten(mask)
-    if mask_def != treedef:
+    if mask_def != treedef:  # type: ignore[operator]  # PyTreeDef compares; its stub does not say so
         raise TypeError(f"{fn}: mask has tree structure {mask_def} but params has {treedef}")
     return [bool(m) for m in mask_leaves]
 
@@ -119,6 +119,6 @@ def resolve_mask(fn: str, params: Any, mask: Any) -> list[bool]:
 def check_same_structure(fn: str, a_name: str, a: Any, b_name: str, b: Any) -> None:
     """Raises TypeError naming both tree structures when two pytrees differ."""
     a_def, b_def = jax.tree_util.tree_structure(a), jax.tree_util.tree_structure(b)
-    if a_def != b_def:
+    if a_def != b_def:  # type: ignore[operator]
         raise TypeError(f"{fn}: {a_name} has tree structure {a_def} but {b_name} has {b_def}")
 

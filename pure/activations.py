@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float
 
 from pure._checks import as_float_array
 from pure._vjp import hand_written
 
 
 # ----------------------------------------------------------------------- sigmoid
-def sigmoid(x: jax.Array) -> jax.Array:
+def sigmoid(x: Float[ArrayLike, "*shape"] | float) -> Float[Array, "*shape"]:
     """The logistic function, with a backward computed from the forward OUTPUT.
 
     .. math:: \\sigma(x) = 1 / (1 + e^{-x}), \\qquad \\sigma'(x) = \\sigma(x)(1 - \\sigma(x))
@@ -49,7 +51,7 @@ _sigmoid = hand_written(_sigmoid_fwd, _sigmoid_bwd)
 
 
 # -------------------------------------------------------------------------- tanh
-def tanh(x: jax.Array) -> jax.Array:
+def tanh(x: Float[ArrayLike, "*shape"] | float) -> Float[Array, "*shape"]:
     """Hyperbolic tangent; the backward uses the saved output: ``dx = g · (1 − y²)``.
 
     Args:
@@ -78,7 +80,7 @@ _tanh = hand_written(_tanh_fwd, _tanh_bwd)
 
 
 # -------------------------------------------------------------------------- relu
-def relu(x: jax.Array) -> jax.Array:
+def relu(x: Float[ArrayLike, "*shape"] | float) -> Float[Array, "*shape"]:
     """Rectified linear unit, ``max(x, 0)``; the backward masks by ``x > 0``.
 
     .. math:: \\mathrm{relu}'(x) = [x > 0]
@@ -111,7 +113,7 @@ _relu = hand_written(_relu_fwd, _relu_bwd)
 
 
 # -------------------------------------------------------------------- leaky_relu
-def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
+def leaky_relu(x: Float[ArrayLike, "*shape"] | float, negative_slope: float = 0.01) -> Float[Array, "*shape"]:
     """``x`` where ``x > 0``, else ``negative_slope · x``.
 
     .. math:: \\mathrm{leaky\\_relu}'(x) = 1 \\text{ if } x > 0 \\text{ else negative\\_slope}

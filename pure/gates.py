@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float
 
 from pure._checks import as_float_array, broadcast_shape
 from pure._vjp import hand_written
@@ -29,7 +31,7 @@ def _prepare(fn: str, x, y) -> tuple[jax.Array, jax.Array]:
 
 
 # --------------------------------------------------------------------------- add
-def add(x: jax.Array, y: jax.Array) -> jax.Array:
+def add(x: Float[ArrayLike, "*x"] | float, y: Float[ArrayLike, "*y"] | float) -> Float[Array, "*out"]:
     """Elementwise ``x + y`` with NumPy broadcasting; the gradient passes through unchanged.
 
     .. math:: \\partial(x + y)/\\partial x = \\partial(x + y)/\\partial y = 1
@@ -66,7 +68,7 @@ _add = hand_written(_add_fwd, _add_bwd, static=1)
 
 
 # --------------------------------------------------------------------------- mul
-def mul(x: jax.Array, y: jax.Array) -> jax.Array:
+def mul(x: Float[ArrayLike, "*x"] | float, y: Float[ArrayLike, "*y"] | float) -> Float[Array, "*out"]:
     """Elementwise ``x * y`` with broadcasting; the gradient "switches" the inputs.
 
     .. math:: dx = y \\cdot g, \\qquad dy = x \\cdot g
@@ -101,7 +103,7 @@ _mul = hand_written(_mul_fwd, _mul_bwd)
 
 
 # ----------------------------------------------------------------------- maximum
-def maximum(x: jax.Array, y: jax.Array) -> jax.Array:
+def maximum(x: Float[ArrayLike, "*x"] | float, y: Float[ArrayLike, "*y"] | float) -> Float[Array, "*out"]:
     """Elementwise ``max(x, y)`` with broadcasting; the gradient is routed to the winner.
 
     .. math:: dx = g \\cdot [x \\ge y], \\qquad dy = g \\cdot [x < y]

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float
 
 from pure._checks import as_float_array, concrete_scalar
 from pure._vjp import hand_written
 
 
 # ------------------------------------------------------------------------ affine
-def affine(x: jax.Array, W: jax.Array, b: jax.Array) -> jax.Array:
+def affine(x: Float[ArrayLike, "*batch d"], W: Float[ArrayLike, "d c"],
+           b: Float[ArrayLike, " c"]) -> Float[Array, "*batch c"]:
     """The dense layer ``Y = X·W + b``, with the vectorised backward (CS231n).
 
     .. math::
@@ -65,7 +66,8 @@ _affine = hand_written(_affine_fwd, _affine_bwd)
 
 
 # ----------------------------------------------------------------------- dropout
-def dropout(x: jax.Array, key: Any, rate: float, *, deterministic: bool = False) -> jax.Array:
+def dropout(x: Float[ArrayLike, "*shape"], key: jax.Array | None, rate: float, *,
+            deterministic: bool = False) -> Float[Array, "*shape"]:
     """Inverted dropout: drop each unit with probability ``rate``, scale the rest up.
 
     .. math:: x'_i = 0 \\text{ with probability } p, \\text{ else } x_i / (1 - p), \\qquad E[x'] = x

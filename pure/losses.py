@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float, Int
 
 from pure._checks import as_float_array, at_least_float32, check_classification, require_same_shape
 from pure._vjp import hand_written
@@ -31,7 +33,7 @@ def _label_rows(labels: jax.Array, num_classes: int) -> tuple[jax.Array, jax.Arr
 
 
 # --------------------------------------------------------------------------- mse
-def mse(pred: jax.Array, target: jax.Array) -> jax.Array:
+def mse(pred: Float[ArrayLike, "*shape"], target: Float[ArrayLike, "*shape"]) -> Float[Array, ""]:
     """Half mean squared error, ``½·mean((pred − target)²)`` (d2l's ℓ = ½(y − ŷ)²).
 
     .. math:: L = \\frac{1}{2n}\\lVert \\hat y - y \\rVert^2, \\qquad dL/d\\hat y = (\\hat y - y)/n
@@ -69,7 +71,7 @@ _mse = hand_written(_mse_fwd, _mse_bwd)
 
 
 # --------------------------------------------------------- softmax cross-entropy
-def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+def softmax_cross_entropy(logits: Float[ArrayLike, "n c"], labels: Int[ArrayLike, " n"]) -> Float[Array, ""]:
     """Mean softmax cross-entropy with integer labels (CS231n).
 
     .. math:: L = \\frac1N \\sum_i -\\log \\frac{e^{s_{i,y_i}}}{\\sum_k e^{s_{ik}}}, \\qquad
@@ -118,7 +120,8 @@ _softmax_cross_entropy = hand_written(_softmax_cross_entropy_fwd, _softmax_cross
 
 
 # -------------------------------------------------------------- multiclass hinge
-def multiclass_hinge(scores: jax.Array, labels: jax.Array, margin: float = 1.0) -> jax.Array:
+def multiclass_hinge(scores: Float[ArrayLike, "n c"], labels: Int[ArrayLike, " n"],
+                     margin: float = 1.0) -> Float[Array, ""]:
     """Mean multiclass SVM loss in the CS231n sum form.
 
     .. math:: L = \\frac1N \\sum_i \\sum_{j \\ne y_i} \\max(0,\\ s_{ij} - s_{i y_i} + \\Delta)
@@ -167,7 +170,7 @@ _multiclass_hinge = hand_written(_multiclass_hinge_fwd, _multiclass_hinge_bwd, s
 
 
 # ---------------------------------------------------------- binary cross-entropy
-def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+def binary_cross_entropy(logits: Float[ArrayLike, "*shape"], targets: Float[ArrayLike, "*shape"]) -> Float[Array, ""]:
     """Mean binary cross-entropy of a sigmoid output, taken from the logits.
 
     .. math:: L = \\mathrm{mean}\\big(-t\\log\\sigma(z) - (1-t)\\log(1-\\sigma(z))\\big)

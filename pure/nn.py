@@ -13,6 +13,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float, Int
 
 from pure.activations import leaky_relu, relu, sigmoid, tanh
 from pure.layers import affine, dropout
@@ -24,7 +26,7 @@ Params = list[dict[str, jax.Array]]
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "leaky_relu": leaky_relu,
 }
-LOSSES = {"softmax": softmax_cross_entropy, "hinge": multiclass_hinge}
+LOSSES: dict[str, Callable[..., jax.Array]] = {"softmax": softmax_cross_entropy, "hinge": multiclass_hinge}
 INIT_SCHEMES = ("he", "xavier", "normal")
 
 
@@ -82,8 +84,9 @@ def count_params(params: Params) -> int:
     return sum(layer["W"].shape[0] * layer["W"].shape[1] + layer["b"].shape[0] for layer in params)
 
 
-def mlp(params: Params, x: jax.Array, *, activation: str = "relu", dropout_rate: float = 0.0,
-        key: jax.Array | None = None, deterministic: bool = True, compute_dtype: Any = None) -> jax.Array:
+def mlp(params: Params, x: Float[ArrayLike, "*batch d_in"], *, activation: str = "relu", dropout_rate: float = 0.0,
+        key: jax.Array | None = None, deterministic: bool = True,
+        compute_dtype: Any = None) -> Float[Array, "*batch d_out"]:
     """Logits of the MLP: ``affine → activation → dropout`` per hidden layer, then ``affine``.
 
     **Mixed precision.** With ``compute_dtype`` (e.g. ``jnp.bfloat16``) the inputs and each
@@ -119,7 +122,7 @@ def mlp(params: Params, x: jax.Array, *, activation: str = "relu", dropout_rate:
         raise ValueError("mlp: a key is required when dropout is live (dropout_rate > 0 and "
                          "deterministic=False); pass key=jax.random.key(...) or deterministic=True")
     act = ACTIVATIONS[activation]
-    keys = jax.random.split(key, len(params)) if live else [None] * len(params)
+    keys = jax.random.split(key, len(params)) if live and key is not None else [None] * len(params)
     if compute_dtype is not None:
         x, params = jnp.asarray(x).astype(compute_dtype), jax.tree_util.tree_map(lambda a: a.astype(compute_dtype),
                                                                                   params)
@@ -131,7 +134,7 @@ def mlp(params: Params, x: jax.Array, *, activation: str = "relu", dropout_rate:
     return affine(h, params[-1]["W"], params[-1]["b"])
 
 
-def classification_loss(params: Params, x: jax.Array, labels: jax.Array, *, l2: float = 0.0,
+def classification_loss(params: Params, x: Float[ArrayLike, "n d_in"], labels: Int[ArrayLike, " n"], *, l2: float = 0.0,
                         loss: str = "softmax", activation: str = "relu", dropout_rate: float = 0.0,
                         key: jax.Array | None = None, deterministic: bool = True,
                         compute_dtype: Any = None) -> jax.Array:
@@ -157,7 +160,8 @@ def classification_loss(params: Params, x: jax.Array, labels: jax.Array, *, l2: 
     return data + l2_penalty(params, l2, mask=weights_only) if l2 else data
 
 
-def two_layer_net_loss(params: Params, x: jax.Array, labels: jax.Array, *, reg: float = 0.0) -> jax.Array:
+def two_layer_net_loss(params: Params, x: Float[ArrayLike, "n d"], labels: Int[ArrayLike, " n"], *,
+                       reg: float = 0.0) -> Float[Array, ""]:
     """CS231n's two-layer net: ``affine → relu → affine → softmax`` plus ``reg · Σ W²``.
 
     .. math::

@@ -27,7 +27,7 @@ class GradientTransformation(NamedTuple):
 
 
 class SGDState(NamedTuple):
-    count: jax.Array  # int32 step counter, read by a learning-rate schedule
+    count: jax.Array  # type: ignore[assignment]  # int32 step counter (optax's name for it, beside tuple.count)
     momentum: Any  # the trace m, a pytree like params (None without momentum)
 
 
@@ -108,11 +108,10 @@ def sgd(learning_rate: float | Schedule, *, momentum: float = 0.0, weight_decay:
         if decay is not None and decoupled_weight_decay:
             g = decay(g)
         if schedule is None:
-            step = -constant
-            out = jax.tree_util.tree_map(lambda gi: step * gi, g)
+            out = jax.tree_util.tree_map(lambda gi: -constant * gi, g)
         else:
-            step = -schedule(state.count)
-            out = jax.tree_util.tree_map(lambda gi: jnp.array(step, dtype=gi.dtype) * gi, g)
+            rate = -schedule(state.count)
+            out = jax.tree_util.tree_map(lambda gi: jnp.array(rate, dtype=gi.dtype) * gi, g)
         count = jnp.where(state.count < jnp.iinfo(jnp.int32).max, state.count + 1, state.count)
         return out, SGDState(count, trace)
 

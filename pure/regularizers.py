@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float
 
 from pure._checks import as_float_array, at_least_float32, concrete_scalar, resolve_mask
 from pure._vjp import hand_written
@@ -40,7 +41,7 @@ def _total(leaves: tuple[jax.Array, ...], term) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------- L2
-def l2_penalty(params: Any, strength: float | jax.Array, *, mask: Any = None) -> jax.Array:
+def l2_penalty(params: Any, strength: float | Float[Array, ""], *, mask: Any = None) -> Float[Array, ""]:
     """The d2l weight-decay penalty ``strength/2 · Σ w²`` over the masked leaves (d2l).
 
     .. math:: R(w) = \\frac{\\lambda}{2}\\lVert w\\rVert^2, \\qquad \\nabla R = \\lambda w
@@ -79,7 +80,7 @@ _l2_penalty = hand_written(_l2_penalty_fwd, _l2_penalty_bwd)
 
 
 # ---------------------------------------------------------------------------- L1
-def l1_penalty(params: Any, strength: float | jax.Array, *, mask: Any = None) -> jax.Array:
+def l1_penalty(params: Any, strength: float | Float[Array, ""], *, mask: Any = None) -> Float[Array, ""]:
     """The lasso penalty ``strength · Σ|w|`` over the masked leaves; it drives weights to 0.
 
     .. math:: R(w) = \\lambda \\lVert w\\rVert_1, \\qquad \\partial R = \\lambda\\,\\mathrm{sign}(w)

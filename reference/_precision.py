@@ -84,8 +84,8 @@ def _walk_nested(eqn: Any, inner: list, ins: list[bool], narrowest: list[int]) -
             carry = new
         return carry
     if name == "cond" and "branches" in by_name:
-        outs = [_walk(branch, ins[1:], narrowest) for n, branch in inner if n == "branches"]
-        return [any(flags) for flags in zip(*outs, strict=True)]
+        branch_outs: list[list[bool]] = [_walk(branch, ins[1:], narrowest) for n, branch in inner if n == "branches"]
+        return [any(flags) for flags in zip(*branch_outs, strict=True)]
     if len(inner) == 1 and len(inner[0][1].invars) == len(ins):  # jit, remat, custom_vjp/jvp primal, ...
         return _walk(inner[0][1], ins, narrowest)
     for _, sub in inner:  # anything else: every input may reach every output

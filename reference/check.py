@@ -220,7 +220,7 @@ class _Flat:
 
     def real(self, leaves: Sequence[Any], *, conjugate: bool = False) -> np.ndarray:
         """The leaves as one float64 vector; ``conjugate`` stores a complex leaf as (re, −im), as a gradient."""
-        parts = []
+        parts: list[np.ndarray] = []
         for x, c in zip(leaves, self.complex, strict=True):
             v = np.asarray(x).astype(np.complex128 if c else np.float64).ravel()
             parts += [v.real, -v.imag if conjugate else v.imag] if c else [v]
@@ -266,7 +266,7 @@ class _Differences:
                  base: list | None = None):
         self.version, self.flat, self.eps_out = version, flat, eps_out
         with version.context():
-            work = jnp.float64 if version.x64 or jax.config.jax_enable_x64 else jnp.float32
+            work = jnp.float64 if version.x64 or jax.config.read("jax_enable_x64") else jnp.float32
             self.work = work
             self.x = jnp.asarray(flat.x, work)
             self.ct = [jnp.asarray(c) for c in cotangent]
@@ -422,12 +422,14 @@ def _entry_probes(diffs: _Differences, flat: _Flat, index: np.ndarray, a: np.nda
                    finite=np.all(np.isfinite(s), axis=0) & np.isfinite(w1) & np.isfinite(w2), jump=_jumps(s, n))
 
 
-def _block_probes(diffs: _Differences, lo: np.ndarray, hi: np.ndarray, eta: float, device: tuple,
-                  chunk: int) -> tuple[_Probes, np.ndarray]:
+def _block_probes(diffs: _Differences, lo: np.ndarray, hi: np.ndarray, eta: float,
+                  device: tuple[jax.Array, jax.Array, jax.Array], chunk: int) -> tuple[_Probes, np.ndarray]:
     """Probes along signed blocks ``[lo, hi)``; also returns the analytic noise scale Σ(|a| + S)|Δ| per unit."""
     t = np.array([eta, -eta, 2 * eta, -2 * eta])
     rows = len(lo)
-    s, n, e, e_abs = diffs.along_blocks(np.repeat(lo, 4), np.repeat(hi, 4), np.tile(t, rows), *device, chunk)
+    a, a_scale, d_scale = device
+    s, n, e, e_abs = diffs.along_blocks(np.repeat(lo, 4), np.repeat(hi, 4), np.tile(t, rows), a, a_scale, d_scale,
+                                        chunk)
     s, n, e, e_abs = (v.reshape(-1, 4).T for v in (s, n, e, e_abs))
     w1, w2 = 2 * eta, 4 * eta
     probes = _Probes(d1=(s[0] - s[1]) / w1, d2=(s[2] - s[3]) / w2, a1=(e[0] - e[1]) / w1, a2=(e[2] - e[3]) / w2,
@@ -664,7 +666,8 @@ def _check(fn: Callable, name: str, args: tuple, *, reference: Callable | None, 
                              _EPS_OF[evaluate.bits], noise)
     chunk = _chunk(flat.size, sum(np.size(o) for o in out))
 
-    def judge_entries(index: np.ndarray) -> tuple[np.ndarray, ...]:
+    def judge_entries(index: np.ndarray) -> tuple[Any, ...]:
+        """``(probes, ok, badness, kink, numerical, tol, unchecked)`` for the flat entries ``index``."""
         probes = _entry_probes(diffs, flat, index, a_user, eta, scale, chunk)
         noise = r_user * (natural[index] + np.abs(np.nan_to_num(probes.d1))) + spread[index] + extra
         return probes, *probes.verdict(noise)
@@ -672,16 +675,18 @@ def _check(fn: Callable, name: str, args: tuple, *, reference: Callable | None, 
     # Small leaves: every entry. Large ones: the entries that signed-block probes single out, and, with a
     # float64 version, every entry of the call's own VJP against the same rule in float64.
     elementwise = min(_ELEMENTWISE, 2**26 // max(1, flat.size + sum(np.size(o) for o in out)))
-    index, methods = [], []
+    picked: list[np.ndarray] = []
+    methods: list[str] = []
     for i in range(len(paths)):
         lo, hi = int(flat.offsets[i]), int(flat.offsets[i + 1])
         methods.append("elementwise" if hi - lo <= elementwise else "blocks")
         if methods[-1] == "elementwise":
-            index.append(np.arange(lo, hi))
+            picked.append(np.arange(lo, hi))
             continue
-        device = diffs.device(a_main, np.abs(a_main) + natural, scale)
-        index.append(_search(diffs, lo, hi, device, eta, 1e-9 if evaluate is not call else 1e-2 * r_user, chunk))
-    index = np.concatenate(index) if index else np.zeros(0, np.int64)
+        a_dev, a_scale_dev, scale_dev = diffs.device(a_main, np.abs(a_main) + natural, scale)
+        picked.append(_search(diffs, lo, hi, (a_dev, a_scale_dev, scale_dev), eta,
+                              1e-9 if evaluate is not call else 1e-2 * r_user, chunk))
+    index = np.concatenate(picked) if picked else np.zeros(0, np.int64)
     leaf_stats = [_LeafStats() for _ in paths]
     if index.size:
         probes, ok, badness, kink, numerical, tol, unchecked = judge_entries(index)
@@ -705,9 +710,9 @@ def _check(fn: Callable, name: str, args: tuple, *, reference: Callable | None, 
         tol = r_user * (np.abs(a_main) + natural) + spread + extra + 1e-300
         err = np.abs(a_user - a_main)
         seen = set(index[~ok].tolist()) if index.size else set()
-        for k in [k for k in np.flatnonzero(~(err <= tol)) if k not in seen][: 4 * _SHOWN]:
+        for k in [int(k) for k in np.flatnonzero(~(err <= tol)) if k not in seen][: 4 * _SHOWN]:
             problems.append(_Problem(float(err[k] / tol[k]) if np.isfinite(err[k]) else np.inf,
-                                     f"{_entry_text(flat, paths, int(k))}: analytic {a_user[k]:.6g} "
+                                     f"{_entry_text(flat, paths, k)}: analytic {a_user[k]:.6g} "
                                      f"({_NAME_OF[call.bits]}), the same rule in float64 {a_main[k]:.6g}, "
                                      f"tolerance {tol[k]:.2e} (rtol {r_user:g})"))
 
@@ -810,7 +815,9 @@ def _search(diffs: _Differences, lo: int, hi: int, device: tuple, eta: float, se
     spent; a single wrong entry among a million is reached in about 130 probes.
     """
     edges = np.unique(np.linspace(lo, hi, min(16, hi - lo) + 1).astype(np.int64))
-    blocks, suspects, spent = list(zip(edges[:-1], edges[1:], strict=True)), [], 0
+    blocks = list(zip(edges[:-1], edges[1:], strict=True))
+    suspects: list[int] = []
+    spent = 0
     while blocks and spent < budget:
         b_lo, b_hi = (np.array(side, np.int64) for side in zip(*blocks, strict=True))
         probes, analytic_scale = _block_probes(diffs, b_lo, b_hi, eta, device, chunk)
@@ -843,12 +850,12 @@ def _against_reference(reference: Callable, evaluate: _Version, cotangent: list,
     with evaluate.context():
         ref_out, ref_ct = jax.jit(partial_vjp(ref_fn))(evaluate.split.diff_leaves(), cotangent)
         out = evaluate.fn(*evaluate.split.diff_leaves())
-    forward_err = 0.0 if forward else None
+    worst = 0.0
     for k, (o, q) in enumerate(zip(out, ref_out, strict=True) if forward else ()):
         o, q = np.asarray(o).astype(np.complex128), np.asarray(q).astype(np.complex128)
         err = np.abs(o - q)
         tol = r * (np.abs(q) + float(np.max(np.abs(q), initial=0.0))) + extra + 1e-30
-        forward_err = max(forward_err, float(np.max(err, initial=0.0)))
+        worst = max(worst, float(np.max(err, initial=0.0)))
         for i in np.flatnonzero(~(err <= tol).ravel())[:_SHOWN]:
             problems.append(_Problem(float(err.ravel()[i] / tol.ravel()[i]) if np.isfinite(err.ravel()[i]) else np.inf,
                                      f"forward output {k} flat index {i}: fn {o.ravel()[i]:.6g}, reference "
@@ -872,7 +879,7 @@ def _against_reference(reference: Callable, evaluate: _Version, cotangent: list,
     rel = kept / np.maximum(np.abs(ref) + natural, 1e-300)
     stats = [(float(np.max(kept[a:b], initial=0.0)), float(np.max(rel[a:b], initial=0.0)))
              for a, b in zip(flat.offsets[:-1], flat.offsets[1:], strict=True)]
-    return forward_err, stats
+    return (worst if forward else None), stats
 
 
 def partial_vjp(fn: Callable) -> Callable:
@@ -934,8 +941,8 @@ def _second_order(fn: Callable, name: str, args: tuple, split: Split, reference:
         def phi(*xs: Any) -> list:
             def along(t: float) -> jax.Array:
                 moved = [xi + t * jnp.asarray(ui, jnp.result_type(xi)) for xi, ui in zip(xs, u, strict=True)]
-                return sum(jnp.sum(jnp.real(jnp.asarray(ci, o.dtype) * o)) for ci, o in zip(c, g(*moved),
-                                                                                            strict=True))
+                terms = [jnp.sum(jnp.real(jnp.asarray(ci, o.dtype) * o)) for ci, o in zip(c, g(*moved), strict=True)]
+                return jnp.sum(jnp.stack(terms))
 
             d1 = (along(step) - along(-step)) / (2 * step)
             d2 = (along(2 * step) - along(-2 * step)) / (4 * step)

@@ -30,7 +30,7 @@ def classification_loss(params: list, x: jax.Array, labels: jax.Array, *, l2: fl
                  compute_dtype=compute_dtype)
     if compute_dtype is not None:  # the loss in float32, as pure's losses compute
         logits = logits.astype(jnp.float32) if jnp.finfo(logits.dtype).bits < 32 else logits
-    data = {"softmax": losses.softmax_cross_entropy, "hinge": losses.multiclass_hinge}[loss](logits, labels)
+    data = (losses.softmax_cross_entropy if loss == "softmax" else losses.multiclass_hinge)(logits, labels)
     return data + 0.5 * l2 * sum(jnp.sum(layer["W"] ** 2) for layer in params)
 
 
