@@ -1,8 +1,11 @@
 """Shared fixtures. Tests run with strict dtype promotion, as in Equinox's suite."""
 
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 # The suite compiles ~1000 small programs once each, so compilation is most of its CPU time:
@@ -51,3 +54,17 @@ def x64():
     """Enables float64 for one test only (never globally on import)."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture
+def on_cpu_devices():
+    """``run(script, devices)``: the script in a fresh Python with that many forced CPU devices (the count is
+    fixed when JAX starts, so it cannot change in this process); returns the JSON its last line prints."""
+    def run(script: str, devices: int) -> dict:
+        env = {**os.environ,
+               "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"}
+        done = subprocess.run([sys.executable, "-c", script], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    return run

@@ -1,11 +1,6 @@
 """pure inside other frameworks: flax nnx and equinox models, optax wrappers, the oracle on their parameter
 pytrees, and sharded use. Each model is compared with the same model written in plain jax.numpy."""
 
-import json
-import os
-import subprocess
-import sys
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -217,12 +212,7 @@ print(json.dumps({"shard_map": rel(mapped, plain), "affine": rel(affine_mapped, 
 
 
 @pytest.mark.subprocess
-def test_pure_ops_under_shard_map_and_named_sharding_give_the_unsharded_gradients():
-    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-c", SHARDED], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+def test_pure_ops_under_shard_map_and_named_sharding_give_the_unsharded_gradients(on_cpu_devices):
+    result = on_cpu_devices(SHARDED, 4)
     assert result["W1_shards"] == 4
     assert result["shard_map"] <= 1e-6 and result["affine"] <= 1e-6 and result["named_sharding"] <= 1e-6, result

@@ -1,9 +1,5 @@
 """The jit train step, the scanned epoch, and data parallelism over 8 CPU devices."""
 
-import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -116,13 +112,8 @@ print(json.dumps({"grad_rel": rel(many, one), "norm_rel": rel([np.asarray(many_n
 
 
 @pytest.mark.subprocess
-def test_data_parallel_gradients_equal_single_device_after_20_steps():
-    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-c", PARALLEL], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+def test_data_parallel_gradients_equal_single_device_after_20_steps(on_cpu_devices):
+    result = on_cpu_devices(PARALLEL, 8)
     assert result["shards"] == 8
     assert result["grad_rel"] <= 1e-6 and result["norm_rel"] <= 1e-6, result
     assert result["ragged"] == ("make_epoch: batch_size 36 is not divisible by the 8 devices of batch_sharding; "
