@@ -1,9 +1,10 @@
-"""Every law applied to every pure op it fits, as Hypothesis tests runnable anywhere.
+"""Every law applied to every op of the table (properties.table) it fits, as Hypothesis tests.
 
+A law fits every op if it is universal (:data:`UNIVERSAL`), else the rows that name it.
 ``property_test(name)`` returns a zero-argument callable that runs one property under the
-active Hypothesis profile, each example drawing one of the ops the law fits, and returns
+active Hypothesis profile, the profile's examples shared among the ops it fits, and returns
 how many examples each op got; the pytest suite and ``handgrad verify --properties`` both
-call it. One test per property (not per op) keeps the ci profile's 100 examples a property
+call it. One test per property (not per op) keeps handgrad-ci's 100 examples a property
 within the time budget: Hypothesis spends ~10 ms drawing an example, jit ~0 once compiled.
 """
 

@@ -39,9 +39,9 @@ from reference._trees import Split, kind
 # (or, as called, against finite differences): a correct float32 rule passes, a bfloat16 one does not.
 RTOL = {64: 1e-7, 32: 1e-4, 16: 4e-3, 8: 3e-2}  # by the mantissa-and-sign bits below: 64, 32, f16 (11+), bf16
 _STEP = {64: 1e-4, 32: 1e-2, 16: 5e-2, 8: 5e-2}  # finite-difference step, relative to each entry
-_MATH_RTOL = 1e-9  # float64 rule against float64 differences: round-off of a deep float64 computation
 _ELEMENTWISE = 4096  # leaves up to this many real entries get a difference per entry; larger ones, blocks
-_BLOCKS = 64  # the first cut of a large leaf
+_BLOCKS = 16  # the first cut of a large leaf, before halving the failing blocks
+_SEARCH_RTOL = 1e-9  # how sharply a block's float64 rule must match its float64 differences
 _SHOWN = 10
 _SALT = 0x68616E64  # 'hand': data drawn from default_rng(seed) is not the cotangent
 _COTANGENTS = 4  # cotangents drawn to learn each entry's natural scale
@@ -53,7 +53,6 @@ def _precision_key(dtype: Any) -> int:
     return 64 if info.bits >= 64 else 32 if info.bits >= 32 else 16 if info.nmant >= 10 else 8
 
 
-_NAME_OF_BITS = {64: "float64", 32: "float32", 16: "float16 or bfloat16"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,11 +144,11 @@ class _Version:
         cotangents = [list(c) for c in cotangents]
         with self.context():
             if self.compiled is None:
-                self.compiled = jax.jit(partial_vjps(self.fn))
+                self.compiled = jax.jit(_vjps(self.fn))
             try:
                 return self.compiled(leaves, cotangents)
             except jax.errors.JAXTypeError:  # concretization errors: fn branches on values
-                return partial_vjps(self.fn)(leaves, cotangents)
+                return _vjps(self.fn)(leaves, cotangents)
 
 
 class _float64:
@@ -685,7 +684,7 @@ def _check(fn: Callable, name: str, args: tuple, *, reference: Callable | None, 
             continue
         a_dev, a_scale_dev, scale_dev = diffs.device(a_main, np.abs(a_main) + natural, scale)
         picked.append(_search(diffs, lo, hi, (a_dev, a_scale_dev, scale_dev), eta,
-                              1e-9 if evaluate is not call else 1e-2 * r_user, chunk))
+                              _SEARCH_RTOL if evaluate is not call else 1e-2 * r_user, chunk))
     index = np.concatenate(picked) if picked else np.zeros(0, np.int64)
     leaf_stats = [_LeafStats() for _ in paths]
     if index.size:
@@ -809,12 +808,12 @@ class _LeafStats:
 
 def _search(diffs: _Differences, lo: int, hi: int, device: tuple, eta: float, search_rtol: float, chunk: int,
             *, paths: int = 8, budget: int = 640) -> np.ndarray:
-    """Entries of ``[lo, hi)`` whose block probes fail: 16 blocks, each failing one halved until a few entries.
+    """Entries of ``[lo, hi)`` whose block probes fail: _BLOCKS blocks, each failing one halved down to a few entries.
 
     At most ``paths`` blocks are followed per level (the worst), and at most ``budget`` probes
     spent; a single wrong entry among a million is reached in about 130 probes.
     """
-    edges = np.unique(np.linspace(lo, hi, min(16, hi - lo) + 1).astype(np.int64))
+    edges = np.unique(np.linspace(lo, hi, min(_BLOCKS, hi - lo) + 1).astype(np.int64))
     blocks = list(zip(edges[:-1], edges[1:], strict=True))
     suspects: list[int] = []
     spent = 0
@@ -835,11 +834,6 @@ def _search(diffs: _Differences, lo: int, hi: int, device: tuple, eta: float, se
     return np.array(sorted(set(suspects)), np.int64)
 
 
-def _vjp_of(fn: Callable, diff_leaves: Sequence[Any], cotangent: list) -> tuple[list, list]:
-    out, pull = jax.vjp(fn, *diff_leaves)
-    return out, list(pull(cotangent))
-
-
 def _against_reference(reference: Callable, evaluate: _Version, cotangent: list, flat: _Flat, paths: list[str],
                        analytic: np.ndarray, natural: np.ndarray, r: float, extra: float, judge_entries: Callable,
                        problems: list, forward: bool = True) -> tuple[float | None, list]:
@@ -848,7 +842,7 @@ def _against_reference(reference: Callable, evaluate: _Version, cotangent: list,
     order 1 already, kinks and all: ``forward=False``.)"""
     ref_fn = _outputs_of(reference, evaluate.split)
     with evaluate.context():
-        ref_out, ref_ct = jax.jit(partial_vjp(ref_fn))(evaluate.split.diff_leaves(), cotangent)
+        ref_out, (ref_ct,) = jax.jit(_vjps(ref_fn))(list(evaluate.split.diff_leaves()), [list(cotangent)])
         out = evaluate.fn(*evaluate.split.diff_leaves())
     worst = 0.0
     for k, (o, q) in enumerate(zip(out, ref_out, strict=True) if forward else ()):
@@ -882,11 +876,7 @@ def _against_reference(reference: Callable, evaluate: _Version, cotangent: list,
     return (worst if forward else None), stats
 
 
-def partial_vjp(fn: Callable) -> Callable:
-    return lambda diff_leaves, cotangent: _vjp_of(fn, diff_leaves, cotangent)
-
-
-def partial_vjps(fn: Callable) -> Callable:
+def _vjps(fn: Callable) -> Callable:
     """``(leaves, cotangents) -> (outputs, [VJP for each cotangent])``, one linearisation."""
     def run(leaves: list, cotangents: list) -> tuple[list, list]:
         out, pull = jax.vjp(fn, *leaves)
