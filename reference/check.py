@@ -39,7 +39,7 @@ from reference._trees import Split, kind
 # (or, as called, against finite differences): a correct float32 rule passes, a bfloat16 one does not.
 RTOL = {64: 1e-7, 32: 1e-4, 16: 4e-3, 8: 3e-2}  # by the mantissa-and-sign bits below: 64, 32, f16 (11+), bf16
 _STEP = {64: 1e-4, 32: 1e-2, 16: 5e-2, 8: 5e-2}  # finite-difference step, relative to each entry
-_ELEMENTWISE = 4096  # leaves up to this many real entries get a difference per entry; larger ones, blocks
+_ELEMENTWISE = 1024  # leaves up to this many real entries get a difference per entry; larger ones, blocks
 _BLOCKS = 16  # the first cut of a large leaf, before halving the failing blocks
 _SEARCH_RTOL = 1e-9  # how sharply a block's float64 rule must match its float64 differences
 _SHOWN = 10
