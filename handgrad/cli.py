@@ -53,7 +53,9 @@ def _properties(ops: list, profile: str) -> list:
     profiles.load(profile)
     print(f"\nproperties (Hypothesis profile {profile}, {settings().max_examples} examples a property at least)")
     print(f"{'property':<34} {'ops':>3} {'examples':>8} {'time':>7}  status")
-    results = suite.run_all(progress=lambda name: print(f"  running {name} ...", end="\r", flush=True), ops=ops)
+    show = (lambda name: print(f"  running {name} ...", end="\r", flush=True)) if sys.stdout.isatty() else (
+        lambda name: None)  # a progress line only where it can be overwritten
+    results = suite.run_all(progress=show, ops=ops)
     for r in results:
         print(f"{r.prop:<34} {r.ops:3d} {r.examples:8d} {r.seconds:6.1f}s  {r.status}")
     return [r for r in results if r.status != "ok"]
