@@ -62,3 +62,18 @@ class Split:
     def over_diff(self, fn: Callable) -> Callable:
         """``fn`` as a function of the differentiable leaves alone."""
         return lambda *diff_leaves: fn(*self.rebuild(diff_leaves))
+
+
+def outputs(fn: Callable) -> Callable:
+    """``fn`` returning just its float and complex output leaves, in order (what has a cotangent)."""
+    return lambda *a: [o for o in jax.tree_util.tree_leaves(fn(*a)) if kind(o) is not None]
+
+
+def random_like(shapes: Sequence[Any], rng: np.random.Generator) -> list[np.ndarray]:
+    """A standard normal draw for each of ``shapes`` (complex where they are), in its dtype, cast in numpy."""
+    def draw(s: Any) -> np.ndarray:
+        x = rng.standard_normal(np.shape(s))
+        if np.issubdtype(np.dtype(s.dtype), np.complexfloating):
+            x = x + 1j * rng.standard_normal(np.shape(s))
+        return np.asarray(x).astype(s.dtype)
+    return [draw(s) for s in shapes]

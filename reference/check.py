@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reference._precision import constants, narrowest_float, trace
-from reference._trees import Split, kind
+from reference._trees import Split, kind, outputs, random_like
 
 # The relative tolerance of a VJP computed in each precision, against the same rule in float64
 # (or, as called, against finite differences): a correct float32 rule passes, a bfloat16 one does not.
@@ -173,10 +173,8 @@ class _nothing:
 
 
 def _outputs_of(fn: Callable, split: Split) -> Callable:
-    def of_diff(*diff_leaves: Any) -> list:
-        out = fn(*split.rebuild(diff_leaves))
-        return [o for o in jax.tree_util.tree_leaves(out) if kind(o) is not None]
-    return of_diff
+    """``fn`` of the differentiable leaves of ``split``, returning its float and complex outputs."""
+    return outputs(split.over_diff(fn))
 
 
 def _to64(x: Any) -> Any:
@@ -497,13 +495,8 @@ def _trace_or_refuse(name: str, version: _Version) -> tuple[list, Any]:
 
 
 # ---------------------------------------------------------------- cotangents
-def _cotangents(outputs: list, rng: np.random.Generator, count: int) -> list[list]:
-    def draw(o: Any) -> np.ndarray:
-        x = rng.standard_normal(np.shape(o))
-        if jnp.issubdtype(o.dtype, jnp.complexfloating):
-            x = x + 1j * rng.standard_normal(np.shape(o))
-        return np.asarray(x).astype(o.dtype)  # cast in numpy: nothing to compile
-    return [[draw(o) for o in outputs] for _ in range(count)]
+def _cotangents(shapes: list, rng: np.random.Generator, count: int) -> list[list]:
+    return [random_like(shapes, rng) for _ in range(count)]
 
 
 _SPREAD = 8  # how many times its sensitivity to ulp-sized input noise an entry's round-off may reach
@@ -906,10 +899,11 @@ def _second_order(fn: Callable, name: str, args: tuple, split: Split, reference:
     This is grad-of-grad and the Hessian-vector product; the derivative with respect to ``c``
     (a JVP) is order 1's adjoint, checked there."""
     canonical = jax.tree_util.tree_map(_canonical, args)
-    outputs = _outputs_of(fn, Split.of(canonical))(*Split.of(canonical).diff_leaves())
-    if not outputs:
+    inner = Split.of(canonical)
+    out = _outputs_of(fn, inner)(*inner.diff_leaves())
+    if not out:
         raise TypeError(f"check_vjp: {name} returns no float or complex output, so there is no VJP to check")
-    cotangent = _cotangents(outputs, np.random.default_rng([seed, _SALT, 2]), 1)[0]
+    cotangent = _cotangents(out, np.random.default_rng([seed, _SALT, 2]), 1)[0]
 
     def truth(version: _Version, u: list) -> tuple[Callable, float]:
         inner = version.split

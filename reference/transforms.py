@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reference._trees import Split, kind
+from reference._trees import Split, kind, outputs, random_like
 
 TRANSFORMS = ("jit", "vmap", "grad-of-jit", "checkpoint", "scan")
 _RTOL = {"float64": 1e-9, "complex128": 1e-9, "float32": 2e-5, "complex64": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}
@@ -47,20 +47,6 @@ def _scaled(args: tuple, scale: float) -> tuple:
     return jax.tree_util.tree_map(one, args)
 
 
-def _outputs(fn: Callable) -> Callable:
-    """``fn`` returning just its float and complex output leaves (what has a cotangent)."""
-    return lambda *a: [o for o in jax.tree_util.tree_leaves(fn(*a)) if kind(o) is not None]
-
-
-def _random_like(shapes: list, rng: np.random.Generator) -> list:
-    def draw(s):
-        x = rng.standard_normal(s.shape)
-        if jnp.issubdtype(s.dtype, jnp.complexfloating):
-            x = x + 1j * rng.standard_normal(s.shape)
-        return jax.device_put(np.asarray(x).astype(s.dtype))
-    return [draw(s) for s in shapes]
-
-
 def _equal(a: Any, b: Any) -> bool:
     if hasattr(a, "dtype") and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
         a, b = jax.random.key_data(a), jax.random.key_data(b)
@@ -71,7 +57,7 @@ def _equal(a: Any, b: Any) -> bool:
 def _programs(fn: Callable, treedef: Any, diff: tuple, shared: tuple, varying: tuple, static: tuple) -> tuple:
     """The eager VJP and one jitted program for jit, vmap, checkpoint and scan, built once per function
     and argument structure, so that repeated checks (a property's examples) reuse one compilation."""
-    out_fn = _outputs(fn)
+    out_fn = outputs(fn)
     jitted_out, remat_out = jax.jit(out_fn), jax.checkpoint(out_fn)
     n = len(diff) + len(shared) + len(varying) + len(static)
 
@@ -133,12 +119,12 @@ def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *
     parts = [Split.of(e) for e in elements]
     if any(p.treedef != split.treedef for p in parts):
         raise ValueError("check_transforms: every element of batch must have the structure of the first")
-    out_fn = _outputs(fn)
+    out_fn = outputs(fn)
     shapes = jax.eval_shape(lambda *d: out_fn(*split.rebuild(d)), *split.diff_leaves())
     if not shapes:
         raise TypeError(f"check_transforms: {getattr(fn, '__name__', fn)} has no float or complex output to pull back")
     rng = np.random.default_rng(seed)
-    cts = [list(cotangent) if cotangent is not None and b == 0 else _random_like(shapes, rng)
+    cts = [list(cotangent) if cotangent is not None and b == 0 else random_like(shapes, rng)
            for b in range(len(elements))]
     fixed = [i for i in range(len(split.leaves)) if i not in split.diff]
     same = {i: all(_equal(p.leaves[i], split.leaves[i]) for p in parts) for i in fixed}
