@@ -143,7 +143,7 @@ class CheckRow:
 def run(fn: Callable, name: str, args: list[Any], *, order: int = 1, transforms: bool = False,
         seed: int = 0) -> list[CheckRow]:
     """The checks of ``handgrad check``: check_vjp at each order up to ``order``, then check_transforms."""
-    from reference import check_transforms, check_vjp
+    from reference import TransformMismatch, VJPMismatch, check_transforms, check_vjp
 
     rows = []
     for k in range(1, order + 1):
@@ -153,16 +153,19 @@ def run(fn: Callable, name: str, args: list[Any], *, order: int = 1, transforms:
             detail = (f"{len(report.leaves)} leaves, differences in {report.precision}; max rel err "
                       f"{report.max_rel_err:.1e}, {report.kinks} kinks, {report.unchecked} unchecked")
             status = "ok"
-        except AssertionError as e:
-            status, detail = "FAIL", "\n".join(str(e).splitlines()[:4])
+        except VJPMismatch as e:
+            status = "FAIL"
+            detail = "\n".join([f"{len(e.problems)} mismatches ({', '.join(sorted(e.kinds))}), differences in "
+                                 f"{e.report.precision}", *(str(p) for p in e.problems[:3])])
         rows.append(CheckRow("vjp" if k == 1 else "vjp of the vjp", status, detail, time.perf_counter() - start))
     if transforms:
         start = time.perf_counter()
         try:
             t = check_transforms(fn, tuple(args), seed=seed)
             status, detail = "ok", ", ".join(f"{n} {d:.1e}" for n, d in t.max_abs_diff.items())
-        except AssertionError as e:
-            status, detail = "FAIL", "\n".join(str(e).splitlines()[:3])
+        except TransformMismatch as e:
+            status, detail = "FAIL", "\n".join([f"differs from eager under {', '.join(e.transforms)}",
+                                                 *(str(p) for p in e.problems[:2])])
         rows.append(CheckRow("transformations", status, detail, time.perf_counter() - start))
     return rows
 

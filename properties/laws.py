@@ -26,22 +26,35 @@ import optax
 
 import pure
 import pure.optim
-from reference.transforms import check_transforms
+from reference.oracle import tolerance
+from reference.oracle.transforms import TransformMismatch, check_transforms
 
-_RTOL = {"float64": 1e-9, "float32": 2e-5, "float16": 4e-3, "bfloat16": 4e-2}
 _FLOOR = 1.0  # inputs are O(1): round-off is relative to O(1) intermediates, not to a tiny result
+# The adjoint identity compares two sums of products over every entry: ten times the agreement of one entry.
+ADJOINT_FACTOR = 10.0
+# A row of the loss gradient sums n entries to zero: four times the agreement of one, relative to Σ|entries|.
+ROW_SUM_FACTOR = 4.0
+# Shifting the logits moves every intermediate of the softmax by the shift's rounding: ten times the agreement.
+SHIFT_FACTOR = 10.0
 
 
 class PropertyViolation(AssertionError):
-    """A law of backprop that does not hold for an op."""
+    """A law of backprop that does not hold for an op: ``prop``, ``op``, the two sides' names and values,
+    and ``detail`` (how far apart, or what else differs)."""
 
     def __init__(self, prop: str, op: Any, lhs_name: str, lhs: Any, rhs_name: str, rhs: Any, detail: str = ""):
         self.prop, self.op = prop, op_name(op)
+        self.lhs_name, self.lhs, self.rhs_name, self.rhs, self.detail = lhs_name, lhs, rhs_name, rhs, detail
         show = lambda t: np.array2string(np.asarray(t, np.float64), precision=6, threshold=12)  # noqa: E731
         sides = "\n".join(f"  {name} = {show(leaf)}" for name, tree in ((lhs_name, lhs), (rhs_name, rhs))
                           for leaf in jax.tree_util.tree_leaves(tree)[:3])
-        super().__init__(f"property {prop!r} fails for {self.op}: {lhs_name} != {rhs_name}"
-                         f"{' (' + detail + ')' if detail else ''}\n{sides}")
+        super().__init__(f"{self.headline}\n{sides}")
+
+    @property
+    def headline(self) -> str:
+        """One line: the property, the op, the two sides and how they differ."""
+        return (f"property {self.prop!r} fails for {self.op}: {self.lhs_name} != {self.rhs_name}"
+                f"{' (' + self.detail + ')' if self.detail else ''}")
 
 
 def op_name(fn: Any) -> str:
@@ -49,13 +62,14 @@ def op_name(fn: Any) -> str:
 
 
 def _rtol(tree: Any) -> float:
-    floats = [x.dtype for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
-    return max((_RTOL.get(jnp.dtype(d).name, 1e-5) for d in floats), default=1e-5)
+    """The agreement of two evaluations in the least precise float of ``tree`` (reference.oracle.tolerance)."""
+    return tolerance.narrowest(tree).agree
 
 
 def assert_close(prop: str, op: Any, lhs_name: str, lhs: Any, rhs_name: str, rhs: Any,
                  rtol: float | None = None) -> None:
-    """``|lhs − rhs| ≤ rtol·(|rhs| + max(max|rhs|, 1))`` leaf by leaf, else :class:`PropertyViolation`."""
+    """``|lhs − rhs| ≤ rtol·(|rhs| + max(max|rhs|, 1))`` leaf by leaf, else :class:`PropertyViolation`; ``rtol``
+    defaults to the agreement of lhs's precision (:mod:`reference.oracle.tolerance`)."""
     rtol = _rtol(lhs) if rtol is None else rtol
     a_leaves, b_leaves = jax.tree_util.tree_leaves(lhs), jax.tree_util.tree_leaves(rhs)
     if len(a_leaves) != len(b_leaves):
@@ -65,7 +79,7 @@ def assert_close(prop: str, op: Any, lhs_name: str, lhs: Any, rhs_name: str, rhs
         if a.shape != b.shape:
             raise PropertyViolation(prop, op, lhs_name, lhs, rhs_name, rhs, f"shapes {a.shape} and {b.shape}")
         err = np.abs(a - b)
-        if not np.all(err <= rtol * (np.abs(b) + max(float(np.max(np.abs(b), initial=0.0)), _FLOOR))):
+        if not np.all(tolerance.agree(a, b, rtol, _FLOOR)):
             raise PropertyViolation(prop, op, lhs_name, lhs, rhs_name, rhs,
                                     f"max |diff| {float(np.max(err)):.3g}, rtol {rtol:g}")
 
@@ -349,7 +363,7 @@ def adjoint_identity(fn: Callable, reference: Callable, args: Sequence[Any], tan
     ``tangents`` has one pytree per float argument of ``args``.
     """
     lhs, rhs, scale = (float(v) for v in _adjoint_sides(fn, reference)(tuple(args), tuple(tangents), cotangent))
-    if abs(lhs - rhs) > 10 * _rtol(args) * (scale + _FLOOR):
+    if abs(lhs - rhs) > ADJOINT_FACTOR * _rtol(args) * (scale + _FLOOR):
         raise PropertyViolation("adjoint_identity", fn, "<J v, c>", lhs, "<v, J^T c>", rhs)
 
 
@@ -411,14 +425,14 @@ def softmax_shift_invariance(loss: Callable, logits: jax.Array, labels: jax.Arra
     """Adding a constant to a row of logits changes neither the softmax cross-entropy nor its gradient."""
     moved, plain = _loss_and_grad(loss)(logits + shift[:, None], labels), _loss_and_grad(loss)(logits, labels)
     assert_close("softmax_shift_invariance", loss, "(loss, grad)(logits + c)", moved, "(loss, grad)(logits)", plain,
-                 rtol=10 * _rtol(logits))
+                 rtol=SHIFT_FACTOR * _rtol(logits))
 
 
 def gradient_rows_sum_to_zero(loss: Callable, scores: jax.Array, labels: jax.Array) -> None:
     """Each row of the softmax or hinge gradient w.r.t. the scores sums to 0 (up to round-off)."""
     g = np.asarray(_loss_and_grad(loss)(scores, labels)[1], np.float64)
     sums = g.sum(axis=1)
-    if not np.all(np.abs(sums) <= 4 * _rtol(scores) * (np.abs(g).sum(axis=1) + 1e-30)):
+    if not np.all(np.abs(sums) <= ROW_SUM_FACTOR * _rtol(scores) * (np.abs(g).sum(axis=1) + 1e-30)):
         raise PropertyViolation("gradient_rows_sum_to_zero", loss, "row sums of dL/ds", sums, "0", np.zeros_like(sums))
 
 
@@ -473,6 +487,7 @@ def transformations_agree(fn: Callable, args: Sequence[Any], cotangent: Any = No
     same VJP: :func:`reference.check_transforms` as a law."""
     try:
         check_transforms(fn, args, None if cotangent is None else jax.tree_util.tree_leaves(cotangent), batch=batch)
-    except AssertionError as e:
-        detail = str(e).split(":", 1)[1].strip()
-        raise PropertyViolation("transformations_agree", fn, "transformed vjp", [], "eager vjp", [], detail) from None
+    except TransformMismatch as e:
+        first = e.problems[0]
+        raise PropertyViolation("transformations_agree", fn, f"vjp under {first.transform}", [first.got.real],
+                                "eager vjp", [first.eager.real], "; ".join(str(p) for p in e.problems)) from None

@@ -229,7 +229,7 @@ def run_all(progress: Callable[[str], None] = lambda _: None, ops: Sequence[Op] 
         try:
             counts = property_test(prop, fitting)()
             examples, status = sum(counts.values()), "ok"
-        except AssertionError as e:
-            examples, status = 0, "FAIL: " + str(e).splitlines()[0]
+        except laws.PropertyViolation as e:
+            examples, status = 0, "FAIL: " + e.headline
         results.append(Result(prop, len(fitting), examples, time.perf_counter() - start, status))
     return results

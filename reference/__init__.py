@@ -7,11 +7,23 @@ proves it the same under jit, vmap, grad-of-jit, jax.checkpoint and scan.
 """
 
 from reference import activations, gates, layers, linear, losses, nn, optim, regularizers, search, train
-from reference.check import LeafReport, VJPReport, check_vjp, max_abs_diff, numerical_grad, numerical_vjp
-from reference.transforms import TransformReport, check_transforms
+from reference.oracle import (
+    LeafReport,
+    Mismatch,
+    TransformMismatch,
+    TransformProblem,
+    TransformReport,
+    VJPMismatch,
+    VJPReport,
+    check_transforms,
+    check_vjp,
+    max_abs_diff,
+    numerical_grad,
+    numerical_vjp,
+)
 
 __all__ = [
     "check_vjp", "check_transforms", "numerical_grad", "numerical_vjp", "max_abs_diff",
-    "VJPReport", "LeafReport", "TransformReport",
+    "VJPReport", "LeafReport", "Mismatch", "VJPMismatch", "TransformReport", "TransformProblem", "TransformMismatch",
     "gates", "activations", "layers", "losses", "regularizers", "linear", "nn", "optim", "search", "train",
 ]

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reference._trees import Split, kind, outputs, random_like
+from reference.oracle import tolerance
+from reference.oracle.trees import Split, comparable, kind, outputs, random_like
 
 TRANSFORMS = ("jit", "vmap", "grad-of-jit", "checkpoint", "scan")
-_RTOL = {"float64": 1e-9, "complex128": 1e-9, "float32": 2e-5, "complex64": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}
 _SCALES = (1.0, 0.9, 0.8)  # the default batch: args, then its float leaves scaled (a cone-preserving change)
 
 
@@ -36,6 +36,45 @@ class TransformReport:
         return "\n".join(f"{name:<12} {diff:9.2e}" for name, diff in self.max_abs_diff.items())
 
 
+@dataclasses.dataclass(frozen=True)
+class TransformProblem:
+    """The VJP under one transformation, at one batch element and argument, differs from the eager one."""
+
+    transform: str  # one of TRANSFORMS
+    element: int  # the batch element (0 for jit, grad-of-jit and checkpoint)
+    path: str  # the argument leaf
+    index: int  # the first flat index that differs
+    got: complex
+    eager: complex
+    tolerance: float
+    count: int  # how many entries of the leaf differ
+
+    def __str__(self) -> str:
+        return (f"under {self.transform}, batch element {self.element}, {self.path} flat index {self.index}: "
+                f"{_number(self.got)} vs eager {_number(self.eager)} (tolerance {self.tolerance:.2e}; {self.count} "
+                f"entries differ)")
+
+
+def _number(z: complex) -> str:
+    return f"{z.real:.6g}" if z.imag == 0 else f"{z:.6g}"
+
+
+class TransformMismatch(AssertionError):
+    """:func:`check_transforms` found transformations under which the VJP differs: ``problems``, one a leaf."""
+
+    __module__ = "reference"  # shown as reference.TransformMismatch, the name users import
+
+    def __init__(self, name: str, problems: list[TransformProblem], report: TransformReport):
+        self.name, self.problems, self.report = name, problems, report
+        under = ", ".join(dict.fromkeys(p.transform for p in problems))
+        super().__init__(f"check_transforms: the VJP of {name} differs from eager under {under}:\n  "
+                         + "\n  ".join(str(p) for p in problems))
+
+    @property
+    def transforms(self) -> list[str]:
+        return list(dict.fromkeys(p.transform for p in self.problems))
+
+
 def _scaled(args: tuple, scale: float) -> tuple:
     """``args`` with every float leaf scaled, in numpy (nothing to compile)."""
     def one(x: Any) -> Any:
@@ -48,9 +87,7 @@ def _scaled(args: tuple, scale: float) -> tuple:
 
 
 def _equal(a: Any, b: Any) -> bool:
-    if hasattr(a, "dtype") and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-        a, b = jax.random.key_data(a), jax.random.key_data(b)
-    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    return bool(np.array_equal(comparable(a), comparable(b)))
 
 
 @functools.lru_cache(maxsize=128)
@@ -99,15 +136,17 @@ def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *
         None draws one (seeded).
       batch: distinct argument tuples to vmap and scan over, all shaped like ``args``; the
         default is ``args`` and two copies whose float leaves are scaled by 0.9 and 0.8.
-      rtol: relative tolerance; by default from the leaf dtype (float32 2e-5, float64 1e-9, ...).
+      rtol: relative tolerance of ``|transformed − eager| ≤ rtol·(|eager| + M)``, M the largest entry of the
+        leaf or, if larger, of the whole VJP; by default the
+        agreement of the leaf's precision (float32 2e-5, float64 1e-9, ...: :mod:`reference.oracle.tolerance`).
       seed: seeds the drawn cotangents.
 
     Returns:
       A :class:`TransformReport`.
 
     Raises:
-      AssertionError: naming the transformation, the batch element, the argument path and
-        flat index, and both values.
+      TransformMismatch: an AssertionError whose ``problems`` name the transformation, the batch
+        element, the argument path and flat index, and both values.
     """
     args = tuple(args)
     elements = [tuple(e) for e in batch] if batch is not None else [_scaled(args, s) for s in _SCALES]
@@ -157,21 +196,21 @@ def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *
             if name in ("vmap", "scan") else [got]
         worst = 0.0
         for b, value in enumerate(per_element):
+            # An entry is judged against its leaf's largest, and at least the largest of the whole VJP: a leaf
+            # that is all tiny (a bias behind saturated tanh, ~1e-16) carries only round-off of the rest.
+            largest = max(float(np.max(np.abs(np.asarray(e)), initial=0.0)) for e in eager[b])
             for k, (g, e) in enumerate(zip(value, eager[b], strict=True)):
                 g, e = np.asarray(g), np.asarray(e)
-                r = rtol if rtol is not None else _RTOL.get(e.dtype.name, 2e-5)
-                err = np.abs(g.astype(np.complex128) - e.astype(np.complex128))
-                tol = 10 * r * (np.abs(e) + np.max(np.abs(e), initial=0.0)) + 1e-30
-                worst = max(worst, float(np.max(err, initial=0.0)))
-                bad = np.flatnonzero(~(err <= tol))
+                r = rtol if rtol is not None else tolerance.of_dtype(e.dtype).agree
+                worst = max(worst, float(np.max(np.abs(g.astype(np.complex128) - e), initial=0.0)))
+                bad = np.flatnonzero(~tolerance.agree(g, e, r, floor=largest).ravel())
                 if bad.size:
                     i = int(bad[0])
-                    problems.append((name, f"under {name}, batch element {b}, {split.paths[split.diff[k]]} flat index "
-                                           f"{i}: {g.ravel()[i]:.6g} vs eager {e.ravel()[i]:.6g} (tolerance "
-                                           f"{tol.ravel()[i]:.2e}; {bad.size} entries differ)"))
+                    scale = float(np.abs(e.ravel()[i]) + max(float(np.max(np.abs(e), initial=0.0)), largest))
+                    problems.append(TransformProblem(name, b, split.paths[split.diff[k]], i, complex(g.ravel()[i]),
+                                                     complex(e.ravel()[i]), r * scale, int(bad.size)))
         diffs[name] = worst
+    report = TransformReport(len(elements), diffs)
     if problems:
-        under = ", ".join(dict.fromkeys(name for name, _ in problems))
-        raise AssertionError(f"check_transforms: the VJP of {getattr(fn, '__name__', fn)} differs from eager under "
-                             f"{under}:\n  " + "\n  ".join(message for _, message in problems))
-    return TransformReport(len(elements), diffs)
+        raise TransformMismatch(getattr(fn, "__name__", repr(fn)), problems, report)
+    return report

@@ -1,0 +1,22 @@
+"""handgrad's oracle, in parts with one job each.
+
+* :mod:`.vjp`: ``check_vjp``, the orchestration (order 2 is the same check applied to the VJP);
+* :mod:`.refusals`: what is refused before anything is checked;
+* :mod:`.precision`: which function the numbers come from, and the precision it computes in;
+* :mod:`.differences`: the finite-difference engine, at several levels of steps;
+* :mod:`.verdict`: judging the probes (Richardson, kinks, jumps, the step that fits);
+* :mod:`.search`: needles in large leaves, by signed blocks;
+* :mod:`.rounding`: what rounding explains (natural scale, input noise, the forward's rounding);
+* :mod:`.report`: the records (``VJPReport``, ``Mismatch``, ``VJPMismatch``);
+* :mod:`.tolerance`: the one tolerance policy, shared with ``check_transforms`` and the laws;
+* :mod:`.transforms`: ``check_transforms``;
+* :mod:`.numerical`: float64 differences for users.
+"""
+
+from reference.oracle.numerical import max_abs_diff, numerical_grad, numerical_vjp
+from reference.oracle.report import LeafReport, Mismatch, VJPMismatch, VJPReport
+from reference.oracle.transforms import TransformMismatch, TransformProblem, TransformReport, check_transforms
+from reference.oracle.vjp import check_vjp
+
+__all__ = ["check_vjp", "check_transforms", "numerical_grad", "numerical_vjp", "max_abs_diff", "VJPReport",
+           "LeafReport", "Mismatch", "VJPMismatch", "TransformReport", "TransformProblem", "TransformMismatch"]

@@ -1,0 +1,204 @@
+"""The finite-difference engine: changes of ``φ = Re⟨c, fn(x)⟩`` along single entries or signed blocks.
+
+Each probe moves x by ``±h`` and ``±2h`` along one direction, at one or more *levels*: level
+k uses the step ``h₀/4ᵏ``, so a function that varies faster than its argument's size
+suggests (sin at 10⁶, a positional encoding) is still differenced at a step that fits it.
+:mod:`reference.oracle.verdict` judges what comes out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reference.oracle.trees import Flat
+
+LEVEL_RATIO = 4.0  # each level's step is a quarter of the one before: Richardson's error drops 256×
+CHUNK_BYTES = 2**27  # probes evaluated together: as many as fit in about 128 MB of float64 inputs and outputs
+
+
+@dataclasses.dataclass
+class Probes:
+    """Numerical and analytic changes of φ along probes, per unit of the probe, shaped (levels, probes):
+    central differences at h (d1) and 2h (d2), one-sided slopes at h and 2h as offsets from the
+    analytic value, and the round-off bound of each."""
+
+    d1: np.ndarray
+    d2: np.ndarray
+    a1: np.ndarray  # what the analytic VJP predicts for d1 and d2
+    a2: np.ndarray
+    round1: np.ndarray
+    round2: np.ndarray
+    fwd: np.ndarray  # one-sided (numerical − analytic) at h: forward and backward, and at 2h
+    bwd: np.ndarray
+    fwd2: np.ndarray
+    bwd2: np.ndarray
+    side_round: np.ndarray  # round-off bound of a one-sided slope at h
+    side_round2: np.ndarray  # and at 2h
+    finite: np.ndarray
+    jump: np.ndarray  # φ itself jumps within reach: no derivative to check there
+
+    def level(self, k: int | np.ndarray) -> Probes:
+        return Probes(**{f.name: getattr(self, f.name)[k] for f in dataclasses.fields(self)})
+
+    def take(self, j: np.ndarray) -> Probes:
+        """The probes ``j`` at every level."""
+        return Probes(**{f.name: getattr(self, f.name)[:, j] for f in dataclasses.fields(self)})
+
+
+def _jumps(s: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """A change of φ that stays the same size when the step doubles (rows +h, −h, +2h, −2h): a jump."""
+    with np.errstate(invalid="ignore"):
+        sides = [(np.abs(s[k + 2] - s[k]) < 0.25 * np.abs(s[k])) & (np.abs(s[k]) > 8 * (n[k] + n[k + 2]))
+                 for k in (0, 1)]
+    return sides[0] | sides[1]
+
+
+class Differences:
+    """Finite differences of ``φ = Re⟨c, f(x)⟩`` about x.
+
+    Each evaluation returns, for a displacement Δ of x: ``s = Re⟨c, f(x + Δ) − f(x)⟩`` (outputs
+    subtracted first, so an output that does not move contributes exactly 0) and a bound on
+    its round-off, ``eps · Σ |c|·(|f(x + Δ)| + |f(x)|)`` over the outputs that moved, plus one
+    output's worth for a change too small to move any. x, c and f(x) are arguments of the
+    compiled probes, never constants baked into them.
+
+    ``version`` says how to evaluate f: its ``fn`` (of the leaves, returning the list of outputs)
+    and its ``context()`` (float64 on, or nothing).
+    """
+
+    def __init__(self, version: Any, flat: Flat, cotangent: Sequence[Any], eps_out: float, noise_floor: float = 0.0,
+                 base: list | None = None):
+        self.version, self.flat, self.eps_out = version, flat, eps_out
+        self.outputs = 0
+        with version.context():
+            work = jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
+            self.work = work
+            self.x = jnp.asarray(flat.x, work)
+            self.ct = [jnp.asarray(c) for c in cotangent]
+            f = version.fn
+
+            def reduce(out: list, base: list, ct: list) -> tuple[jax.Array, jax.Array]:
+                s = n = hidden = jnp.zeros((), work)
+                for c, o, b in zip(ct, out, base, strict=True):
+                    d = o - b
+                    s = s + jnp.sum(jnp.real(c * d).astype(work))
+                    size = (jnp.abs(o).astype(work) + jnp.abs(b).astype(work)) * jnp.abs(c).astype(work)
+                    n = n + jnp.sum(jnp.where(d != 0, size, 0))
+                    hidden = jnp.maximum(hidden, jnp.max(size, initial=0))  # a change below one ulp shows as none
+                return s, (n + hidden) * eps_out + 2 * noise_floor
+
+            self.base = base if base is not None else jax.jit(lambda x: f(*flat.leaves_of(x)))(self.x)
+            self.outputs = sum(int(np.size(b)) for b in self.base)
+
+            @jax.jit
+            def entries(x, base, ct, index, delta):
+                return jax.vmap(lambda i, d: reduce(f(*flat.leaves_of(x.at[i].add(d))), base, ct))(index, delta)
+
+            @jax.jit
+            def blocks(x, base, ct, lo, hi, t, a, a_scale, d_scale):
+                j = jnp.arange(x.shape[0])
+                sign = 1.0 - 2.0 * ((j * 2654435761) // 65536 % 2).astype(work)
+
+                def one(lo_, hi_, t_):
+                    moved = x + jnp.where((j >= lo_) & (j < hi_), t_ * sign * d_scale, 0)
+                    leaves = flat.leaves_of(moved)
+                    actual = jnp.concatenate([_real_parts(v, c).astype(work) for v, c in
+                                              zip(leaves, flat.complex, strict=True)]) - x
+                    s, n = reduce(f(*leaves), base, ct)
+                    return s, n, jnp.sum(a * actual), jnp.sum(a_scale * jnp.abs(actual))
+                return jax.vmap(one)(lo, hi, t)
+
+            self._entries, self._blocks = entries, blocks
+
+    @property
+    def chunk(self) -> int:
+        """Probes per compiled call: as many as fit in CHUNK_BYTES (one compilation per check)."""
+        return int(max(4, min(256, CHUNK_BYTES // max(1, 8 * (self.flat.size + self.outputs)))))
+
+    def device(self, *vectors: np.ndarray) -> tuple:
+        """Flat vectors on the device, in the differences' working dtype."""
+        with self.version.context():
+            return tuple(jnp.asarray(v, self.work) for v in vectors)
+
+    def _chunked(self, program: Callable, columns: Sequence[np.ndarray], dtypes: Sequence[Any],
+                 extra: Sequence[Any]) -> list[np.ndarray]:
+        chunk, total, outs = self.chunk, len(columns[0]), []
+        with self.version.context():
+            for start in range(0, total, chunk):
+                part = [c[start:start + chunk] for c in columns]
+                pad = chunk - len(part[0]) if total > chunk else 0
+                res = program(self.x, self.base, self.ct, *(jnp.asarray(np.pad(c, (0, pad)), d)
+                                                            for c, d in zip(part, dtypes, strict=True)), *extra)
+                outs.append([np.asarray(r, np.float64)[:len(part[0])] for r in res])
+        return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
+
+    def entry_probes(self, index: np.ndarray, a: np.ndarray, step: float, scale: np.ndarray,
+                     levels: Sequence[int]) -> Probes:
+        """Probes along single entries of the flat vector, with displacements rounded to each leaf's dtype."""
+        flat, n_levels = self.flat, len(levels)
+        x = flat.x[index]
+        h = np.stack([step * scale[index] / LEVEL_RATIO**k for k in levels])  # (levels, probes)
+        deltas = [flat.round_to_leaf((x + m * h).ravel(), np.tile(index, n_levels)).reshape(h.shape) - x
+                  for m in (1, -1, 2, -2)]
+        at = np.stack(deltas, axis=-1)  # (levels, probes, 4)
+        at_index = np.broadcast_to(index[None, :, None], at.shape).ravel()
+        s, n = self._chunked(self._entries, [at_index, at.ravel()], [jnp.int32, self.work], ())
+        s, n = (v.reshape(n_levels, len(index), 4).transpose(2, 0, 1) for v in (s, n))
+        dp, dm, d2p, d2m = (np.where(d != 0, d, np.nan) for d in deltas)  # a step lost to rounding: unchecked
+        w1, w2 = dp - dm, d2p - d2m
+        ak = np.broadcast_to(a[index], h.shape)
+        return Probes(d1=(s[0] - s[1]) / w1, d2=(s[2] - s[3]) / w2, a1=ak, a2=ak,
+                      round1=(n[0] + n[1]) / np.abs(w1), round2=(n[2] + n[3]) / np.abs(w2),
+                      fwd=s[0] / dp - ak, bwd=s[1] / dm - ak, fwd2=s[2] / d2p - ak, bwd2=s[3] / d2m - ak,
+                      side_round=n[0] / np.abs(dp) + n[1] / np.abs(dm),
+                      side_round2=n[2] / np.abs(d2p) + n[3] / np.abs(d2m),
+                      finite=np.all(np.isfinite(s), axis=0) & np.isfinite(w1) & np.isfinite(w2),
+                      jump=_jumps(s, n))
+
+    def block_probes(self, lo: np.ndarray, hi: np.ndarray, step: float, levels: Sequence[int],
+                     device: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[Probes, np.ndarray]:
+        """Probes along signed blocks ``[lo, hi)``; also returns the analytic noise scale Σ(|a| + S)|Δ| per unit.
+
+        ``device`` holds the analytic VJP, its scale and the per-entry step scale, on the device.
+        """
+        rows, n_levels = len(lo), len(levels)
+        t = np.array([[step / LEVEL_RATIO**k * m for m in (1, -1, 2, -2)] for k in levels])  # (levels, 4)
+        lo_, hi_ = (np.tile(np.repeat(v, 4), n_levels) for v in (lo, hi))
+        tt = np.repeat(t[:, None, :], rows, axis=1).ravel()
+        s, n, e, e_abs = (v.reshape(n_levels, rows, 4).transpose(2, 0, 1) for v in
+                          self._chunked(self._blocks, [lo_, hi_, tt], [jnp.int32, jnp.int32, self.work], device))
+        eta = t[:, 0][:, None]
+        w1, w2 = 2 * eta, 4 * eta
+        probes = Probes(d1=(s[0] - s[1]) / w1, d2=(s[2] - s[3]) / w2, a1=(e[0] - e[1]) / w1, a2=(e[2] - e[3]) / w2,
+                        round1=(n[0] + n[1]) / w1, round2=(n[2] + n[3]) / w2,
+                        fwd=(s[0] - e[0]) / eta, bwd=(s[1] - e[1]) / -eta, fwd2=(s[2] - e[2]) / (2 * eta),
+                        bwd2=(s[3] - e[3]) / (-2 * eta), side_round=(n[0] + n[1]) / eta,
+                        side_round2=(n[2] + n[3]) / (2 * eta), finite=np.all(np.isfinite(s), axis=0),
+                        jump=_jumps(s, n))
+        return probes, (e_abs[0] + e_abs[1]) / w1
+
+
+def _real_parts(v: jax.Array, is_complex: bool) -> jax.Array:
+    v = v.ravel()
+    return jnp.concatenate([jnp.real(v), jnp.imag(v)]) if is_complex else v
+
+
+def step_scales(flat: Flat) -> tuple[np.ndarray, np.ndarray]:
+    """Per entry, the sizes its first finite-difference step may be relative to: |x| floored at 1% of its
+    leaf's RMS (so a small entry of a function whose length scale is the leaf's still gets a step that
+    rises above round-off), and |x| itself (for a function whose length scale is |x|, log over 60
+    decades); an exact zero gets the floor in both, or 1 in an all-zero leaf."""
+    relative, floored = np.abs(flat.x), np.abs(flat.x)
+    for i in range(len(flat.shapes)):
+        part = relative[flat.part(i)]
+        rms = float(np.sqrt(np.mean(part ** 2))) if part.size else 0.0
+        floor = 1e-2 * rms if rms > 0 else 1.0
+        floored[flat.part(i)] = np.maximum(part, floor)
+        relative[flat.part(i)] = np.where(part > 0, part, floor)
+    return floored, relative

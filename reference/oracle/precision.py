@@ -1,0 +1,323 @@
+"""Which function the numbers come from, and the precision it really computes in.
+
+If ``fn`` run on float64 copies of the inputs computes in float64 and gives the call's outputs
+(within what rounding in the call's forward explains), the rule's mathematics is checked
+there, sharply, and the call's own VJP is compared entry by entry with that float64 VJP.
+Otherwise (random draws in the default dtype, internal casts, dtype-dependent code)
+everything is checked on the call as made, at the precision it really computes in.
+
+The precision is the narrowest float on any path from the inputs. A function called on float64
+inputs may still cast to float32 or bfloat16 inside (``x.astype(jnp.float32)``, a mixed-precision
+policy). Finite differences must then be taken with that precision's step and tolerance. This
+walks the jaxpr of the forward computation, following only the values that depend on the
+differentiable inputs (a float32 random draw that does not depend on them is not a loss of
+precision), into nested jaxprs: jit, scan, while, cond, remat and the *primal* of a custom_vjp
+or custom_jvp (never its backward, whose precision is what the check is about).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import jaxpr_as_fun
+
+from reference.oracle import tolerance
+from reference.oracle.rounding import ROUNDING_FACTOR, forward_rounding
+from reference.oracle.tolerance import FLOAT64, Precision
+from reference.oracle.trees import Split, comparable, kind, outputs
+
+# The float64 version is the same function if its outputs are the call's within this many ulps of the call's
+# precision (relative to the largest output), or within what rounding in the call's forward explains.
+SAME_FUNCTION_ULPS = 1000
+SAME_FUNCTION_CAP = 0.25  # and never when they are a quarter apart: that is another function
+
+
+def _bits(aval: Any) -> int | None:
+    """Mantissa bits of a float (or of a complex number's parts); None for anything else."""
+    dtype = getattr(aval, "dtype", None)
+    if dtype is None or not jax.dtypes.issubdtype(dtype, np.inexact):
+        return None
+    if jax.dtypes.issubdtype(dtype, np.complexfloating):
+        return int(np.finfo(dtype).nmant)
+    return int(jax.dtypes.finfo(dtype).nmant)
+
+
+def _jaxprs(params: dict) -> list[tuple[str, Any]]:
+    found = []
+    for name, value in params.items():
+        for v in value if isinstance(value, tuple | list) else (value,):
+            inner = getattr(v, "jaxpr", v)
+            if hasattr(inner, "eqns") and hasattr(inner, "invars"):
+                found.append((name, inner))
+    return found
+
+
+def _walk(jaxpr: Any, dependent: Sequence[bool], narrowest: list[int]) -> list[bool]:
+    """Marks the variables that depend on the ``dependent`` invars; returns the outvars' marks."""
+    marked = {v for v, d in zip(jaxpr.invars, dependent, strict=True) if d}
+
+    def is_marked(v: Any) -> bool:
+        return not hasattr(v, "val") and v in marked  # literals never depend on the inputs
+
+    for eqn in jaxpr.eqns:
+        ins = [is_marked(v) for v in eqn.invars]
+        if not any(ins):
+            continue
+        inner = [(n, j) for n, j in _jaxprs(eqn.params) if n not in ("fwd_jaxpr_thunk", "bwd", "jvp_jaxpr_fun")]
+        outs = _walk_nested(eqn, inner, ins, narrowest)
+        for v, d in zip(eqn.outvars, outs, strict=True):
+            if d:
+                marked.add(v)
+                bits = _bits(v.aval)
+                if bits is not None:
+                    narrowest[0] = min(narrowest[0], bits)
+    return [is_marked(v) for v in jaxpr.outvars]
+
+
+def _walk_nested(eqn: Any, inner: list, ins: list[bool], narrowest: list[int]) -> list[bool]:
+    name = eqn.primitive.name
+    by_name = dict(inner)
+    if name == "scan" and "jaxpr" in by_name:
+        body, consts, carry = by_name["jaxpr"], eqn.params["num_consts"], eqn.params["num_carry"]
+        flags = list(ins)
+        for _ in range(carry + 1):  # a carry becomes dependent once any iteration makes it so
+            outs = _walk(body, flags, narrowest)
+            new = [a or b for a, b in zip(flags[consts:consts + carry], outs[:carry], strict=True)]
+            if new == flags[consts:consts + carry]:
+                return outs
+            flags[consts:consts + carry] = new
+        return outs
+    if name == "while" and "body_jaxpr" in by_name:
+        cn, bn = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
+        body_consts, carry = ins[cn:cn + bn], list(ins[cn + bn:])
+        for _ in range(len(carry) + 1):
+            outs = _walk(by_name["body_jaxpr"], body_consts + carry, narrowest)
+            new = [a or b for a, b in zip(carry, outs, strict=True)]
+            if new == carry:
+                break
+            carry = new
+        return carry
+    if name == "cond" and "branches" in by_name:
+        branch_outs: list[list[bool]] = [_walk(branch, ins[1:], narrowest) for n, branch in inner if n == "branches"]
+        return [any(flags) for flags in zip(*branch_outs, strict=True)]
+    if len(inner) == 1 and len(inner[0][1].invars) == len(ins):  # jit, remat, custom_vjp/jvp primal, ...
+        return _walk(inner[0][1], ins, narrowest)
+    for _, sub in inner:  # anything else: every input may reach every output
+        _walk(sub, [True] * len(sub.invars), narrowest)
+    return [True] * len(eqn.outvars)
+
+
+def trace(fn: Callable, leaves: Sequence[Any]) -> Any:
+    """``jax.make_jaxpr(fn)(*leaves)``, or None for a function that cannot be traced (it reads values)."""
+    try:
+        return jax.make_jaxpr(fn)(*leaves)
+    except Exception:  # an untraceable function: the caller falls back to running it
+        return None
+
+
+def constants(closed: Any) -> list:
+    """Every constant a trace baked in: its consts and the literals of its equations, nested jaxprs too.
+    Two traces of a deterministic function have the same; Python-side randomness shows here."""
+    found = [comparable(c) for c in closed.consts]
+
+    def walk(jaxpr: Any) -> None:
+        for eqn in jaxpr.eqns:
+            found.extend(comparable(v.val) for v in eqn.invars if hasattr(v, "val"))
+            for _, inner in _jaxprs(eqn.params):
+                walk(inner)
+    walk(closed.jaxpr)
+    return found
+
+
+def narrowest_float(closed: Any) -> int:
+    """The fewest mantissa bits of any float (or complex part) that depends on the inputs of a trace:
+    52 for float64, 23 for float32, 10 for float16, 7 for bfloat16."""
+    narrowest = [min([b for b in (_bits(v.aval) for v in closed.jaxpr.invars) if b is not None], default=52)]
+    _walk(closed.jaxpr, [True] * len(closed.jaxpr.invars), narrowest)
+    return narrowest[0]
+
+
+# ---------------------------------------------------------------- a way of evaluating fn
+class Float64:
+    """x64 on, and standard promotion: the float64 copies meet the function's own float32 constants."""
+
+    def __enter__(self) -> None:
+        self._x64, self._promotion = jax.enable_x64(True), jax.numpy_dtype_promotion("standard")
+        self._x64.__enter__()
+        self._promotion.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._promotion.__exit__(*exc)
+        self._x64.__exit__(*exc)
+
+
+class _Nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: Any) -> None:
+        return None
+
+
+@dataclasses.dataclass
+class Version:
+    """``fn`` at one set of argument dtypes: the call as made, or its float64 copy."""
+
+    split: Split
+    fn: Callable  # of the differentiable leaves, returning the list of float/complex outputs
+    x64: bool  # evaluate inside Float64()
+    precision: Precision = FLOAT64  # what it computes in
+    compiled: Callable | None = None
+
+    @classmethod
+    def of(cls, fn: Callable, split: Split, x64: bool = False) -> Version:
+        return cls(split, outputs(split.over_diff(fn)), x64)
+
+    def context(self) -> Any:
+        return Float64() if self.x64 else _Nothing()
+
+    def vjp(self, cotangents: Sequence[list], leaves: Sequence[Any] | None = None) -> tuple[list, list[list]]:
+        """The outputs, and the VJP for each cotangent: one linearisation, compiled once per version (an
+        eager one for a function that reads concrete values)."""
+        leaves = list(self.split.diff_leaves() if leaves is None else leaves)
+        cotangents = [list(c) for c in cotangents]
+        with self.context():
+            if self.compiled is None:
+                self.compiled = jax.jit(vjps(self.fn))
+            try:
+                return self.compiled(leaves, cotangents)
+            except jax.errors.JAXTypeError:  # concretization errors: fn branches on values
+                return vjps(self.fn)(leaves, cotangents)
+
+
+def vjps(fn: Callable) -> Callable:
+    """``(leaves, cotangents) -> (outputs, [VJP for each cotangent])``, one linearisation."""
+    def run(leaves: list, cotangents: list) -> tuple[list, list]:
+        out, pull = jax.vjp(fn, *leaves)
+        return out, [list(pull(c)) for c in cotangents]
+    return run
+
+
+def to64(x: Any) -> Any:
+    k = kind(x)
+    if k is None:
+        return x
+    return jax.device_put(np.asarray(x, np.complex128 if k == "complex" else np.float64))  # a transfer, no compile
+
+
+def canonical(x: Any) -> Any:
+    """What JAX makes of a leaf when it is passed in: numpy float64 becomes float32 with x64 off."""
+    if kind(x) is None:
+        return x
+    return x if isinstance(x, jax.Array) else jnp.asarray(x)
+
+
+def precision_of(closed: Any, leaves: Sequence[Any], outs: Sequence[Any]) -> Precision:
+    """What fn computes in: its trace's narrowest dependent float, and its in- and outputs'."""
+    found = [tolerance.of_dtype(jnp.result_type(x)) for x in (*leaves, *outs)]
+    if closed is not None:
+        found.append(tolerance.of_mantissa(narrowest_float(closed)))
+    return min(found, key=lambda p: p.key)
+
+
+# ---------------------------------------------------------------- determinism
+def trace_deterministic(name: str, version: Version) -> tuple[list, Any]:
+    """The output shapes and the trace of ``fn``; refuses no float output and a non-deterministic function
+    (two traces that bake in different constants and compute different outputs: randomness drawn in
+    Python). An untraceable function is run twice instead."""
+    leaves = version.split.diff_leaves()
+    with version.context():
+        closed = trace(version.fn, leaves)
+        if closed is not None:  # a second, fresh trace (a new function object: no cached trace is reused)
+            out, again = list(closed.out_avals), trace(lambda *a: version.fn(*a), leaves)
+            first, second = constants(closed), constants(again)
+            if len(first) != len(second) or any(a.shape != b.shape or not np.array_equal(a, b, equal_nan=a.dtype.kind
+                                                                                         in "fc")
+                                                 for a, b in zip(first, second, strict=False)):
+                # Different constants (a module imported in the body adds some): compare what the traces compute.
+                first, second = ([np.asarray(o) for o in jax.jit(jaxpr_as_fun(t))(*leaves)] for t in (closed, again))
+        else:
+            out = version.fn(*leaves)
+            first, second = [np.asarray(o) for o in out], [np.asarray(o) for o in version.fn(*leaves)]
+    if not out:
+        raise TypeError(f"check_vjp: {name} returns no float or complex output, so there is no VJP to check")
+    for o, p in zip(first, second, strict=True):
+        if o.shape != p.shape or not np.array_equal(o, p, equal_nan=o.dtype.kind in "fc"):
+            where = int(np.flatnonzero((o != p).ravel())[0]) if o.shape == p.shape else 0
+            raise ValueError(f"check_vjp: {name} is not deterministic: two calls with the same arguments differ "
+                             f"({o.ravel()[where]:.6g}, then {p.ravel()[where]:.6g}); pass its randomness in as "
+                             f"an argument (a jax.random key)")
+    return out, closed
+
+
+# ---------------------------------------------------------------- the choice
+@dataclasses.dataclass
+class Choice:
+    """The version the numbers come from, its outputs, VJPs (one per cotangent) and cotangents, and why."""
+
+    version: Version
+    out: list
+    vjps: list
+    cotangents: list
+    how: str
+
+
+def _same_function(call: Version, out: list, out64: list, cotangent: list) -> tuple[bool, float]:
+    """Whether the float64 version's outputs are the call's: within SAME_FUNCTION_ULPS of the call's precision,
+    or, entry by entry, within what rounding in the call's forward explains (sin(t·f) at t = 10⁴ in float32
+    is 6e-4 from its float64 version, by the rounding of t·f alone)."""
+    worst, close = 0.0, True
+    for o, p in zip(out, out64, strict=True):
+        o, p = np.asarray(o).astype(np.complex128), np.asarray(p).astype(np.complex128)
+        scale = float(np.max(np.abs(p), initial=0.0)) or 1.0
+        err = float(np.max(np.abs(o - p), initial=0.0)) / scale
+        worst = max(worst, err)
+        close &= err <= SAME_FUNCTION_ULPS * call.precision.eps
+    if close or worst > SAME_FUNCTION_CAP:
+        return close, worst
+    bound = forward_rounding(call.fn, call.split.diff_leaves(), cotangent, call.context)
+    if bound is None:
+        return False, worst
+    for o, p, b in zip(out, out64, bound[0], strict=True):
+        o, p = np.asarray(o).astype(np.complex128), np.asarray(p).astype(np.complex128)
+        allowed = SAME_FUNCTION_ULPS * call.precision.eps * float(np.max(np.abs(p), initial=0.0)) + ROUNDING_FACTOR * (
+            np.asarray(b).real + np.asarray(b).imag)
+        if not np.all(np.abs(o - p) <= allowed):
+            return False, worst
+    return True, worst
+
+
+def choose(fn: Callable, name: str, split: Split, call: Version, out: list, cts: list[list], a_call: list) -> Choice:
+    """fn on float64 copies of the arguments, where it computes in float64 and agrees with the call; else the
+    call itself."""
+    if call.precision.key >= 64:
+        return Choice(call, out, a_call, cts, "as called (float64)")
+    with jax.enable_x64(True):  # a float64 array made outside would be cut back to float32
+        split64 = Split.of(jax.tree_util.tree_map(to64, split.rebuild(split.diff_leaves())))
+    v64 = Version.of(fn, split64, x64=True)
+    try:
+        with v64.context():
+            closed64 = trace(v64.fn, split64.diff_leaves())
+        shapes64 = closed64.out_avals if closed64 is not None else out
+        cts64 = [[np.asarray(c).astype(np.complex128 if np.iscomplexobj(c) else s.dtype) for c, s in
+                  zip(ct, shapes64, strict=True)] for ct in cts]
+        out64, a64 = v64.vjp(cts64)
+        v64.precision = precision_of(closed64, split64.diff_leaves(), out64)
+        same, worst = _same_function(call, out, out64, cts[0])
+    except Exception as e:  # the function refuses float64: check it as called
+        why = f"{name} fails on float64 inputs ({type(e).__name__})"
+        return Choice(call, out, a_call, cts, f"as called ({call.precision.name}): {why}")
+    if same and v64.precision.key == 64:
+        return Choice(v64, out64, a64, cts64, f"the float64 version of {name} (it agrees with the call), and the "
+                                              f"call's own {call.precision.name} VJP against it entry by entry")
+    if not same:
+        why = (f"on float64 copies of its inputs {name} gives other outputs (up to {worst:.2g} relative: random "
+               f"draws in the default dtype, or dtype-dependent code)")
+    else:
+        why = f"{name} computes in {v64.precision.name} even on float64 inputs"
+    return Choice(call, out, a_call, cts, f"as called ({call.precision.name}): {why}")

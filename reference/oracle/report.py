@@ -1,0 +1,156 @@
+"""What :func:`reference.check_vjp` found, as records: per-leaf reports, mismatches, precision notes.
+
+A caller reads the fields (``VJPMismatch.problems[0].path``, ``.index``, ``.kind``); the
+messages are for people and are never parsed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+SHOWN = 10  # mismatches (or notes) written out in a message; the rest are counted
+
+KINDS = ("value", "kink", "precision", "reference", "forward", "cotangent")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+    """One entry that is off.
+
+    ``kind`` is ``"value"`` (the VJP against finite differences), ``"kink"`` (at a kink, outside
+    the one-sided slopes), ``"precision"`` (the call's VJP against the same rule in float64, by
+    more than its precision explains), ``"reference"`` (against ``jax.vjp`` of the reference),
+    ``"forward"`` (fn's output against the reference's) or ``"cotangent"`` (a cotangent whose
+    shape or dtype is not its primal's).
+    """
+
+    kind: str
+    path: str  # "args[0]['W']", or "output 1" for a forward mismatch
+    index: int | None  # flat index in the leaf (None: the whole leaf)
+    analytic: float  # what the VJP (or fn) gave
+    numerical: float  # what it should be: differences, the float64 rule, the reference
+    tolerance: float
+    badness: float  # how many tolerances off (inf for NaN): the order they are shown in
+    rtol: float | None = None
+    part: str | None = None  # "real" or "imaginary" for a complex leaf
+    interval: tuple[float, float] | None = None  # at a kink: the one-sided slopes
+    precision: str | None = None  # "precision": the call's precision; the rounding bound is in `explained`
+    explained: float | None = None  # "precision": how far rounding in the call's forward can move the entry
+    detail: str = ""  # "cotangent": what differs
+
+    @property
+    def where(self) -> str:
+        if self.index is None:
+            return self.path
+        return f"{self.path} flat index {self.index}" + (f" ({self.part} part)" if self.part else "")
+
+    def __str__(self) -> str:
+        rtol = f" (rtol {self.rtol:g})" if self.rtol is not None else ""
+        if self.kind == "cotangent":
+            return f"{self.where}: {self.detail}"
+        if self.kind == "forward":
+            return (f"forward {self.where}: fn {self.analytic:.6g}, reference {self.numerical:.6g}, tolerance "
+                    f"{self.tolerance:.2e}")
+        if self.kind == "reference":
+            return (f"{self.where}: analytic {self.analytic:.6g}, reference {self.numerical:.6g}, tolerance "
+                    f"{self.tolerance:.2e}{rtol}")
+        if self.kind == "precision":
+            bound = "" if self.explained is None else f"; rounding in its forward explains {self.explained:.2e}"
+            return (f"{self.where}: analytic {self.analytic:.6g} ({self.precision}), the same rule in float64 "
+                    f"{self.numerical:.6g}, tolerance {self.tolerance:.2e}{rtol}{bound}")
+        numerical = (f"in [{self.interval[0]:.6g}, {self.interval[1]:.6g}] (kink)" if self.interval is not None
+                     else f"{self.numerical:.6g}")
+        return (f"{self.where}: analytic {self.analytic:.6g}, numerical {numerical}, tolerance "
+                f"{self.tolerance:.2e}{rtol}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafReport:
+    """What was checked of one differentiable argument leaf, and how far it was off."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    method: str  # "elementwise", "blocks", or "empty" (0 entries, nothing checked)
+    max_abs_err: float  # beyond the accepted interval, against finite differences
+    max_rel_err: float  # the same, over each entry's own scale
+    kinks: int  # entries where the one-sided differences disagree, and the VJP lies between them
+    unchecked: int = 0  # entries with no derivative to check, or no step that gives consistent differences
+    ref_max_abs_err: float | None = None
+    ref_max_rel_err: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class VJPReport:
+    """What :func:`reference.check_vjp` measured; ``str(report)`` is a table."""
+
+    leaves: tuple[LeafReport, ...]
+    forward_max_abs_err: float | None
+    eps: float  # the first relative finite-difference step
+    precision: str = "float64"  # the precision the differences were taken in
+    how: str = ""  # which function they came from, and why
+    order: int = 1
+    fixed: tuple[str, ...] = ()  # leaves held fixed: integers, booleans, keys
+    notes: tuple[Mismatch, ...] = ()  # precision notes: entries off by what float rounding in the forward explains
+
+    @property
+    def max_abs_err(self) -> float:
+        return max([leaf.max_abs_err for leaf in self.leaves], default=0.0)
+
+    @property
+    def max_rel_err(self) -> float:
+        return max([leaf.max_rel_err for leaf in self.leaves], default=0.0)
+
+    @property
+    def kinks(self) -> int:
+        return sum(leaf.kinks for leaf in self.leaves)
+
+    @property
+    def unchecked(self) -> int:
+        return sum(leaf.unchecked for leaf in self.leaves)
+
+    def __str__(self) -> str:
+        rows = [f"order {self.order}; differences in {self.precision}: {self.how}",
+                f"{'argument':<24} {'shape':<14} {'dtype':<9} {'method':<11} {'abs err':>9} {'rel err':>9} "
+                f"{'ref abs':>9} kinks"]
+        for r in self.leaves:
+            ref = "-" if r.ref_max_abs_err is None else f"{r.ref_max_abs_err:9.2e}"
+            rows.append(f"{r.path:<24} {str(r.shape):<14} {r.dtype:<9} {r.method:<11} {r.max_abs_err:9.2e} "
+                        f"{r.max_rel_err:9.2e} {ref:>9} {r.kinks}")
+        if self.kinks:
+            rows.append(f"{self.kinks} entries sit on a kink; any value between the one-sided differences was accepted")
+        if self.unchecked:
+            rows.append(f"{self.unchecked} entries could not be checked: fn jumps there, is not finite a step away, "
+                        f"or no step gives consistent differences")
+        empty = [r.path for r in self.leaves if r.method == "empty"]
+        if empty:
+            rows.append("0 entries, nothing checked: " + ", ".join(empty))
+        if self.notes:
+            rows.append(f"{len(self.notes)} precision notes: the {self.notes[0].precision} VJP is further from the "
+                        f"same rule in float64 than rtol, by no more than rounding in its forward explains "
+                        f"(precision='strict' makes these fail):")
+            rows += [f"  {note}" for note in self.notes[:SHOWN]]
+            if len(self.notes) > SHOWN:
+                rows.append(f"  ... and {len(self.notes) - SHOWN} more")
+        if self.fixed:
+            rows.append("held fixed (no cotangent): " + ", ".join(self.fixed))
+        return "\n".join(rows)
+
+
+class VJPMismatch(AssertionError):
+    """:func:`reference.check_vjp` found entries that are off: ``problems`` (worst first) and the ``report``."""
+
+    __module__ = "reference"  # shown as reference.VJPMismatch, the name users import
+
+    def __init__(self, name: str, problems: list[Mismatch], report: VJPReport):
+        self.name, self.report = name, report
+        self.problems = sorted(problems, key=lambda p: -p.badness)
+        what = "VJP" if report.order == 1 else "VJP of the VJP"
+        more = f"\n  ... and {len(self.problems) - SHOWN} more" if len(self.problems) > SHOWN else ""
+        super().__init__(f"check_vjp: {len(self.problems)} mismatches in the {what} of {name} (worst first; "
+                         f"differences in {report.precision}):\n  "
+                         + "\n  ".join(str(p) for p in self.problems[:SHOWN]) + more)
+
+    @property
+    def kinds(self) -> set[str]:
+        return {p.kind for p in self.problems}

@@ -1,0 +1,134 @@
+"""Judging probes: does the analytic VJP agree with the finite differences along them?
+
+Two passes. The *first* looks at one level of steps only and accepts a probe whose Richardson
+estimate agrees within its own error estimate: almost every probe of a correct rule. The
+*second* takes every level (steps h₀, h₀/4, h₀/16, ...) for the rest, and judges the
+Richardson estimate of the level whose estimate is the most consistent with the next finer
+one: the step that fits the function there. A kink shows as one-sided slopes whose gap does
+not shrink with the step, at two levels in a row; there any value between them is accepted.
+Where no level gives a consistent difference (φ jumps, or is not finite a step away), the
+probe is *unchecked*: counted, never passed silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from reference.oracle.differences import Probes
+
+# Round-off bounds count each output's rounding once; two of them cover a rounding in the sum as well.
+ROUNDOFF_MARGIN = 2.0
+# What is left of the h² error after Richardson, as a fraction of the h-vs-2h gap (exactly 0 for a cubic,
+# 1/20 leaves room for the h⁴ term up to a fifth of the h² one).
+RICHARDSON_LEFT = 0.05
+# A central difference alone carries its h² error, a third of the h-vs-2h gap: half of it, with room.
+CENTRAL_LEFT = 0.5
+# A smooth function's one-sided gap doubles with the step; a kink's stays. More than a tenth away from
+# doubling, beyond four round-off bounds, is a kink.
+KINK_GAP = 0.1
+KINK_ROUNDOFF = 4.0
+# No consistent difference: the best level's own error estimate is more than half the entry's scale.
+UNCHECKABLE = 0.5
+# A failure is settled when it exceeds the differences' own uncertainty this many times over: a finer step
+# could not turn it into a pass.
+CONFIDENT = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """Per probe: whether it holds, how far it is off, and the numbers to show."""
+
+    ok: np.ndarray
+    badness: np.ndarray  # |analytic − numerical| / tolerance; inf for NaN
+    kink: np.ndarray  # sits on a kink (the central difference may agree as well: |x| at 0 with subgradient 0)
+    analytic: np.ndarray
+    numerical: np.ndarray
+    tol: np.ndarray
+    error: np.ndarray  # the differences' own error estimate (tol without the allowances)
+    unchecked: np.ndarray
+    low: np.ndarray  # at a kink: the one-sided slopes, as offsets from the analytic value
+    high: np.ndarray
+    level: np.ndarray  # the step level that decided
+
+    def take(self, j: np.ndarray) -> Verdict:
+        return Verdict(**{f.name: getattr(self, f.name)[j] for f in dataclasses.fields(self)})
+
+    @property
+    def confident(self) -> np.ndarray:
+        """Settled by these levels: it holds with differences sharper than the allowance (a finer step could not
+        show it off), or it fails by more than CONFIDENT times the differences' own uncertainty."""
+        with np.errstate(invalid="ignore"):
+            sharp_pass = self.ok & ~self.unchecked & ~self.kink & (self.error <= self.tol - self.error)
+            clear_fail = (self.badness > 1) & (CONFIDENT * self.error <= np.abs(self.numerical - self.analytic))
+        return sharp_pass | clear_fail
+
+
+def _interval(p: Probes) -> tuple[np.ndarray, np.ndarray]:
+    sides = np.stack([p.fwd, p.bwd, p.fwd2, p.bwd2])
+    return np.min(sides, axis=0), np.max(sides, axis=0)
+
+
+def _one_level(p: Probes, noise: np.ndarray) -> dict[str, np.ndarray]:
+    """Every quantity of the verdict at each level (arrays shaped like the probes)."""
+    richardson = (4 * (p.d1 - p.a1) - (p.d2 - p.a2)) / 3
+    trunc = np.abs((p.d1 - p.a1) - (p.d2 - p.a2))
+    round_r = ROUNDOFF_MARGIN * (4 * p.round1 + p.round2) / 3
+    tol_r = round_r + RICHARDSON_LEFT * trunc + noise
+    m1 = p.d1 - p.a1
+    tol_1 = ROUNDOFF_MARGIN * p.round1 + CENTRAL_LEFT * trunc + noise
+    smooth = (np.abs(richardson) <= tol_r) | (np.abs(m1) <= tol_1)
+    gap, gap2 = p.fwd - p.bwd, p.fwd2 - p.bwd2
+    kink = np.abs(gap2 - 2 * gap) > KINK_ROUNDOFF * (p.side_round2 + 2 * p.side_round) + KINK_GAP * np.abs(gap) + noise
+    low, high = _interval(p)
+    return dict(richardson=richardson, round_r=round_r, tol_r=tol_r, tol_1=tol_1, smooth=smooth, kink=kink,
+                low=low, high=high, inside=(low <= tol_1) & (high >= -tol_1), usable=p.finite & ~p.jump)
+
+
+def first_pass(p: Probes, noise: np.ndarray) -> np.ndarray:
+    """Probes (judged at their first level only) whose Richardson or central estimate agrees within its own
+    error estimate: the quick yes for almost every probe of a correct rule; the rest go to :func:`judge`."""
+    v = _one_level(p.level(0), noise)
+    return v["smooth"] & p.finite[0]
+
+
+def judge(p: Probes, noise: np.ndarray) -> Verdict:
+    """The verdict over every level of ``p`` (shaped (levels, probes)): the estimate of the level that is most
+    consistent with the next coarser one decides; a kink seen at two levels in a row is accepted."""
+    v = _one_level(p, noise)
+    n_levels, count = p.d1.shape
+    numerical = v["richardson"] + p.a1
+    columns = np.arange(count)
+    if n_levels == 1:  # nothing to compare against: level 0 judged on its own error estimate
+        best = np.zeros(count, int)
+        error = v["tol_r"][0] - noise
+    else:  # the uncertainty of level k+1's estimate: how far it is from level k's, and both round-offs
+        spread = np.abs(numerical[:-1] - numerical[1:]) + v["round_r"][:-1] + v["round_r"][1:]
+        spread = np.where(v["usable"][:-1] & v["usable"][1:], spread, np.inf)
+        best = np.argmin(spread, axis=0) + 1
+        error = spread[best - 1, columns]
+    value, analytic = numerical[best, columns], p.a1[best, columns]
+    tol = error + noise
+    with np.errstate(invalid="ignore"):
+        smooth_ok = np.isfinite(error) & (np.abs(analytic - value) <= tol)
+        if n_levels == 1:  # the central difference alone may settle it too
+            smooth_ok |= v["smooth"][0]
+    # A kink: seen at two levels in a row (the gap does not shrink), the analytic value inside the finer interval.
+    seen = v["kink"] & v["usable"]
+    pair, finer = (seen, 0) if n_levels == 1 else (seen[:-1] & seen[1:], 1)
+    kink = np.any(pair, axis=0)
+    kink_ok = kink & np.any(pair & v["inside"][finer:], axis=0)
+    level = np.where(kink & ~smooth_ok, np.argmax(pair, axis=0) + finer, best)
+    scale = np.abs(value) + np.abs(analytic)
+    with np.errstate(invalid="ignore"):
+        if n_levels == 1:  # a jump in reach, or not finite a step away
+            unchecked = ~smooth_ok & ~kink_ok & ~v["usable"][0]
+        else:  # no level gives a consistent difference
+            unchecked = ~smooth_ok & ~kink & ~(error <= UNCHECKABLE * scale + noise)
+        badness = np.abs(analytic - value) / tol
+    badness = np.where(np.isfinite(badness), badness, np.inf)
+    at = (level, columns)
+    return Verdict(ok=smooth_ok | kink_ok | unchecked, badness=badness, kink=kink, analytic=analytic,
+                   numerical=value, tol=tol, error=error, unchecked=unchecked, low=v["low"][at], high=v["high"][at],
+                   level=level)
