@@ -27,6 +27,19 @@ from properties import profiles  # noqa: E402
 profiles.register()
 
 
+def pytest_addoption(parser):
+    parser.addoption("--scale", action="store_true", help="also run the tests marked scale (the oracle at 10^6)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--scale"):
+        return
+    skip = pytest.mark.skip(reason="the oracle at a million entries: run with --scale")
+    for item in items:
+        if "scale" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_configure(config):
     # Unless one is chosen (--hypothesis-profile, or HANDGRAD_PROFILE), the suite runs under handgrad-ci.
     if config.getoption("hypothesis_profile", None) is None:

@@ -1,12 +1,14 @@
 """handgrad's oracle, in parts with one job each.
 
-* :mod:`.vjp`: ``check_vjp``, the orchestration (order 2 is the same check applied to the VJP);
-* :mod:`.refusals`: what is refused before anything is checked;
-* :mod:`.precision`: which function the numbers come from, and the precision it computes in;
+* :mod:`.vjp`: ``check_vjp``, the orchestration;
+* :mod:`.subjects`: what is checked: fn's VJP, or (order 2) the VJP of its VJP;
+* :mod:`.refusals`: what is refused before anything is checked (a non-deterministic function too);
+* :mod:`.versions`, :mod:`.precision`: ways of evaluating fn, and which one the numbers come from;
 * :mod:`.differences`: the finite-difference engine, at several levels of steps;
 * :mod:`.verdict`: judging the probes (Richardson, kinks, jumps, the step that fits);
 * :mod:`.search`: needles in large leaves, by signed blocks;
 * :mod:`.rounding`: what rounding explains (natural scale, input noise, the forward's rounding);
+* :mod:`.compare`: the checked VJP against the call's own (precision) and the reference's;
 * :mod:`.report`: the records (``VJPReport``, ``Mismatch``, ``VJPMismatch``);
 * :mod:`.tolerance`: the one tolerance policy, shared with ``check_transforms`` and the laws;
 * :mod:`.transforms`: ``check_transforms``;

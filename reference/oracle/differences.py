@@ -20,6 +20,7 @@ from reference.oracle.trees import Flat
 
 LEVEL_RATIO = 4.0  # each level's step is a quarter of the one before: Richardson's error drops 256×
 CHUNK_BYTES = 2**27  # probes evaluated together: as many as fit in about 128 MB of float64 inputs and outputs
+CHEAP = 4096  # inputs and outputs of a function cheap enough to evaluate a whole chunk of probes for a few
 
 
 @dataclasses.dataclass
@@ -100,16 +101,17 @@ class Differences:
             def entries(x, base, ct, index, delta):
                 return jax.vmap(lambda i, d: reduce(f(*flat.leaves_of(x.at[i].add(d))), base, ct))(index, delta)
 
+            exact = all(d == work and not c for d, c in zip(flat.dtypes, flat.complex, strict=True))
+
             @jax.jit
-            def blocks(x, base, ct, lo, hi, t, a, a_scale, d_scale):
-                j = jnp.arange(x.shape[0])
-                sign = 1.0 - 2.0 * ((j * 2654435761) // 65536 % 2).astype(work)
+            def blocks(x, base, ct, lo, hi, t, a, a_scale, signed):
+                j = jax.lax.iota(jnp.int32, x.shape[0])
 
                 def one(lo_, hi_, t_):
-                    moved = x + jnp.where((j >= lo_) & (j < hi_), t_ * sign * d_scale, 0)
+                    moved = x + jnp.where((j >= lo_) & (j < hi_), t_ * signed, 0)
                     leaves = flat.leaves_of(moved)
-                    actual = jnp.concatenate([_real_parts(v, c).astype(work) for v, c in
-                                              zip(leaves, flat.complex, strict=True)]) - x
+                    actual = moved - x if exact else jnp.concatenate(  # the move each leaf's dtype could make
+                        [_real_parts(v, c).astype(work) for v, c in zip(leaves, flat.complex, strict=True)]) - x
                     s, n = reduce(f(*leaves), base, ct)
                     return s, n, jnp.sum(a * actual), jnp.sum(a_scale * jnp.abs(actual))
                 return jax.vmap(one)(lo, hi, t)
@@ -121,10 +123,12 @@ class Differences:
         """Probes per compiled call: as many as fit in CHUNK_BYTES (one compilation per check)."""
         return int(max(4, min(256, CHUNK_BYTES // max(1, 8 * (self.flat.size + self.outputs)))))
 
-    def device(self, *vectors: np.ndarray) -> tuple:
-        """Flat vectors on the device, in the differences' working dtype."""
+    def block_device(self, analytic: np.ndarray, analytic_scale: np.ndarray, scale: np.ndarray) -> tuple:
+        """What every block probe reads, on the device once: the analytic VJP, its scale, and each entry's step
+        scale with a pseudo-random sign (the entries of a block move in both directions)."""
+        sign = 1.0 - 2.0 * ((np.arange(self.flat.size, dtype=np.uint64) * 2654435761) // 65536 % 2)
         with self.version.context():
-            return tuple(jnp.asarray(v, self.work) for v in vectors)
+            return tuple(jnp.asarray(v, self.work) for v in (analytic, analytic_scale, sign * scale))
 
     def _chunked(self, program: Callable, columns: Sequence[np.ndarray], dtypes: Sequence[Any],
                  extra: Sequence[Any]) -> list[np.ndarray]:
@@ -132,7 +136,11 @@ class Differences:
         with self.version.context():
             for start in range(0, total, chunk):
                 part = [c[start:start + chunk] for c in columns]
-                pad = chunk - len(part[0]) if total > chunk else 0
+                # One shape for every call where fn is cheap (one compilation for every pass of a check); where it
+                # is not, a power of two (a few shapes), not a full chunk of evaluations for a handful of suspects.
+                cheap = self.flat.size + self.outputs <= CHEAP
+                size = chunk if cheap else min(chunk, 1 << (len(part[0]) - 1).bit_length())
+                pad = size - len(part[0])
                 res = program(self.x, self.base, self.ct, *(jnp.asarray(np.pad(c, (0, pad)), d)
                                                             for c, d in zip(part, dtypes, strict=True)), *extra)
                 outs.append([np.asarray(r, np.float64)[:len(part[0])] for r in res])
@@ -165,7 +173,7 @@ class Differences:
                      device: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[Probes, np.ndarray]:
         """Probes along signed blocks ``[lo, hi)``; also returns the analytic noise scale Σ(|a| + S)|Δ| per unit.
 
-        ``device`` holds the analytic VJP, its scale and the per-entry step scale, on the device.
+        ``device`` is what :meth:`block_device` put on the device.
         """
         rows, n_levels = len(lo), len(levels)
         t = np.array([[step / LEVEL_RATIO**k * m for m in (1, -1, 2, -2)] for k in levels])  # (levels, 4)

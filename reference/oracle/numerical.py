@@ -9,11 +9,11 @@ import jax
 import numpy as np
 
 from reference.oracle.differences import Differences
-from reference.oracle.precision import Version, canonical, to64
 from reference.oracle.refusals import as_args, function_name
 from reference.oracle.tolerance import FLOAT64
 from reference.oracle.trees import Flat, Split, kind
 from reference.oracle.verdict import judge
+from reference.oracle.versions import Version, canonical, to64
 
 
 def numerical_vjp(fn: Callable, args: Sequence[Any], cotangent: Any, *, eps: float | None = None) -> tuple:

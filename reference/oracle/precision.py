@@ -24,12 +24,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import jaxpr_as_fun
 
 from reference.oracle import tolerance
 from reference.oracle.rounding import ROUNDING_FACTOR, forward_rounding
-from reference.oracle.tolerance import FLOAT64, Precision
-from reference.oracle.trees import Split, comparable, kind, outputs
+from reference.oracle.tolerance import Precision
+from reference.oracle.trees import Split, comparable
+from reference.oracle.versions import Version, to64
 
 # The float64 version is the same function if its outputs are the call's within this many ulps of the call's
 # precision (relative to the largest output), or within what rounding in the call's forward explains.
@@ -142,117 +142,12 @@ def narrowest_float(closed: Any) -> int:
     return narrowest[0]
 
 
-# ---------------------------------------------------------------- a way of evaluating fn
-class Float64:
-    """x64 on, and standard promotion: the float64 copies meet the function's own float32 constants."""
-
-    def __enter__(self) -> None:
-        self._x64, self._promotion = jax.enable_x64(True), jax.numpy_dtype_promotion("standard")
-        self._x64.__enter__()
-        self._promotion.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        self._promotion.__exit__(*exc)
-        self._x64.__exit__(*exc)
-
-
-class _Nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: Any) -> None:
-        return None
-
-
-@dataclasses.dataclass
-class Version:
-    """``fn`` at one set of argument dtypes: the call as made, or its float64 copy."""
-
-    split: Split
-    fn: Callable  # of the differentiable leaves, returning the list of float/complex outputs
-    x64: bool  # evaluate inside Float64()
-    precision: Precision = FLOAT64  # what it computes in
-    compiled: Callable | None = None
-
-    @classmethod
-    def of(cls, fn: Callable, split: Split, x64: bool = False) -> Version:
-        return cls(split, outputs(split.over_diff(fn)), x64)
-
-    def context(self) -> Any:
-        return Float64() if self.x64 else _Nothing()
-
-    def vjp(self, cotangents: Sequence[list], leaves: Sequence[Any] | None = None) -> tuple[list, list[list]]:
-        """The outputs, and the VJP for each cotangent: one linearisation, compiled once per version (an
-        eager one for a function that reads concrete values)."""
-        leaves = list(self.split.diff_leaves() if leaves is None else leaves)
-        cotangents = [list(c) for c in cotangents]
-        with self.context():
-            if self.compiled is None:
-                self.compiled = jax.jit(vjps(self.fn))
-            try:
-                return self.compiled(leaves, cotangents)
-            except jax.errors.JAXTypeError:  # concretization errors: fn branches on values
-                return vjps(self.fn)(leaves, cotangents)
-
-
-def vjps(fn: Callable) -> Callable:
-    """``(leaves, cotangents) -> (outputs, [VJP for each cotangent])``, one linearisation."""
-    def run(leaves: list, cotangents: list) -> tuple[list, list]:
-        out, pull = jax.vjp(fn, *leaves)
-        return out, [list(pull(c)) for c in cotangents]
-    return run
-
-
-def to64(x: Any) -> Any:
-    k = kind(x)
-    if k is None:
-        return x
-    return jax.device_put(np.asarray(x, np.complex128 if k == "complex" else np.float64))  # a transfer, no compile
-
-
-def canonical(x: Any) -> Any:
-    """What JAX makes of a leaf when it is passed in: numpy float64 becomes float32 with x64 off."""
-    if kind(x) is None:
-        return x
-    return x if isinstance(x, jax.Array) else jnp.asarray(x)
-
-
 def precision_of(closed: Any, leaves: Sequence[Any], outs: Sequence[Any]) -> Precision:
     """What fn computes in: its trace's narrowest dependent float, and its in- and outputs'."""
     found = [tolerance.of_dtype(jnp.result_type(x)) for x in (*leaves, *outs)]
     if closed is not None:
         found.append(tolerance.of_mantissa(narrowest_float(closed)))
     return min(found, key=lambda p: p.key)
-
-
-# ---------------------------------------------------------------- determinism
-def trace_deterministic(name: str, version: Version) -> tuple[list, Any]:
-    """The output shapes and the trace of ``fn``; refuses no float output and a non-deterministic function
-    (two traces that bake in different constants and compute different outputs: randomness drawn in
-    Python). An untraceable function is run twice instead."""
-    leaves = version.split.diff_leaves()
-    with version.context():
-        closed = trace(version.fn, leaves)
-        if closed is not None:  # a second, fresh trace (a new function object: no cached trace is reused)
-            out, again = list(closed.out_avals), trace(lambda *a: version.fn(*a), leaves)
-            first, second = constants(closed), constants(again)
-            if len(first) != len(second) or any(a.shape != b.shape or not np.array_equal(a, b, equal_nan=a.dtype.kind
-                                                                                         in "fc")
-                                                 for a, b in zip(first, second, strict=False)):
-                # Different constants (a module imported in the body adds some): compare what the traces compute.
-                first, second = ([np.asarray(o) for o in jax.jit(jaxpr_as_fun(t))(*leaves)] for t in (closed, again))
-        else:
-            out = version.fn(*leaves)
-            first, second = [np.asarray(o) for o in out], [np.asarray(o) for o in version.fn(*leaves)]
-    if not out:
-        raise TypeError(f"check_vjp: {name} returns no float or complex output, so there is no VJP to check")
-    for o, p in zip(first, second, strict=True):
-        if o.shape != p.shape or not np.array_equal(o, p, equal_nan=o.dtype.kind in "fc"):
-            where = int(np.flatnonzero((o != p).ravel())[0]) if o.shape == p.shape else 0
-            raise ValueError(f"check_vjp: {name} is not deterministic: two calls with the same arguments differ "
-                             f"({o.ravel()[where]:.6g}, then {p.ravel()[where]:.6g}); pass its randomness in as "
-                             f"an argument (a jax.random key)")
-    return out, closed
 
 
 # ---------------------------------------------------------------- the choice

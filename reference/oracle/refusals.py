@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
+from jax.extend.core import jaxpr_as_fun
 
+from reference.oracle.precision import constants, trace
 from reference.oracle.trees import Split, describe
+from reference.oracle.versions import Version
 
 
 def function_name(fn: Callable) -> str:
@@ -35,3 +39,39 @@ def require_checkable(name: str, split: Split) -> None:
             j = int(bad[0])
             raise ValueError(f"check_vjp: {split.paths[i]} holds {bad.size} non-finite values, e.g. "
                              f"{values.ravel()[j]} at flat index {j}; finite differences need finite inputs")
+
+
+def trace_deterministic(name: str, version: Version) -> tuple[list, Any]:
+    """The output shapes and the trace of ``fn``; refuses no float output and a non-deterministic function
+    (two traces that bake in different constants and compute different outputs: randomness drawn in
+    Python). The traces evaluate what does not depend on the inputs as they go, so that what fn does once
+    (a module imported in its body, building its tables) makes arrays, not tracers that leak out of the
+    first trace. An untraceable function is run twice instead."""
+    leaves = version.split.diff_leaves()
+    with version.context(), jax.ensure_compile_time_eval():
+        closed = trace(version.fn, leaves)
+        if closed is not None:  # a second, fresh trace (a new function object: no cached trace is reused)
+            out, again = list(closed.out_avals), trace(lambda *a: version.fn(*a), leaves)
+            if again is None or not _same_constants(closed, again):
+                # Different constants, or none to compare: compare what the traces compute.
+                first, second = ([np.asarray(o) for o in jax.jit(jaxpr_as_fun(t))(*leaves)] for t in (closed, again))
+            else:
+                first = second = []
+        else:
+            out = version.fn(*leaves)
+            first, second = [np.asarray(o) for o in out], [np.asarray(o) for o in version.fn(*leaves)]
+    if not out:
+        raise TypeError(f"check_vjp: {name} returns no float or complex output, so there is no VJP to check")
+    for o, p in zip(first, second, strict=True):
+        if o.shape != p.shape or not np.array_equal(o, p, equal_nan=o.dtype.kind in "fc"):
+            where = int(np.flatnonzero((o != p).ravel())[0]) if o.shape == p.shape else 0
+            raise ValueError(f"check_vjp: {name} is not deterministic: two calls with the same arguments differ "
+                             f"({o.ravel()[where]:.6g}, then {p.ravel()[where]:.6g}); pass its randomness in as "
+                             f"an argument (a jax.random key)")
+    return out, closed
+
+
+def _same_constants(first: Any, second: Any) -> bool:
+    a, b = constants(first), constants(second)
+    return len(a) == len(b) and all(x.shape == y.shape and np.array_equal(x, y, equal_nan=x.dtype.kind in "fc")
+                                    for x, y in zip(a, b, strict=True))

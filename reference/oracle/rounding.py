@@ -35,7 +35,6 @@ INPUT_SPREAD = 8.0
 # How many times the first-order forward-rounding bound a float32 VJP may be off by: XLA's float32
 # transcendentals are accurate to a few ulps, not half of one (jnp.tanh at 10⁶ entries reaches 3.6).
 ROUNDING_FACTOR = 8.0
-SITES_AT_ONCE = 8  # roundings whose effects one compiled call takes, batched (8 tangents beside one forward)
 # Operations that compute their outputs exactly (they move, select or negate values): no rounding to inject.
 EXACT = frozenset({
     "broadcast_in_dim", "reshape", "transpose", "squeeze", "expand_dims", "slice", "dynamic_slice",
@@ -139,10 +138,10 @@ def _evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: 
 
 
 def _signs(shape: tuple[int, ...], dtype: Any, salt: int) -> jax.Array:
-    """A fixed pattern of ±1: roundings of different entries are independent, not all in one direction."""
-    j = jnp.arange(int(np.prod(shape, dtype=np.int64)), dtype=jnp.uint32) + jnp.uint32(salt * 40503)
-    bit = ((j * jnp.uint32(2654435761)) >> 16) & jnp.uint32(1)
-    return (1.0 - 2.0 * bit.astype(dtype)).astype(dtype).reshape(shape)
+    """±1 alternating along the entries, in a phase set by ``salt``: roundings of neighbouring entries, and of
+    one entry at successive operations, do not all go one way."""
+    j = jax.lax.iota(jnp.int32, int(np.prod(shape, dtype=np.int64))) + salt
+    return (1 - 2 * (j & 1)).astype(dtype).reshape(shape)
 
 
 def _magnitude(t: jax.Array) -> jax.Array:
@@ -158,18 +157,18 @@ def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list,
     values) or differentiated."""
     leaves = list(leaves)
     with context():
-        try:
-            _, pull = jax.vjp(fn, *leaves)
-            pull_def = jax.tree_util.tree_structure(pull)
+        structure: list = []  # the VJP's pytree structure and the number of outputs, learnt while tracing
 
-            def forward(*xs: Any) -> list:
-                out, vjp = jax.vjp(fn, *xs)
-                return [*out, *jax.tree_util.tree_leaves(vjp)]
+        def forward(*xs: Any) -> list:
+            out, vjp = jax.vjp(fn, *xs)
+            structure[:] = [jax.tree_util.tree_structure(vjp), len(out)]
+            return [*out, *jax.tree_util.tree_leaves(vjp)]
+        try:
             closed = jax.make_jaxpr(forward)(*leaves)
         except Exception:  # concretization and the like: fn branches on values
             return None
+        pull_def, n_out = structure
         sites = _sites(closed.jaxpr, [])
-        n_out = len(jax.eval_shape(fn, *leaves))
         if not sites:
             return None
 
@@ -179,17 +178,14 @@ def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list,
             return values[:n_out], list(vjp(cotangent))
 
         @jax.jit
-        def some(units: jax.Array) -> tuple:  # the effect of each of a few sites' rounding, summed in magnitude
-            effect = jax.vmap(lambda unit: jax.jvp(rounded, (jnp.zeros(len(sites)),), (unit,))[1])(units)
-            return jax.tree_util.tree_map(lambda t: jnp.sum(_magnitude(t), axis=0), effect)
+        def one(unit: jax.Array) -> tuple:  # the effect of one site's rounding (unit picks it), in magnitude
+            return jax.tree_util.tree_map(_magnitude, jax.jvp(rounded, (jnp.zeros(len(sites)),), (unit,))[1])
 
         total: Any = None
         try:
-            for first in range(0, len(sites), SITES_AT_ONCE):
-                units = np.eye(len(sites))[first:first + SITES_AT_ONCE]
-                units = np.pad(units, ((0, SITES_AT_ONCE - len(units)), (0, 0)))  # one compilation
+            for unit in np.eye(len(sites)):
                 part = jax.tree_util.tree_map(lambda t: np.asarray(t).astype(
-                    np.complex128 if np.iscomplexobj(t) else np.float64), some(units))
+                    np.complex128 if np.iscomplexobj(t) else np.float64), one(unit))
                 total = part if total is None else jax.tree_util.tree_map(np.add, total, part)
         except Exception:  # a forward JAX cannot differentiate (a primitive with no JVP rule)
             return None

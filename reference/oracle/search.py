@@ -44,20 +44,21 @@ def search(diffs: Differences, lo: int, hi: int, device: tuple, step: float, sha
     spent, start, known = 0, 0, False  # known: blocks of this leaf hold at level `start`
     while blocks and spent < BUDGET:
         b_lo, b_hi = (np.array(side, np.int64) for side in zip(*blocks, strict=True))
-        ok = _first(diffs, b_lo, b_hi, step, start, device, sharpness)
+        ok, first = _first(diffs, b_lo, b_hi, step, start, device, sharpness)
         spent += len(blocks)
         if not known and np.mean(ok) < 0.5:  # the first level does not fit this leaf: find one that fits all of it
             whole = _judge(diffs, np.array([lo]), np.array([hi]), step, range(levels), device, sharpness)
             spent += levels
             if whole.ok[0] and not whole.unchecked[0]:
                 start = min(int(whole.level[0]), levels - 2)
-                ok = _first(diffs, b_lo, b_hi, step, start, device, sharpness)
+                ok, first = _first(diffs, b_lo, b_hi, step, start, device, sharpness)
                 spent += len(blocks)
         known |= bool(np.any(ok))
-        badness = np.zeros(len(blocks))
-        rest = np.flatnonzero(~ok)
-        # Two coarse levels can agree on garbage (sin at 10⁶ differenced at steps of 100), so a pair settles
-        # a block only once the leaf's level is known.
+        badness = np.where(ok, 0.0, first.badness)
+        # Once the leaf's level is known, a clear failure there settles a block; else it is judged at that level
+        # and the next finer one, and where that does not settle it, at every level. (Before the level is known,
+        # two coarse levels can agree on garbage: sin at 10⁶ differenced at steps of 100.)
+        rest = np.flatnonzero(~ok & ~(first.confident if known else False))
         for tried in ([start, start + 1], range(levels)) if known else (range(levels),):
             if not rest.size:
                 break
@@ -80,9 +81,10 @@ def search(diffs: Differences, lo: int, hi: int, device: tuple, step: float, sha
 
 
 def _first(diffs: Differences, lo: np.ndarray, hi: np.ndarray, step: float, level: int, device: tuple,
-           sharpness: float) -> np.ndarray:
+           sharpness: float) -> tuple[np.ndarray, Verdict]:
+    """The blocks that pass at one level, and that level's verdict on each."""
     probes, scale = diffs.block_probes(lo, hi, step, [level], device)
-    return first_pass(probes, sharpness * scale[0])
+    return first_pass(probes, sharpness * scale[0]), judge(probes, sharpness * scale[0])
 
 
 def _judge(diffs: Differences, lo: np.ndarray, hi: np.ndarray, step: float, levels: Sequence[int], device: tuple,

@@ -126,6 +126,8 @@ def judge(p: Probes, noise: np.ndarray) -> Verdict:
             unchecked = ~smooth_ok & ~kink_ok & ~v["usable"][0]
         else:  # no level gives a consistent difference
             unchecked = ~smooth_ok & ~kink & ~(error <= UNCHECKABLE * scale + noise)
+        # A NaN or inf VJP is wrong wherever the differences are finite and consistent (sqrt at 0 they are not).
+        unchecked &= np.isfinite(analytic) | ~np.isfinite(error)
         badness = np.abs(analytic - value) / tol
     badness = np.where(np.isfinite(badness), badness, np.inf)
     at = (level, columns)

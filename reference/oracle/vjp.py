@@ -4,17 +4,19 @@ For ``φ(x) = Re⟨c, fn(x)⟩`` with a random cotangent ``c``, the VJP ``Jᵀc`
 complex leaf ``z = u + iv``, JAX's VJP is ``∂φ/∂u − i·∂φ/∂v``). The check, in order:
 
 1. **What is checkable** (:mod:`.refusals`): float and complex leaves are checked, integer,
-   boolean and key leaves stay fixed; anything else is refused with an error that names it.
+   boolean and key leaves stay fixed; anything else (and a function that is not deterministic)
+   is refused with an error that names it.
 2. **Which function the numbers come from** (:mod:`.precision`): the float64 version where it
    is the same function, else the call as made, at the precision it computes in.
 3. **Finite differences** (:mod:`.differences`, :mod:`.verdict`): per entry, at the step level
    that fits the function there; kinks and jumps recognised. Large leaves are searched along
    signed blocks (:mod:`.search`).
-4. **Precision** (:mod:`.rounding`): the call's own VJP against the float64 one, entry by entry;
-   an entry off by no more than rounding in the call's forward explains is a precision note.
-5. **The reference**, when given: its outputs and VJP, entry by entry.
+4. **Precision** (:mod:`.compare`, :mod:`.rounding`): the call's own VJP against the float64 one,
+   entry by entry; an entry off by no more than rounding in the call's forward explains is a
+   precision note.
+5. **The reference** (:mod:`.compare`), when given: its outputs and VJP, entry by entry.
 
-Order 2 is the same check applied to the VJP itself (:func:`second_order`).
+Order 2 is the same check applied to the VJP itself (:mod:`.subjects`).
 """
 
 from __future__ import annotations
@@ -28,41 +30,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from reference.oracle import search as large
+from reference.oracle.compare import REPORTED, against_float64, against_reference, mismatch
 from reference.oracle.differences import Differences, step_scales
-from reference.oracle.precision import Version, canonical, choose, precision_of, trace_deterministic
-from reference.oracle.refusals import as_args, function_name, require_checkable
+from reference.oracle.precision import choose, precision_of
+from reference.oracle.refusals import as_args, function_name, require_checkable, trace_deterministic
 from reference.oracle.report import LeafReport, Mismatch, VJPMismatch, VJPReport
-from reference.oracle.rounding import (
-    INPUT_SPREAD,
-    ROUNDING_FACTOR,
-    capped,
-    forward_rounding,
-    input_spread,
-    natural_scale,
-)
-from reference.oracle.trees import Flat, Split, outputs, random_like
+from reference.oracle.rounding import INPUT_SPREAD, capped, input_spread, natural_scale
+from reference.oracle.subjects import SALT, Subject, second_order
+from reference.oracle.trees import Flat, Split, random_like
 from reference.oracle.verdict import Verdict, first_pass, judge
+from reference.oracle.versions import Version, canonical
 
 ELEMENTWISE = 1024  # leaves up to this many real entries get a difference per entry; larger ones, blocks
-SALT = 0x68616E64  # 'hand': data drawn from default_rng(seed) is not the cotangent
 COTANGENTS = 4  # cotangents drawn to learn each entry's natural scale
-REPORTED = 40  # mismatches collected per kind at most (the message shows the worst ten)
 PRECISIONS = ("default", "strict")
-
-
-@dataclasses.dataclass(frozen=True)
-class Subject:
-    """The function whose VJP is checked, its reference, and the scalar whose gradient the VJP must be.
-
-    ``truth(version, u)`` returns φ as a function of the leaves (a one-element list) and the round-off of
-    one evaluation of it; None means ``φ = Re⟨u, fn⟩`` itself (order 1).
-    """
-
-    fn: Callable
-    reference: Callable | None
-    order: int = 1
-    truth: Callable[[Version, list], tuple[Callable, float]] | None = None
-    levels: int | None = None  # step levels the differences may try; None: as many as the precision has
 
 
 def check_vjp(fn: Callable, args: Sequence[Any], *, reference: Callable | None = None,
@@ -189,15 +170,15 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     notes: list[Mismatch] = []
     if evaluate is not call:
         failed = set(index[~verdict.ok].tolist()) if index.size else set()
-        found, notes = _precision_problems(call, flat, paths, a_user, a_main, natural, spread, r_user, extra,
+        found, notes = against_float64(call, flat, paths, a_user, a_main, natural, spread, r_user, extra,
                                            cts[0], skip=failed)
         problems += found + (notes if strict else [])
         notes = [] if strict else notes
     forward_err: float | None = None
     ref_stats: list[tuple[float, float] | None] = [None] * len(paths)
     if subject.reference is not None:
-        forward_err, ref_stats, found = _against_reference(
-            subject.reference, evaluate, chosen.cotangents[0], flat, paths, a_main, natural,
+        forward_err, ref_stats, found = against_reference(
+            subject.reference, evaluate, chosen.out, chosen.cotangents[0], flat, paths, a_main, natural,
             rtol if rtol is not None else evaluate.precision.rtol, extra, judge_entries, subject.order == 1)
         problems += found
     leaves = tuple(stats[i].report(path, flat.shapes[i], jnp.result_type(split.leaves[split.diff[i]]), methods[i],
@@ -242,7 +223,7 @@ def _entries_to_judge(diffs: Differences, flat: Flat, a_main: np.ndarray, natura
         if methods[-1] == "elementwise":
             picked.append(np.arange(lo, hi))
         elif methods[-1] == "blocks":
-            device = diffs.device(a_main, np.abs(a_main) + natural, scale)
+            device = diffs.block_device(a_main, np.abs(a_main) + natural, scale)
             sharpness = large.SHARPNESS_OF_RTOL * r_user if as_called else large.SHARPNESS_FLOAT64
             picked.append(large.search(diffs, lo, hi, device, step, sharpness, levels))
     return (np.concatenate(picked) if picked else np.zeros(0, np.int64)), methods
@@ -272,156 +253,11 @@ class _LeafStats:
                           self.unchecked, ref_abs, ref_rel)
 
 
-def _mismatch(kind: str, flat: Flat, paths: list[str], k: int, **fields: Any) -> Mismatch:
-    leaf, i, part = flat.locate(k)
-    return Mismatch(kind, paths[leaf], i, part=part, **fields)
-
-
 def _value_problems(flat: Flat, paths: list[str], index: np.ndarray, v: Verdict, rtol: float) -> list[Mismatch]:
     found = []
     for j in np.flatnonzero(~v.ok)[np.argsort(-v.badness[~v.ok])][:REPORTED]:
         interval = (v.analytic[j] + v.low[j], v.analytic[j] + v.high[j]) if v.kink[j] else None
-        found.append(_mismatch("kink" if v.kink[j] else "value", flat, paths, int(index[j]),
+        found.append(mismatch("kink" if v.kink[j] else "value", flat, paths, int(index[j]),
                                analytic=float(v.analytic[j]), numerical=float(v.numerical[j]),
                                tolerance=float(v.tol[j]), badness=float(v.badness[j]), rtol=rtol, interval=interval))
     return found
-
-
-def _precision_problems(call: Version, flat: Flat, paths: list[str], a_user: np.ndarray, a_main: np.ndarray,
-                        natural: np.ndarray, spread: np.ndarray, rtol: float, extra: float, cotangent: list,
-                        skip: set[int]) -> tuple[list[Mismatch], list[Mismatch]]:
-    """Every entry of the call's own VJP against the same rule in float64: (failures, precision notes).
-
-    Where the differences cannot see it (a tail entry below their round-off, an entry no probe singled
-    out), this is what catches a rule that silently loses precision. An entry off by no more than
-    ROUNDING_FACTOR times what rounding in the call's forward explains is a note, not a failure.
-    """
-    tol = rtol * (np.abs(a_main) + natural) + spread + extra + call.precision.tiny  # below it: flushed to zero
-    err = np.abs(a_user - a_main)
-    bad = np.flatnonzero(~(err <= tol))
-    if not bad.size:
-        return [], []
-    explained = np.zeros(flat.size)
-    bound = forward_rounding(call.fn, call.split.diff_leaves(), cotangent, call.context)
-    if bound is not None:
-        explained = ROUNDING_FACTOR * np.abs(flat.real(bound[1], conjugate=True))
-    failures: list[Mismatch] = []
-    notes: list[Mismatch] = []
-    for k in bad[np.argsort(-(err[bad] / tol[bad]))]:
-        k = int(k)
-        if k in skip:  # already reported against the differences
-            continue
-        noted = err[k] <= tol[k] + explained[k]
-        kept = notes if noted else failures
-        if noted or len(kept) < REPORTED:  # every note is listed; failures, the worst
-            kept.append(_mismatch("precision", flat, paths, k, analytic=float(a_user[k]), numerical=float(a_main[k]),
-                                  tolerance=float(tol[k]), badness=float(err[k] / tol[k]) if np.isfinite(err[k])
-                                  else np.inf, rtol=rtol, precision=call.precision.name,
-                                  explained=float(explained[k]) if bound is not None else None))
-    return failures, notes
-
-
-def _against_reference(reference: Callable, evaluate: Version, cotangent: list, flat: Flat, paths: list[str],
-                       analytic: np.ndarray, natural: np.ndarray, r: float, extra: float, judge_entries: Callable,
-                       forward: bool) -> tuple[float | None, list[tuple[float, float] | None], list[Mismatch]]:
-    """The forward and VJP of ``reference``, at the precision the check ran in; a VJP mismatch on a kink that
-    the finite differences confirm is excused. (At order 2 the forward is the VJP, compared at order 1
-    already, kinks and all: ``forward=False``.)"""
-    ref_fn = outputs(evaluate.split.over_diff(reference))
-    ref_version = Version(evaluate.split, ref_fn, evaluate.x64)
-    ref_out, (ref_ct,) = ref_version.vjp([list(cotangent)])
-    with evaluate.context():
-        out = evaluate.fn(*evaluate.split.diff_leaves())
-    found, worst = [], 0.0
-    for k, (o, q) in enumerate(zip(out, ref_out, strict=True) if forward else ()):
-        o, q = np.asarray(o).astype(np.complex128).ravel(), np.asarray(q).astype(np.complex128).ravel()
-        err = np.abs(o - q)
-        tol = r * (np.abs(q) + float(np.max(np.abs(q), initial=0.0))) + extra + 1e-30
-        worst = max(worst, float(np.max(err, initial=0.0)))
-        for i in np.flatnonzero(~(err <= tol))[:REPORTED]:
-            found.append(Mismatch("forward", f"output {k}", int(i), float(np.real(o[i])), float(np.real(q[i])),
-                                  float(tol[i]), float(err[i] / tol[i]) if np.isfinite(err[i]) else np.inf))
-    ref = flat.real(ref_ct, conjugate=True)
-    tol = r * (np.abs(ref) + natural) + extra + 1e-30
-    err = np.abs(analytic - ref)
-    bad = np.flatnonzero(~(err <= tol))[:REPORTED]
-    excused = np.zeros(err.shape, bool)
-    if bad.size:  # a kink? ask the differences
-        v = judge_entries(bad)
-        lo, hi = v.analytic + v.low - v.tol, v.analytic + v.high + v.tol
-        excused[bad] = v.unchecked | (v.kink & (analytic[bad] >= lo) & (analytic[bad] <= hi) & (ref[bad] >= lo)
-                                      & (ref[bad] <= hi))
-    for k in bad[~excused[bad]]:
-        found.append(_mismatch("reference", flat, paths, int(k), analytic=float(analytic[k]), numerical=float(ref[k]),
-                               tolerance=float(tol[k]), badness=float(err[k] / tol[k]) if np.isfinite(err[k])
-                               else np.inf, rtol=r))
-    kept = np.where(excused, 0.0, err)
-    rel = kept / np.maximum(np.abs(ref) + natural, 1e-300)
-    stats: list[tuple[float, float] | None] = [
-        (float(np.max(kept[flat.part(i)], initial=0.0)), float(np.max(rel[flat.part(i)], initial=0.0)))
-        for i in range(len(flat.shapes))]
-    return (worst if forward else None), stats, found
-
-
-# ---------------------------------------------------------------- order 2: the same check applied to the VJP
-def pullback_of(fn: Callable, cotangent: list) -> Callable:
-    """``args -> the VJP of fn at args`` for a fixed ``cotangent``: the backward as a function of the
-    arguments, to be differentiated again (the cotangent is cast to each output's dtype, so a float64
-    copy of the arguments meets a float64 cotangent)."""
-    def pullback(*args: Any) -> list:
-        split = Split.of(tuple(args))
-        out, pull = jax.vjp(outputs(split.over_diff(fn)), *split.diff_leaves())
-        return list(pull([jnp.asarray(c, o.dtype) for c, o in zip(cotangent, out, strict=True)]))
-
-    pullback.__name__ = f"vjp({function_name(fn)})"
-    return pullback
-
-
-# The inner step of order 2 sits well inside the outer one, so that a kink the outer probes straddle shows
-# to them as a jump (unchecked), not as a steep slope; in float32 there is no room for that.
-INNER_STEP = {64: 1e-3, 32: 0.1, 16: 0.1, 8: 0.1}
-
-
-def second_order(fn: Callable, name: str, args: tuple, reference: Callable | None, seed: int) -> Subject:
-    """Order 2 as order 1 of ``ψ(args) = vjp(fn, args)(c)`` (a fixed random ``c``), with a cotangent ``u``,
-    against the gradient of the true ``Re⟨u, ψ⟩ = D_u Re⟨c, fn(args)⟩``, the directional derivative of
-    fn along u taken by finite differences of fn itself: a backward that is right in value but wrong to
-    differentiate (a ``stop_gradient``, a ``round``) is caught, because the truth never runs it. This is
-    grad-of-grad and the Hessian-vector product; the derivative with respect to ``c`` (a JVP) is
-    order 1's adjoint, checked there."""
-    split = Split.of(args)
-    out = outputs(split.over_diff(fn))(*split.diff_leaves())
-    if not out:
-        raise TypeError(f"check_vjp: {name} returns no float or complex output, so there is no VJP to check")
-    cotangent = random_like(out, np.random.default_rng([seed, SALT, 2]))
-
-    def truth(version: Version, u: list) -> tuple[Callable, float]:
-        inner = version.split
-        x = np.concatenate([np.abs(np.asarray(v)).ravel() for v in inner.diff_leaves()])
-        size = np.concatenate([np.abs(np.asarray(v)).ravel() for v in u])
-        p = version.precision
-        step = INNER_STEP[p.key] * p.step * (float(np.sqrt(np.mean(x * x))) or 1.0) / (
-            float(np.sqrt(np.mean(size * size))) or 1.0)
-        g = outputs(inner.over_diff(fn))
-        with version.context():
-            f0 = g(*inner.diff_leaves())
-            noise = 1.5 * p.eps * sum(float(np.sum(np.abs(np.asarray(ci)) * np.abs(np.asarray(o))))
-                                      for ci, o in zip(cotangent, f0, strict=True)) / step
-
-        def phi(*xs: Any) -> list:
-            def along(t: float) -> jax.Array:
-                moved = [xi + t * jnp.asarray(ui, jnp.result_type(xi)) for xi, ui in zip(xs, u, strict=True)]
-                terms = [jnp.sum(jnp.real(jnp.asarray(ci, o.dtype) * o)) for ci, o in
-                         zip(cotangent, g(*moved), strict=True)]
-                return jnp.sum(jnp.stack(terms))
-
-            d1 = (along(step) - along(-step)) / (2 * step)
-            d2 = (along(2 * step) - along(-2 * step)) / (4 * step)
-            return [(4 * d1 - d2) / 3]
-
-        return phi, noise
-
-    # One level of outer steps: a finer one would come close to the inner step, and see the inner differences
-    # straddling a kink as a steep slope instead of a jump.
-    return Subject(pullback_of(fn, cotangent), None if reference is None else pullback_of(reference, cotangent),
-                   order=2, truth=truth, levels=1)

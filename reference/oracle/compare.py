@@ -1,0 +1,96 @@
+"""The checked VJP against other VJPs of the same function: the call's own (precision) and the reference's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from reference.oracle.report import Mismatch
+from reference.oracle.rounding import ROUNDING_FACTOR, forward_rounding
+from reference.oracle.trees import Flat, outputs
+from reference.oracle.versions import Version
+
+REPORTED = 40  # mismatches collected per kind at most (the message shows the worst ten)
+
+
+def mismatch(kind: str, flat: Flat, paths: list[str], k: int, **fields: Any) -> Mismatch:
+    leaf, i, part = flat.locate(k)
+    return Mismatch(kind, paths[leaf], i, part=part, **fields)
+
+
+def against_float64(call: Version, flat: Flat, paths: list[str], a_user: np.ndarray, a_main: np.ndarray,
+                        natural: np.ndarray, spread: np.ndarray, rtol: float, extra: float, cotangent: list,
+                        skip: set[int]) -> tuple[list[Mismatch], list[Mismatch]]:
+    """Every entry of the call's own VJP against the same rule in float64: (failures, precision notes).
+
+    Where the differences cannot see it (a tail entry below their round-off, an entry no probe singled
+    out), this is what catches a rule that silently loses precision. An entry off by no more than
+    ROUNDING_FACTOR times what rounding in the call's forward explains is a note, not a failure.
+    """
+    tol = rtol * (np.abs(a_main) + natural) + spread + extra + call.precision.tiny  # below it: flushed to zero
+    err = np.abs(a_user - a_main)
+    bad = np.flatnonzero(~(err <= tol))
+    if not bad.size:
+        return [], []
+    explained = np.zeros(flat.size)
+    bound = forward_rounding(call.fn, call.split.diff_leaves(), cotangent, call.context)
+    if bound is not None:
+        explained = ROUNDING_FACTOR * np.abs(flat.real(bound[1], conjugate=True))
+    failures: list[Mismatch] = []
+    notes: list[Mismatch] = []
+    for k in bad[np.argsort(-(err[bad] / tol[bad]))]:
+        k = int(k)
+        if k in skip:  # already reported against the differences
+            continue
+        noted = err[k] <= tol[k] + explained[k]
+        kept = notes if noted else failures
+        if noted or len(kept) < REPORTED:  # every note is listed; failures, the worst
+            kept.append(mismatch("precision", flat, paths, k, analytic=float(a_user[k]), numerical=float(a_main[k]),
+                                  tolerance=float(tol[k]), badness=float(err[k] / tol[k]) if np.isfinite(err[k])
+                                  else np.inf, rtol=rtol, precision=call.precision.name,
+                                  explained=float(explained[k]) if bound is not None else None))
+    return failures, notes
+
+
+def against_reference(reference: Callable, evaluate: Version, out: list, cotangent: list, flat: Flat,
+                      paths: list[str], analytic: np.ndarray, natural: np.ndarray, r: float, extra: float,
+                      judge_entries: Callable,
+                      forward: bool) -> tuple[float | None, list[tuple[float, float] | None], list[Mismatch]]:
+    """The forward and VJP of ``reference`` against ``out`` and ``analytic``, the outputs and VJP of the version
+    checked, at the precision the check ran in; a VJP mismatch on a kink that
+    the finite differences confirm is excused. (At order 2 the forward is the VJP, compared at order 1
+    already, kinks and all: ``forward=False``.)"""
+    ref_fn = outputs(evaluate.split.over_diff(reference))
+    ref_version = Version(evaluate.split, ref_fn, evaluate.x64)
+    ref_out, (ref_ct,) = ref_version.vjp([list(cotangent)])
+    found, worst = [], 0.0
+    for k, (o, q) in enumerate(zip(out, ref_out, strict=True) if forward else ()):
+        o, q = np.asarray(o).astype(np.complex128).ravel(), np.asarray(q).astype(np.complex128).ravel()
+        err = np.abs(o - q)
+        tol = r * (np.abs(q) + float(np.max(np.abs(q), initial=0.0))) + extra + 1e-30
+        worst = max(worst, float(np.max(err, initial=0.0)))
+        for i in np.flatnonzero(~(err <= tol))[:REPORTED]:
+            found.append(Mismatch("forward", f"output {k}", int(i), float(np.real(o[i])), float(np.real(q[i])),
+                                  float(tol[i]), float(err[i] / tol[i]) if np.isfinite(err[i]) else np.inf))
+    ref = flat.real(ref_ct, conjugate=True)
+    tol = r * (np.abs(ref) + natural) + extra + 1e-30
+    err = np.abs(analytic - ref)
+    bad = np.flatnonzero(~(err <= tol))[:REPORTED]
+    excused = np.zeros(err.shape, bool)
+    if bad.size:  # a kink? ask the differences
+        v = judge_entries(bad)
+        lo, hi = v.analytic + v.low - v.tol, v.analytic + v.high + v.tol
+        excused[bad] = v.unchecked | (v.kink & (analytic[bad] >= lo) & (analytic[bad] <= hi) & (ref[bad] >= lo)
+                                      & (ref[bad] <= hi))
+    for k in bad[~excused[bad]]:
+        found.append(mismatch("reference", flat, paths, int(k), analytic=float(analytic[k]), numerical=float(ref[k]),
+                               tolerance=float(tol[k]), badness=float(err[k] / tol[k]) if np.isfinite(err[k])
+                               else np.inf, rtol=r))
+    kept = np.where(excused, 0.0, err)
+    rel = kept / np.maximum(np.abs(ref) + natural, 1e-300)
+    stats: list[tuple[float, float] | None] = [
+        (float(np.max(kept[flat.part(i)], initial=0.0)), float(np.max(rel[flat.part(i)], initial=0.0)))
+        for i in range(len(flat.shapes))]
+    return (worst if forward else None), stats, found
