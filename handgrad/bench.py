@@ -213,7 +213,7 @@ def _needle_cases(sizes: Sequence[int], widths: Sequence[int]) -> list[tuple[str
     return cases
 
 
-def oracle(sizes: Sequence[int] = (10**4, 10**5, 10**6), widths: Sequence[int] = (256, 1024),
+def oracle(sizes: Sequence[int] = (10**4, 10**5, 10**6, 10**7), widths: Sequence[int] = (256, 1024),
            progress: Callable[[str], None] = lambda _: None) -> list[OracleRow]:
     """``check_vjp`` and ``jax.test_util.check_grads`` on a rule with a 1% error in one entry, and on the
     correct rule, at each size: time and verdict of each."""

@@ -89,7 +89,8 @@ def _bench(args: argparse.Namespace) -> int:
     from handgrad import bench
 
     if args.oracle:
-        rows = bench.oracle(progress=lambda what: print(f"  checking {what} ...", file=sys.stderr, flush=True))
+        rows = bench.oracle(args.entries,
+                            progress=lambda what: print(f"  checking {what} ...", file=sys.stderr, flush=True))
         bench.print_oracle(rows)
         if args.json:
             bench.write_json(rows, args.json)
@@ -211,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="compute dtype; params and loss stay float32 (default float32)")
     b.add_argument("--oracle", action="store_true",
                    help="instead, time check_vjp against jax.test_util.check_grads on a rule with a 1%% error in one "
-                        "entry of leaves of 1e4 to 1e6 entries, and on the correct rule")
+                        "entry of leaves of 1e4 to 1e7 entries, and on the correct rule")
+    b.add_argument("--entries", type=positive_ints, default=(10**4, 10**5, 10**6, 10**7),
+                   help="with --oracle: the elementwise leaf sizes (default 10000,100000,1000000,10000000)")
     b.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     b.set_defaults(run=_bench)
     _add_train(sub)

@@ -101,7 +101,9 @@ class Differences:
             def entries(x, base, ct, index, delta):
                 return jax.vmap(lambda i, d: reduce(f(*flat.leaves_of(x.at[i].add(d))), base, ct))(index, delta)
 
-            exact = all(d == work and not c for d, c in zip(flat.dtypes, flat.complex, strict=True))
+            # Leaves that are the working dtype move exactly as asked (to a part in 1e12 of the step), so the
+            # analytic change of a block is its prefix sums times t; any other leaf is read back after rounding.
+            self.exact = all(d == work and not c for d, c in zip(flat.dtypes, flat.complex, strict=True))
 
             @jax.jit
             def blocks(x, base, ct, lo, hi, t, a, a_scale, signed):
@@ -110,9 +112,11 @@ class Differences:
                 def one(lo_, hi_, t_):
                     moved = x + jnp.where((j >= lo_) & (j < hi_), t_ * signed, 0)
                     leaves = flat.leaves_of(moved)
-                    actual = moved - x if exact else jnp.concatenate(  # the move each leaf's dtype could make
-                        [_real_parts(v, c).astype(work) for v, c in zip(leaves, flat.complex, strict=True)]) - x
                     s, n = reduce(f(*leaves), base, ct)
+                    if self.exact:
+                        return s, n
+                    actual = jnp.concatenate([_real_parts(v, c).astype(work) for v, c in
+                                              zip(leaves, flat.complex, strict=True)]) - x
                     return s, n, jnp.sum(a * actual), jnp.sum(a_scale * jnp.abs(actual))
                 return jax.vmap(one)(lo, hi, t)
 
@@ -124,11 +128,15 @@ class Differences:
         return int(max(4, min(256, CHUNK_BYTES // max(1, 8 * (self.flat.size + self.outputs)))))
 
     def block_device(self, analytic: np.ndarray, analytic_scale: np.ndarray, scale: np.ndarray) -> tuple:
-        """What every block probe reads, on the device once: the analytic VJP, its scale, and each entry's step
-        scale with a pseudo-random sign (the entries of a block move in both directions)."""
+        """What every block probe reads, once: the analytic VJP, its scale, and each entry's step scale with a
+        pseudo-random sign (the entries of a block move in both directions), on the device; and their running
+        sums, on the host, from which the analytic change along a block of exact leaves follows."""
         sign = 1.0 - 2.0 * ((np.arange(self.flat.size, dtype=np.uint64) * 2654435761) // 65536 % 2)
+        signed = sign * scale
+        sums = (np.concatenate([[0.0], np.cumsum(analytic * signed)]),
+                np.concatenate([[0.0], np.cumsum(analytic_scale * np.abs(signed))]))
         with self.version.context():
-            return tuple(jnp.asarray(v, self.work) for v in (analytic, analytic_scale, sign * scale))
+            return (*(jnp.asarray(v, self.work) for v in (analytic, analytic_scale, signed)), sums)
 
     def _chunked(self, program: Callable, columns: Sequence[np.ndarray], dtypes: Sequence[Any],
                  extra: Sequence[Any]) -> list[np.ndarray]:
@@ -179,8 +187,11 @@ class Differences:
         t = np.array([[step / LEVEL_RATIO**k * m for m in (1, -1, 2, -2)] for k in levels])  # (levels, 4)
         lo_, hi_ = (np.tile(np.repeat(v, 4), n_levels) for v in (lo, hi))
         tt = np.repeat(t[:, None, :], rows, axis=1).ravel()
-        s, n, e, e_abs = (v.reshape(n_levels, rows, 4).transpose(2, 0, 1) for v in
-                          self._chunked(self._blocks, [lo_, hi_, tt], [jnp.int32, jnp.int32, self.work], device))
+        *arrays, (along, along_abs) = device
+        found = self._chunked(self._blocks, [lo_, hi_, tt], [jnp.int32, jnp.int32, self.work], arrays)
+        if self.exact:
+            found += [tt * (along[hi_] - along[lo_]), np.abs(tt) * (along_abs[hi_] - along_abs[lo_])]
+        s, n, e, e_abs = (v.reshape(n_levels, rows, 4).transpose(2, 0, 1) for v in found)
         eta = t[:, 0][:, None]
         w1, w2 = 2 * eta, 4 * eta
         probes = Probes(d1=(s[0] - s[1]) / w1, d2=(s[2] - s[3]) / w2, a1=(e[0] - e[1]) / w1, a2=(e[2] - e[3]) / w2,

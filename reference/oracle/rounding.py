@@ -35,6 +35,8 @@ INPUT_SPREAD = 8.0
 # How many times the first-order forward-rounding bound a float32 VJP may be off by: XLA's float32
 # transcendentals are accurate to a few ulps, not half of one (jnp.tanh at 10⁶ entries reaches 3.6).
 ROUNDING_FACTOR = 8.0
+QUICK_COMPILE: dict[str, str | bool] = {"xla_backend_optimization_level": "0",
+                                        "xla_llvm_disable_expensive_passes": True}
 # Operations that compute their outputs exactly (they move, select or negate values): no rounding to inject.
 EXACT = frozenset({
     "broadcast_in_dim", "reshape", "transpose", "squeeze", "expand_dims", "slice", "dynamic_slice",
@@ -172,20 +174,23 @@ def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list,
         if not sites:
             return None
 
-        def rounded(rounding: jax.Array) -> tuple:
-            values = _evaluate(closed.jaxpr, closed.consts, leaves, rounding, [0])
-            vjp = jax.tree_util.tree_unflatten(pull_def, values[n_out:])
-            return values[:n_out], list(vjp(cotangent))
-
-        @jax.jit
-        def one(unit: jax.Array) -> tuple:  # the effect of one site's rounding (unit picks it), in magnitude
+        def effect(unit: jax.Array, xs: list, ct: list) -> tuple:  # one site's rounding (unit picks it), in magnitude
+            def rounded(rounding: jax.Array) -> tuple:
+                values = _evaluate(closed.jaxpr, closed.consts, xs, rounding, [0])
+                vjp = jax.tree_util.tree_unflatten(pull_def, values[n_out:])
+                return values[:n_out], list(vjp(ct))
             return jax.tree_util.tree_map(_magnitude, jax.jvp(rounded, (jnp.zeros(len(sites)),), (unit,))[1])
 
         total: Any = None
         try:
-            for unit in np.eye(len(sites)):
+            units = np.eye(len(sites))
+            ct = [jnp.asarray(c) for c in cotangent]
+            # Inputs and cotangent are arguments, never constants XLA would fold; and a program the size of the
+            # forward and backward differentiated once more, run a few times, is compiled quickly.
+            one = jax.jit(effect).lower(units[0], leaves, ct).compile(QUICK_COMPILE)
+            for unit in units:
                 part = jax.tree_util.tree_map(lambda t: np.asarray(t).astype(
-                    np.complex128 if np.iscomplexobj(t) else np.float64), one(unit))
+                    np.complex128 if np.iscomplexobj(t) else np.float64), one(unit, leaves, ct))
                 total = part if total is None else jax.tree_util.tree_map(np.add, total, part)
         except Exception:  # a forward JAX cannot differentiate (a primitive with no JVP rule)
             return None

@@ -92,8 +92,8 @@ def _equal(a: Any, b: Any) -> bool:
 
 @functools.lru_cache(maxsize=128)
 def _programs(fn: Callable, treedef: Any, diff: tuple, shared: tuple, varying: tuple, static: tuple) -> tuple:
-    """The eager VJP and one jitted program for jit, vmap, checkpoint and scan, built once per function
-    and argument structure, so that repeated checks (a property's examples) reuse one compilation."""
+    """The eager VJP and one jitted program for jit, grad-of-jit, vmap, checkpoint and scan, built once per
+    function and argument structure, so that repeated checks (a property's examples) reuse one compilation."""
     out_fn = outputs(fn)
     jitted_out, remat_out = jax.jit(out_fn), jax.checkpoint(out_fn)
     n = len(diff) + len(shared) + len(varying) + len(static)
@@ -106,10 +106,11 @@ def _programs(fn: Callable, treedef: Any, diff: tuple, shared: tuple, varying: t
             return (jitted_out if jitted else remat_out if remat else out_fn)(*args)
         return jax.vjp(call, *d)[1](ct)
 
-    @jax.jit  # one program for four of the five: each compilation costs more than the comparison
-    def transformed(fixed, first, batched):
+    @jax.jit  # one program for all five: each compilation costs more than the comparison
+    def transformed(fixed, each, batched):
         one = lambda d, varied, ct: vjp(fixed, d, varied, ct)  # noqa: E731
-        return {"jit": one(*first), "vmap": jax.vmap(one)(*batched), "checkpoint": vjp(fixed, *first, remat=True),
+        return {"each": [one(*e) for e in each], "vmap": jax.vmap(one)(*batched),
+                "checkpoint": vjp(fixed, *each[0], remat=True), "grad-of-jit": vjp(fixed, *each[0], jitted=True),
                 "scan": jax.lax.scan(lambda carry, x: (carry, one(*x)), None, batched)[1]}
 
     return vjp, transformed
@@ -124,10 +125,11 @@ def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *
     keys and the like stay fixed) and compared, entry by entry, with the eager ``jax.vjp``:
 
     * ``jit``: ``jax.jit`` of the VJP;
-    * ``vmap``: ``jax.vmap`` of the VJP over a batch of distinct elements, each with its own cotangent;
     * ``grad-of-jit``: the VJP of ``jax.jit(fn)``;
     * ``checkpoint``: the VJP of ``jax.checkpoint(fn)`` (rematerialisation);
-    * ``scan``: the VJP computed inside ``jax.lax.scan`` over the batch.
+    * ``vmap``: ``jax.vmap`` of the VJP over a batch of distinct elements, each with its own
+      cotangent, against each element's VJP under jit (the first element's is the jit row);
+    * ``scan``: the VJP computed inside ``jax.lax.scan`` over the batch, the same way.
 
     Args:
       fn: any JAX function, e.g. your own ``jax.custom_vjp``.
@@ -186,20 +188,24 @@ def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *
         return jax.device_put(np.stack([np.asarray(x) for x in xs]))
     stacked = jax.tree_util.tree_map(stack, *[inputs(b) for b in range(len(elements))])
     fixed_values = [split.leaves[i] for i in shared]
-    eager = [vjp(fixed_values, *inputs(b)) for b in range(len(elements))]
-    results = transformed(fixed_values, inputs(0), stacked)
-    results["grad-of-jit"] = vjp(fixed_values, *inputs(0), jitted=True)
+    eager = vjp(fixed_values, *inputs(0))
+    results = transformed(fixed_values, [inputs(b) for b in range(len(elements))], stacked)
+    # Each batch element's VJP under jit, one element at a time: what vmap and scan must give element by element
+    # (the first element's is the jit row, against eager), without an eager run for every element.
+    each = [jax.tree_util.tree_map(np.asarray, e) for e in results.pop("each")]
+    results["jit"] = each[0]
     diffs, problems = {}, []
     for name in TRANSFORMS:
         got = jax.tree_util.tree_map(np.asarray, results[name])
         per_element = [jax.tree_util.tree_map(lambda x, b=b: x[b], got) for b in range(len(elements))] \
             if name in ("vmap", "scan") else [got]
+        baselines = each if name in ("vmap", "scan") else [eager]
         worst = 0.0
         for b, value in enumerate(per_element):
             # An entry is judged against its leaf's largest, and at least the largest of the whole VJP: a leaf
             # that is all tiny (a bias behind saturated tanh, ~1e-16) carries only round-off of the rest.
-            largest = max(float(np.max(np.abs(np.asarray(e)), initial=0.0)) for e in eager[b])
-            for k, (g, e) in enumerate(zip(value, eager[b], strict=True)):
+            largest = max(float(np.max(np.abs(np.asarray(e)), initial=0.0)) for e in baselines[b])
+            for k, (g, e) in enumerate(zip(value, baselines[b], strict=True)):
                 g, e = np.asarray(g), np.asarray(e)
                 r = rtol if rtol is not None else tolerance.of_dtype(e.dtype).agree
                 worst = max(worst, float(np.max(np.abs(g.astype(np.complex128) - e), initial=0.0)))

@@ -87,10 +87,16 @@ def _one_level(p: Probes, noise: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def first_pass(p: Probes, noise: np.ndarray) -> np.ndarray:
-    """Probes (judged at their first level only) whose Richardson or central estimate agrees within its own
-    error estimate: the quick yes for almost every probe of a correct rule; the rest go to :func:`judge`."""
-    v = _one_level(p.level(0), noise)
-    return v["smooth"] & p.finite[0]
+    """Probes (judged at their first level only) whose Richardson estimate agrees within its own error
+    estimate, where that estimate is sharper than the allowance: the quick yes for almost every probe of a
+    correct rule. The rest (a step too large for the function there: its h² term is what the estimate
+    rests on) go to :func:`judge`, which compares levels instead."""
+    level = p.level(0)
+    v = _one_level(level, noise)
+    trunc = np.abs((level.d1 - level.a1) - (level.d2 - level.a2))
+    with np.errstate(invalid="ignore"):
+        sharp = RICHARDSON_LEFT * trunc <= noise
+        return (np.abs(v["richardson"]) <= v["tol_r"]) & sharp & p.finite[0]
 
 
 def judge(p: Probes, noise: np.ndarray) -> Verdict:
