@@ -8,8 +8,10 @@ proves it the same under jit, vmap, grad-of-jit, jax.checkpoint and scan.
 
 from reference import activations, gates, layers, linear, losses, nn, optim, regularizers, search, train
 from reference.oracle import (
+    CheckRefused,
     LeafReport,
     Mismatch,
+    NotDifferentiable,
     TransformMismatch,
     TransformProblem,
     TransformReport,
@@ -25,5 +27,6 @@ from reference.oracle import (
 __all__ = [
     "check_vjp", "check_transforms", "numerical_grad", "numerical_vjp", "max_abs_diff",
     "VJPReport", "LeafReport", "Mismatch", "VJPMismatch", "TransformReport", "TransformProblem", "TransformMismatch",
+    "CheckRefused", "NotDifferentiable",
     "gates", "activations", "layers", "losses", "regularizers", "linear", "nn", "optim", "search", "train",
 ]

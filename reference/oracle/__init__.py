@@ -9,16 +9,26 @@
 * :mod:`.search`: needles in large leaves, by signed blocks;
 * :mod:`.rounding`: what rounding explains (natural scale, input noise, the forward's rounding);
 * :mod:`.compare`: the checked VJP against the call's own (precision) and the reference's;
-* :mod:`.report`: the records (``VJPReport``, ``Mismatch``, ``VJPMismatch``);
+* :mod:`.report`: the records (``VJPReport``, ``Mismatch``, ``VJPMismatch``) and the refusals (``CheckRefused``);
 * :mod:`.tolerance`: the one tolerance policy, shared with ``check_transforms`` and the laws;
 * :mod:`.transforms`: ``check_transforms``;
 * :mod:`.numerical`: float64 differences for users.
 """
 
 from reference.oracle.numerical import max_abs_diff, numerical_grad, numerical_vjp
-from reference.oracle.report import LeafReport, Mismatch, VJPMismatch, VJPReport
+from reference.oracle.report import (
+    CheckRefused,
+    LeafReport,
+    Mismatch,
+    NotDifferentiable,
+    RefusedType,
+    RefusedValue,
+    VJPMismatch,
+    VJPReport,
+)
 from reference.oracle.transforms import TransformMismatch, TransformProblem, TransformReport, check_transforms
 from reference.oracle.vjp import check_vjp
 
 __all__ = ["check_vjp", "check_transforms", "numerical_grad", "numerical_vjp", "max_abs_diff", "VJPReport",
-           "LeafReport", "Mismatch", "VJPMismatch", "TransformReport", "TransformProblem", "TransformMismatch"]
+           "LeafReport", "Mismatch", "VJPMismatch", "TransformReport", "TransformProblem", "TransformMismatch",
+           "CheckRefused", "RefusedType", "RefusedValue", "NotDifferentiable"]

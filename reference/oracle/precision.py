@@ -57,7 +57,15 @@ def _jaxprs(params: dict) -> list[tuple[str, Any]]:
     return found
 
 
-def _walk(jaxpr: Any, dependent: Sequence[bool], narrowest: list[int]) -> list[bool]:
+@dataclasses.dataclass
+class _Found:
+    """What a walk of a trace finds on the paths from the inputs."""
+
+    bits: int  # the fewest mantissa bits of a float there
+    loops: int = 0  # while loops there: iterations that stop when a test on the values says so
+
+
+def _walk(jaxpr: Any, dependent: Sequence[bool], found: _Found) -> list[bool]:
     """Marks the variables that depend on the ``dependent`` invars; returns the outvars' marks."""
     marked = {v for v, d in zip(jaxpr.invars, dependent, strict=True) if d}
 
@@ -69,46 +77,47 @@ def _walk(jaxpr: Any, dependent: Sequence[bool], narrowest: list[int]) -> list[b
         if not any(ins):
             continue
         inner = [(n, j) for n, j in _jaxprs(eqn.params) if n not in ("fwd_jaxpr_thunk", "bwd", "jvp_jaxpr_fun")]
-        outs = _walk_nested(eqn, inner, ins, narrowest)
+        outs = _walk_nested(eqn, inner, ins, found)
         for v, d in zip(eqn.outvars, outs, strict=True):
             if d:
                 marked.add(v)
                 bits = _bits(v.aval)
                 if bits is not None:
-                    narrowest[0] = min(narrowest[0], bits)
+                    found.bits = min(found.bits, bits)
     return [is_marked(v) for v in jaxpr.outvars]
 
 
-def _walk_nested(eqn: Any, inner: list, ins: list[bool], narrowest: list[int]) -> list[bool]:
+def _walk_nested(eqn: Any, inner: list, ins: list[bool], found: _Found) -> list[bool]:
     name = eqn.primitive.name
     by_name = dict(inner)
     if name == "scan" and "jaxpr" in by_name:
         body, consts, carry = by_name["jaxpr"], eqn.params["num_consts"], eqn.params["num_carry"]
         flags = list(ins)
         for _ in range(carry + 1):  # a carry becomes dependent once any iteration makes it so
-            outs = _walk(body, flags, narrowest)
+            outs = _walk(body, flags, found)
             new = [a or b for a, b in zip(flags[consts:consts + carry], outs[:carry], strict=True)]
             if new == flags[consts:consts + carry]:
                 return outs
             flags[consts:consts + carry] = new
         return outs
     if name == "while" and "body_jaxpr" in by_name:
+        found.loops += 1
         cn, bn = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
         body_consts, carry = ins[cn:cn + bn], list(ins[cn + bn:])
         for _ in range(len(carry) + 1):
-            outs = _walk(by_name["body_jaxpr"], body_consts + carry, narrowest)
+            outs = _walk(by_name["body_jaxpr"], body_consts + carry, found)
             new = [a or b for a, b in zip(carry, outs, strict=True)]
             if new == carry:
                 break
             carry = new
         return carry
     if name == "cond" and "branches" in by_name:
-        branch_outs: list[list[bool]] = [_walk(branch, ins[1:], narrowest) for n, branch in inner if n == "branches"]
+        branch_outs: list[list[bool]] = [_walk(branch, ins[1:], found) for n, branch in inner if n == "branches"]
         return [any(flags) for flags in zip(*branch_outs, strict=True)]
     if len(inner) == 1 and len(inner[0][1].invars) == len(ins):  # jit, remat, custom_vjp/jvp primal, ...
-        return _walk(inner[0][1], ins, narrowest)
+        return _walk(inner[0][1], ins, found)
     for _, sub in inner:  # anything else: every input may reach every output
-        _walk(sub, [True] * len(sub.invars), narrowest)
+        _walk(sub, [True] * len(sub.invars), found)
     return [True] * len(eqn.outvars)
 
 
@@ -137,9 +146,19 @@ def constants(closed: Any) -> list:
 def narrowest_float(closed: Any) -> int:
     """The fewest mantissa bits of any float (or complex part) that depends on the inputs of a trace:
     52 for float64, 23 for float32, 10 for float16, 7 for bfloat16."""
-    narrowest = [min([b for b in (_bits(v.aval) for v in closed.jaxpr.invars) if b is not None], default=52)]
-    _walk(closed.jaxpr, [True] * len(closed.jaxpr.invars), narrowest)
-    return narrowest[0]
+    return _walk_all(closed).bits
+
+
+def iterative(closed: Any) -> bool:
+    """Whether a while loop runs on values that depend on the inputs (an iterative solver, a series summed
+    to convergence): then fn stops at its own tolerance, and its differences carry that error."""
+    return closed is not None and _walk_all(closed).loops > 0
+
+
+def _walk_all(closed: Any) -> _Found:
+    found = _Found(min([b for b in (_bits(v.aval) for v in closed.jaxpr.invars) if b is not None], default=52))
+    _walk(closed.jaxpr, [True] * len(closed.jaxpr.invars), found)
+    return found
 
 
 def precision_of(closed: Any, leaves: Sequence[Any], outs: Sequence[Any]) -> Precision:
@@ -170,7 +189,8 @@ def _same_function(call: Version, out: list, out64: list, cotangent: list) -> tu
     for o, p in zip(out, out64, strict=True):
         o, p = np.asarray(o).astype(np.complex128), np.asarray(p).astype(np.complex128)
         scale = float(np.max(np.abs(p), initial=0.0)) or 1.0
-        err = float(np.max(np.abs(o - p), initial=0.0)) / scale
+        with np.errstate(invalid="ignore"):  # inf − inf: NaN, which is never close
+            err = float(np.max(np.abs(o - p), initial=0.0)) / scale
         worst = max(worst, err)
         close &= err <= SAME_FUNCTION_ULPS * call.precision.eps
     if close or worst > SAME_FUNCTION_CAP:
@@ -182,16 +202,21 @@ def _same_function(call: Version, out: list, out64: list, cotangent: list) -> tu
         o, p = np.asarray(o).astype(np.complex128), np.asarray(p).astype(np.complex128)
         allowed = SAME_FUNCTION_ULPS * call.precision.eps * float(np.max(np.abs(p), initial=0.0)) + ROUNDING_FACTOR * (
             np.asarray(b).real + np.asarray(b).imag)
-        if not np.all(np.abs(o - p) <= allowed):
+        with np.errstate(invalid="ignore"):
+            differ = ~(np.abs(o - p) <= allowed)
+        if np.any(differ):
             return False, worst
     return True, worst
 
 
-def choose(fn: Callable, name: str, split: Split, call: Version, out: list, cts: list[list], a_call: list) -> Choice:
+def choose(fn: Callable, name: str, split: Split, call: Version, out: list, cts: list[list], a_call: list,
+           refused64: str | None = None) -> Choice:
     """fn on float64 copies of the arguments, where it computes in float64 and agrees with the call; else the
     call itself."""
     if call.precision.key >= 64:
         return Choice(call, out, a_call, cts, "as called (float64)")
+    if refused64 is not None:
+        return Choice(call, out, a_call, cts, f"as called ({call.precision.name}): {refused64}")
     with jax.enable_x64(True):  # a float64 array made outside would be cut back to float32
         split64 = Split.of(jax.tree_util.tree_map(to64, split.rebuild(split.diff_leaves())))
     v64 = Version.of(fn, split64, x64=True)

@@ -10,6 +10,7 @@ import numpy as np
 from jax.extend.core import jaxpr_as_fun
 
 from reference.oracle.precision import constants, trace
+from reference.oracle.report import RefusedType, RefusedValue
 from reference.oracle.trees import Split, describe
 from reference.oracle.versions import Version
 
@@ -31,13 +32,13 @@ def require_checkable(name: str, split: Split) -> None:
     if not any(np.size(split.leaves[i]) for i in split.diff):
         got = ", ".join(f"{p}: {describe(x)}" for p, x in zip(split.paths, split.leaves, strict=True)) or "nothing"
         what = "a float or complex leaf" if not split.diff else "a float or complex leaf with any entries"
-        raise TypeError(f"check_vjp: no argument of {name} has {what}, so there is no VJP to check (got {got})")
+        raise RefusedType(f"check_vjp: no argument of {name} has {what}, so there is no VJP to check (got {got})")
     for i in split.diff:
         values = np.asarray(split.leaves[i])
         bad = np.flatnonzero(~np.isfinite(values.ravel()))
         if bad.size:
             j = int(bad[0])
-            raise ValueError(f"check_vjp: {split.paths[i]} holds {bad.size} non-finite values, e.g. "
+            raise RefusedValue(f"check_vjp: {split.paths[i]} holds {bad.size} non-finite values, e.g. "
                              f"{values.ravel()[j]} at flat index {j}; finite differences need finite inputs")
 
 
@@ -61,11 +62,11 @@ def trace_deterministic(name: str, version: Version) -> tuple[list, Any]:
             out = version.fn(*leaves)
             first, second = [np.asarray(o) for o in out], [np.asarray(o) for o in version.fn(*leaves)]
     if not out:
-        raise TypeError(f"check_vjp: {name} returns no float or complex output, so there is no VJP to check")
+        raise RefusedType(f"check_vjp: {name} returns no float or complex output, so there is no VJP to check")
     for o, p in zip(first, second, strict=True):
         if o.shape != p.shape or not np.array_equal(o, p, equal_nan=o.dtype.kind in "fc"):
             where = int(np.flatnonzero((o != p).ravel())[0]) if o.shape == p.shape else 0
-            raise ValueError(f"check_vjp: {name} is not deterministic: two calls with the same arguments differ "
+            raise RefusedValue(f"check_vjp: {name} is not deterministic: two calls with the same arguments differ "
                              f"({o.ravel()[where]:.6g}, then {p.ravel()[where]:.6g}); pass its randomness in as "
                              f"an argument (a jax.random key)")
     return out, closed

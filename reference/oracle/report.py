@@ -13,6 +13,36 @@ SHOWN = 10  # mismatches (or notes) written out in a message; the rest are count
 KINDS = ("value", "kink", "precision", "reference", "forward", "cotangent")
 
 
+class CheckRefused(Exception):
+    """The check declined: ``reason`` says why in one line. Each refusal is also the TypeError or
+    ValueError its cause is (no float argument: TypeError; a NaN input: ValueError), so existing
+    ``except TypeError`` code keeps working."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RefusedType(CheckRefused, TypeError):
+    """The arguments or outputs are not something a VJP can be checked on."""
+
+
+class RefusedValue(CheckRefused, ValueError):
+    """The values cannot be checked: non-finite inputs, randomness drawn in Python, nothing checkable."""
+
+
+class NotDifferentiable(CheckRefused, TypeError):
+    """JAX itself cannot differentiate fn (``order`` 1), or its VJP again (``order`` 2): ``cause`` is JAX's error."""
+
+    def __init__(self, name: str, order: int, cause: BaseException):
+        first = (str(cause).strip().splitlines() or [""])[0][:200]
+        what = f"the VJP of {name} again" if order == 2 else name
+        then = "; order 1 is checked on its own (order=1)" if order == 2 else ""
+        super().__init__(f"check_vjp: order {order}: JAX cannot differentiate {what} ({type(cause).__name__}: "
+                         f"{first}){then}")
+        self.order, self.cause = order, cause
+
+
 @dataclasses.dataclass(frozen=True)
 class Mismatch:
     """One entry that is off.
@@ -92,6 +122,8 @@ class VJPReport:
     order: int = 1
     fixed: tuple[str, ...] = ()  # leaves held fixed: integers, booleans, keys
     notes: tuple[Mismatch, ...] = ()  # precision notes: entries off by what float rounding in the forward explains
+    one_by_one: str | None = None  # why the probes were evaluated one at a time, eagerly (no jit or vmap of fn)
+    unchecked_why: str | None = None  # what the unchecked entries have in common, when it is known
 
     @property
     def max_abs_err(self) -> float:
@@ -120,8 +152,12 @@ class VJPReport:
         if self.kinks:
             rows.append(f"{self.kinks} entries sit on a kink; any value between the one-sided differences was accepted")
         if self.unchecked:
-            rows.append(f"{self.unchecked} entries could not be checked: fn jumps there, is not finite a step away, "
-                        f"or no step gives consistent differences")
+            rows.append(f"{self.unchecked} entries could not be checked: " + (
+                self.unchecked_why or "fn jumps there, is not finite a step away, or no step gives consistent "
+                                      "differences"))
+        if self.one_by_one:
+            rows.append(f"probes evaluated one at a time, eagerly: fn cannot be compiled or vmapped "
+                        f"({self.one_by_one})")
         empty = [r.path for r in self.leaves if r.method == "empty"]
         if empty:
             rows.append("0 entries, nothing checked: " + ", ".join(empty))

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reference.oracle.refusals import function_name
+from reference.oracle.report import NotDifferentiable, RefusedType
 from reference.oracle.trees import Split, outputs, random_like
 from reference.oracle.versions import Version
 
@@ -45,6 +46,17 @@ def pullback_of(fn: Callable, cotangent: list) -> Callable:
     return pullback
 
 
+def _differentiable_once(pullback: Callable, name: str, args: tuple) -> None:
+    """Refuses order 2 of a function JAX cannot differentiate even once (a rule that raises when it is)."""
+    try:
+        try:
+            jax.eval_shape(pullback, *args)
+        except jax.errors.JAXTypeError:  # branches on values: run it
+            pullback(*args)
+    except Exception as e:
+        raise NotDifferentiable(name, 1, e) from e
+
+
 # The inner step of order 2 sits well inside the outer one, so that a kink the outer probes straddle shows
 # to them as a jump (unchecked), not as a steep slope; in float32 there is no room for that.
 INNER_STEP = {64: 1e-3, 32: 0.1, 16: 0.1, 8: 0.1}
@@ -60,8 +72,9 @@ def second_order(fn: Callable, name: str, args: tuple, reference: Callable | Non
     split = Split.of(args)
     out = outputs(split.over_diff(fn))(*split.diff_leaves())
     if not out:
-        raise TypeError(f"check_vjp: {name} returns no float or complex output, so there is no VJP to check")
+        raise RefusedType(f"check_vjp: {name} returns no float or complex output, so there is no VJP to check")
     cotangent = random_like(out, np.random.default_rng([seed, SALT, 2]))
+    _differentiable_once(pullback_of(fn, cotangent), name, args)
 
     def truth(version: Version, u: list) -> tuple[Callable, float]:
         inner = version.split
@@ -72,7 +85,8 @@ def second_order(fn: Callable, name: str, args: tuple, reference: Callable | Non
             float(np.sqrt(np.mean(size * size))) or 1.0)
         g = outputs(inner.over_diff(fn))
         with version.context():
-            f0 = g(*inner.diff_leaves())
+            f0 = jax.jit(g)(*inner.diff_leaves())  # traced: eager ops on float32 module constants can
+            # meet programs cached for float64 (owens_t with x64 switched on here)
             noise = 1.5 * p.eps * sum(float(np.sum(np.abs(np.asarray(ci)) * np.abs(np.asarray(o))))
                                       for ci, o in zip(cotangent, f0, strict=True)) / step
 

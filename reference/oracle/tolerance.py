@@ -72,7 +72,11 @@ def narrowest(values: Any) -> Precision:
 
 def agree(a: Any, b: Any, rtol: float, floor: float = 0.0) -> np.ndarray:
     """Entry by entry, whether ``|a − b| ≤ rtol·(|b| + max(max|b|, floor))``: two evaluations of one
-    quantity agree to ``rtol`` of the larger of the entry and the leaf (NaN never agrees)."""
+    quantity agree to ``rtol`` of the larger of the entry and the leaf's largest finite entry. Equal
+    values agree (the same inf too), and so do two NaNs; a NaN against a number never does."""
     a, b = np.asarray(a).astype(np.complex128), np.asarray(b).astype(np.complex128)
-    scale = np.abs(b) + max(float(np.max(np.abs(b), initial=0.0)), floor)
-    return np.abs(a - b) <= rtol * scale
+    finite = np.abs(b[np.isfinite(b)])
+    scale = np.abs(b) + max(float(np.max(finite, initial=0.0)), floor)
+    with np.errstate(invalid="ignore"):
+        close = np.abs(a - b) <= rtol * scale
+    return close | (a == b) | (np.isnan(a) & np.isnan(b))

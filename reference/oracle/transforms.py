@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reference.oracle import tolerance
+from reference.oracle.report import NotDifferentiable, RefusedType, RefusedValue
 from reference.oracle.trees import Split, comparable, kind, outputs, random_like
 
 TRANSFORMS = ("jit", "vmap", "grad-of-jit", "checkpoint", "scan")
@@ -31,9 +32,11 @@ class TransformReport:
 
     batch: int
     max_abs_diff: dict[str, float]
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # a transformation JAX cannot apply: why
 
     def __str__(self) -> str:
-        return "\n".join(f"{name:<12} {diff:9.2e}" for name, diff in self.max_abs_diff.items())
+        return "\n".join([f"{name:<12} {diff:9.2e}" for name, diff in self.max_abs_diff.items()]
+                         + [f"{name:<12} not compared: {why}" for name, why in self.skipped.items()])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +89,11 @@ def _scaled(args: tuple, scale: float) -> tuple:
     return jax.tree_util.tree_map(one, args)
 
 
+def _largest_finite(x: Any) -> float:
+    x = np.abs(np.asarray(x))
+    return float(np.max(x[np.isfinite(x)], initial=0.0))
+
+
 def _equal(a: Any, b: Any) -> bool:
     return bool(np.array_equal(comparable(a), comparable(b)))
 
@@ -106,14 +114,36 @@ def _programs(fn: Callable, treedef: Any, diff: tuple, shared: tuple, varying: t
             return (jitted_out if jitted else remat_out if remat else out_fn)(*args)
         return jax.vjp(call, *d)[1](ct)
 
-    @jax.jit  # one program for all five: each compilation costs more than the comparison
-    def transformed(fixed, each, batched):
+    # One program for all five (each compilation costs more than the comparison); ``names`` picks a part of
+    # it, for a function that cannot be taken through all of them (Python control flow on values: no jit;
+    # a pure_callback without a vmap_method: no vmap).
+    @functools.partial(jax.jit, static_argnums=0)
+    def transformed(names, fixed, each, batched):
         one = lambda d, varied, ct: vjp(fixed, d, varied, ct)  # noqa: E731
-        return {"each": [one(*e) for e in each], "vmap": jax.vmap(one)(*batched),
-                "checkpoint": vjp(fixed, *each[0], remat=True), "grad-of-jit": vjp(fixed, *each[0], jitted=True),
-                "scan": jax.lax.scan(lambda carry, x: (carry, one(*x)), None, batched)[1]}
+        parts = {"each": lambda: [one(*e) for e in each], "vmap": lambda: jax.vmap(one)(*batched),
+                 "checkpoint": lambda: vjp(fixed, *each[0], remat=True),
+                 "grad-of-jit": lambda: vjp(fixed, *each[0], jitted=True),
+                 "scan": lambda: jax.lax.scan(lambda carry, x: (carry, one(*x)), None, batched)[1]}
+        return {name: parts[name]() for name in names}
 
     return vjp, transformed
+
+
+PARTS = ("each", "vmap", "checkpoint", "grad-of-jit", "scan")
+
+
+def _each_part(transformed: Callable, fixed: list, each: list, stacked: Any, eager: Callable) -> tuple[dict, dict]:
+    """Every part that can be computed, one program each, and why the others cannot (the error's first line).
+    Without jit, each element's eager VJP stands in for "each" (the baseline of vmap and scan)."""
+    results, skipped = {}, {}
+    for name in PARTS:
+        try:
+            results.update(transformed((name,), fixed, each, stacked))
+        except Exception as e:  # JAX's limit for this function: reported, and that transformation not compared
+            skipped["jit" if name == "each" else name] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+    if "each" not in results:
+        results["each"] = [eager(*e) for e in each]
+    return results, skipped
 
 
 def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *,
@@ -143,6 +173,10 @@ def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *
         agreement of the leaf's precision (float32 2e-5, float64 1e-9, ...: :mod:`reference.oracle.tolerance`).
       seed: seeds the drawn cotangents.
 
+    A transformation JAX cannot apply to ``fn`` (``jit`` of Python control flow on values, ``vmap``
+    of a ``pure_callback`` without a ``vmap_method``) is not compared, and the report's ``skipped``
+    says why; one that no transformation can take is refused.
+
     Returns:
       A :class:`TransformReport`.
 
@@ -156,14 +190,19 @@ def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *
         raise ValueError("check_transforms: batch must hold at least one tuple of arguments")
     split = Split.of(elements[0])
     if not split.diff:
-        raise TypeError("check_transforms: no argument of fn has a float or complex leaf, so there is no VJP to check")
+        raise RefusedType("check_transforms: no argument of fn has a float or complex leaf, so there is no VJP to "
+                          "check")
     parts = [Split.of(e) for e in elements]
     if any(p.treedef != split.treedef for p in parts):
         raise ValueError("check_transforms: every element of batch must have the structure of the first")
     out_fn = outputs(fn)
-    shapes = jax.eval_shape(lambda *d: out_fn(*split.rebuild(d)), *split.diff_leaves())
+    try:
+        shapes = jax.eval_shape(lambda *d: out_fn(*split.rebuild(d)), *split.diff_leaves())
+    except jax.errors.JAXTypeError:  # fn branches on values: its outputs, run
+        shapes = out_fn(*elements[0])
     if not shapes:
-        raise TypeError(f"check_transforms: {getattr(fn, '__name__', fn)} has no float or complex output to pull back")
+        raise RefusedType(f"check_transforms: {getattr(fn, '__name__', fn)} has no float or complex output to pull "
+                          f"back")
     rng = np.random.default_rng(seed)
     cts = [list(cotangent) if cotangent is not None and b == 0 else random_like(shapes, rng)
            for b in range(len(elements))]
@@ -188,14 +227,26 @@ def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *
         return jax.device_put(np.stack([np.asarray(x) for x in xs]))
     stacked = jax.tree_util.tree_map(stack, *[inputs(b) for b in range(len(elements))])
     fixed_values = [split.leaves[i] for i in shared]
-    eager = vjp(fixed_values, *inputs(0))
-    results = transformed(fixed_values, [inputs(b) for b in range(len(elements))], stacked)
+    try:
+        eager = vjp(fixed_values, *inputs(0))
+    except Exception as error:  # fn traced (eval_shape above): JAX's limit, or a rule that refuses differentiation
+        raise NotDifferentiable(getattr(fn, "__name__", repr(fn)), 1, error) from error
+    each_input = [inputs(b) for b in range(len(elements))]
+    skipped: dict[str, str] = {}
+    try:
+        results = transformed(PARTS, fixed_values, each_input, stacked)
+    except Exception:
+        results, skipped = _each_part(transformed, fixed_values, each_input, stacked,
+                                      lambda *e: vjp(fixed_values, *e))
+        if len(skipped) == len(TRANSFORMS):
+            raise RefusedValue(f"check_transforms: {getattr(fn, '__name__', fn)} cannot be taken through any "
+                               f"transformation ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})") from None
     # Each batch element's VJP under jit, one element at a time: what vmap and scan must give element by element
     # (the first element's is the jit row, against eager), without an eager run for every element.
     each = [jax.tree_util.tree_map(np.asarray, e) for e in results.pop("each")]
     results["jit"] = each[0]
     diffs, problems = {}, []
-    for name in TRANSFORMS:
+    for name in (t for t in TRANSFORMS if t not in skipped):
         got = jax.tree_util.tree_map(np.asarray, results[name])
         per_element = [jax.tree_util.tree_map(lambda x, b=b: x[b], got) for b in range(len(elements))] \
             if name in ("vmap", "scan") else [got]
@@ -204,19 +255,21 @@ def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *
         for b, value in enumerate(per_element):
             # An entry is judged against its leaf's largest, and at least the largest of the whole VJP: a leaf
             # that is all tiny (a bias behind saturated tanh, ~1e-16) carries only round-off of the rest.
-            largest = max(float(np.max(np.abs(np.asarray(e)), initial=0.0)) for e in baselines[b])
+            largest = max(_largest_finite(e) for e in baselines[b])
             for k, (g, e) in enumerate(zip(value, baselines[b], strict=True)):
                 g, e = np.asarray(g), np.asarray(e)
                 r = rtol if rtol is not None else tolerance.of_dtype(e.dtype).agree
-                worst = max(worst, float(np.max(np.abs(g.astype(np.complex128) - e), initial=0.0)))
+                with np.errstate(invalid="ignore"):  # the same inf in both: agrees (tolerance.agree), no difference
+                    gap = np.abs(g.astype(np.complex128) - e)
+                worst = max(worst, float(np.max(np.where(g == e, 0.0, gap), initial=0.0)))
                 bad = np.flatnonzero(~tolerance.agree(g, e, r, floor=largest).ravel())
                 if bad.size:
                     i = int(bad[0])
-                    scale = float(np.abs(e.ravel()[i]) + max(float(np.max(np.abs(e), initial=0.0)), largest))
+                    scale = float(np.abs(e.ravel()[i]) + max(_largest_finite(e), largest))
                     problems.append(TransformProblem(name, b, split.paths[split.diff[k]], i, complex(g.ravel()[i]),
                                                      complex(e.ravel()[i]), r * scale, int(bad.size)))
         diffs[name] = worst
-    report = TransformReport(len(elements), diffs)
+    report = TransformReport(len(elements), diffs, skipped)
     if problems:
         raise TransformMismatch(getattr(fn, "__name__", repr(fn)), problems, report)
     return report

@@ -22,6 +22,7 @@ Order 2 is the same check applied to the VJP itself (:mod:`.subjects`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,9 +33,17 @@ import numpy as np
 from reference.oracle import search as large
 from reference.oracle.compare import REPORTED, against_float64, against_reference, mismatch
 from reference.oracle.differences import Differences, step_scales
-from reference.oracle.precision import choose, precision_of
+from reference.oracle.precision import choose, iterative, precision_of
 from reference.oracle.refusals import as_args, function_name, require_checkable, trace_deterministic
-from reference.oracle.report import LeafReport, Mismatch, VJPMismatch, VJPReport
+from reference.oracle.report import (
+    CheckRefused,
+    LeafReport,
+    Mismatch,
+    NotDifferentiable,
+    RefusedValue,
+    VJPMismatch,
+    VJPReport,
+)
 from reference.oracle.rounding import INPUT_SPREAD, capped, input_spread, natural_scale
 from reference.oracle.subjects import SALT, Subject, second_order
 from reference.oracle.trees import Flat, Split, random_like
@@ -102,20 +111,36 @@ def check_vjp(fn: Callable, args: Sequence[Any], *, reference: Callable | None =
     args = tuple(jax.tree_util.tree_map(canonical, args))
     require_checkable(name, Split.of(args))
     subject = Subject(fn, reference) if order == 1 else second_order(fn, name, args, reference, seed)
-    return _check(subject, name, args, rtol=rtol, atol=atol, eps=eps, seed=seed, strict=precision == "strict")
+    used: dict[str, bool] = {}
+    check = functools.partial(_check, subject, name, args, rtol=rtol, atol=atol, eps=eps, seed=seed,
+                              strict=precision == "strict", used=used)
+    try:
+        return check()
+    except (VJPMismatch, CheckRefused):
+        raise
+    except Exception as e:  # its float64 version failed when run (a host callback that answers in float32)
+        if not used.get("float64"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[-1][:160]
+        return check(refused64=f"its float64 version fails when run ({first})")
 
 
 def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol: float | None, eps: float | None,
-           seed: int, strict: bool) -> VJPReport:
+           seed: int, strict: bool, refused64: str | None = None, used: dict[str, bool] | None = None) -> VJPReport:
     rng = np.random.default_rng([seed, SALT])
     split = Split.of(args)
     call = Version.of(subject.fn, split)
     shapes, closed = trace_deterministic(name, call)
     cts = [random_like(shapes, rng) for _ in range(COTANGENTS)]
-    out, a_call = call.vjp(cts)
+    try:
+        out, a_call = call.vjp(cts)
+    except Exception as e:  # traced fine (above), so JAX's own limit: a while_loop, a primitive with no rule
+        raise NotDifferentiable(name, subject.order, e) from e
     problems = _cotangent_types(split, a_call[0])
     call.precision = precision_of(closed, split.diff_leaves(), out)
-    chosen = choose(subject.fn, name, split, call, out, cts, a_call)
+    chosen = choose(subject.fn, name, split, call, out, cts, a_call, refused64)
+    if used is not None:
+        used["float64"] = chosen.version is not call
     evaluate = chosen.version
     flat = Flat(evaluate.split.diff_leaves())
     paths = split.diff_paths()
@@ -158,15 +183,21 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
 
     index, methods = _entries_to_judge(diffs, flat, a_main, natural, relative, step, evaluate is call, r_user, levels)
     stats = [_LeafStats() for _ in paths]
+    unchecked_why: str | None = None
     if index.size:
         verdict = judge_entries(index)
+        if iterative(closed):
+            verdict, unchecked_why = _iteration_error(verdict, natural[index], name)
+        if subject.order == 2 and not all(np.all(np.isfinite(np.asarray(o))) for o in chosen.out):
+            verdict, unchecked_why = _singular(verdict, name, unchecked_why)
         leaf = flat.leaf_of(index)
         for i, s in enumerate(stats):
             s.add(verdict.take(leaf == i), natural[index][leaf == i])
         problems += _value_problems(flat, paths, index, verdict, r_user)
         if np.all(verdict.unchecked):
-            raise ValueError(f"check_vjp: nothing could be checked: {name} jumps, or is not finite, a step away "
-                             f"from every entry of its arguments, or no step gives consistent differences")
+            raise RefusedValue("check_vjp: nothing could be checked: " + (unchecked_why or (
+                f"{name} jumps, or is not finite, a step away from every entry of its arguments, or no step gives "
+                f"consistent differences")))
     notes: list[Mismatch] = []
     if evaluate is not call:
         failed = set(index[~verdict.ok].tolist()) if index.size else set()
@@ -184,10 +215,35 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     leaves = tuple(stats[i].report(path, flat.shapes[i], jnp.result_type(split.leaves[split.diff[i]]), methods[i],
                                    ref_stats[i]) for i, path in enumerate(paths))
     report = VJPReport(leaves, forward_err, step, evaluate.precision.name, chosen.how, subject.order, split.fixed(),
-                       tuple(sorted(notes, key=lambda n: -n.badness)))
+                       tuple(sorted(notes, key=lambda n: -n.badness)), diffs.one_by_one, unchecked_why)
     if problems:
         raise VJPMismatch(name, problems, report)
     return report
+
+
+def _iteration_error(verdict: Verdict, natural: np.ndarray, name: str) -> tuple[Verdict, str | None]:
+    """In a function that iterates to a tolerance, the entries that stopping error explains, made unchecked."""
+    noise = verdict.solver_noise(natural)
+    if not np.any(noise):
+        return verdict, None
+    gap = np.abs(verdict.analytic - verdict.numerical)[noise] / (np.abs(verdict.numerical[noise]) + natural[noise])
+    why = (f"{int(np.sum(noise))} entries are off by up to {np.max(gap):.1e} of their scale, and {name} iterates to "
+           f"a tolerance (a while loop on its values), so its differences carry its stopping error while the rule "
+           f"is exact; a tighter solver tolerance lets them be checked")
+    return dataclasses.replace(verdict, ok=verdict.ok | noise, unchecked=verdict.unchecked | noise), why
+
+
+def _singular(verdict: Verdict, name: str, why: str | None) -> tuple[Verdict, str | None]:
+    """At order 2, where fn's own VJP is not finite at the point (expi at 0), a non-finite second derivative
+    is no error: the differences of order 2 never evaluate fn there, so they can be finite around a
+    singularity. Such entries are unchecked, said why."""
+    singular = ~verdict.ok & ~np.isfinite(verdict.analytic)
+    if not np.any(singular):
+        return verdict, why
+    said = (f"{int(np.sum(singular))} entries of the VJP of the VJP are not finite where the VJP of {name} itself "
+            f"is not finite (a singular point)")
+    return (dataclasses.replace(verdict, ok=verdict.ok | singular, unchecked=verdict.unchecked | singular),
+            f"{why}; {said}" if why else said)
 
 
 def _merge(verdict: Verdict, rows: np.ndarray, other: Verdict, keep_ok: bool = False) -> Verdict:

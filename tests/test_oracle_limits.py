@@ -1,0 +1,158 @@
+"""The oracle at JAX's own limits: a verdict for each, never a traceback from inside it.
+
+Order 2 through a VJP JAX cannot differentiate again, a rule that refuses differentiation, a
+function that cannot be jitted or vmapped, an iterative solver stopped at a tolerance, a float64
+version that fails when run, and infinities under transformations.
+"""
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.special as special
+import numpy as np
+import pytest
+
+from reference import CheckRefused, NotDifferentiable, VJPMismatch, check_transforms, check_vjp
+from reference.oracle import tolerance
+from reference.oracle.verdict import SOLVER_GAP
+
+X = jnp.asarray([0.7, 1.2, 1.9], jnp.float32)
+
+
+def gammainc_a(a):
+    return special.gammainc(a, 1.0)
+
+
+def test_order_2_through_a_primitive_without_a_rule_is_a_refusal():
+    with pytest.raises(NotDifferentiable, match="order 2: JAX cannot differentiate the VJP of gammainc_a again "
+                                                "\\(NotImplementedError: Differentiation rule for 'igamma_grad_a'") as e:
+        check_vjp(gammainc_a, (X,), order=2)
+    assert e.value.order == 2 and isinstance(e.value, TypeError) and isinstance(e.value, CheckRefused)
+    check_vjp(gammainc_a, (X,))  # order 1 holds
+
+
+def test_expn_and_owens_t_at_order_2():
+    with pytest.raises(NotDifferentiable, match="order 2"):  # JAX's own expn cannot be differentiated twice
+        check_vjp(lambda x: special.expn(2, x), (X,), order=2)
+    check_vjp(special.owens_t, (X, X), order=2)  # float32 constants of the module meet float64 programs
+
+
+def test_a_rule_that_refuses_differentiation_is_refused_at_every_order():
+    @jax.custom_jvp
+    def frozen(x):
+        return x
+
+    @frozen.defjvp
+    def _(primals, tangents):
+        raise RuntimeError("frozen is not differentiable")
+
+    for order in (1, 2):
+        with pytest.raises(NotDifferentiable, match="order 1: JAX cannot differentiate frozen \\(RuntimeError"):
+            check_vjp(frozen, (X,), order=order)
+    with pytest.raises(NotDifferentiable):
+        check_transforms(frozen, (X,))
+
+
+def _cube_root(planted: float):
+    """a ↦ the root of x³ = a by bisection, with Python control flow on values (no jit, no vmap), and an
+    implicit rule 1/(3x²), times ``planted``."""
+    def solve(a):
+        lo, hi = 0.0, 4.0
+        if float(lo**3 - a) > 0:  # a check on values, as jaxopt's Bisection makes
+            raise ValueError("not bracketed")
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if float(mid**3 - a) < 0 else (lo, mid)
+        return jnp.asarray((lo + hi) / 2, jnp.result_type(a))
+
+    root = jax.custom_vjp(solve)
+    root.defvjp(lambda a: (solve(a), solve(a)), lambda x, g: (planted * g / (3 * x * x),))
+    return root
+
+
+def test_a_function_that_cannot_be_jitted_is_probed_one_by_one():
+    a = jnp.float32(2.0)
+    report = check_vjp(_cube_root(1.0), (a,))
+    assert "ConcretizationTypeError" in report.one_by_one and "one at a time" in str(report)
+    with pytest.raises(VJPMismatch):
+        check_vjp(_cube_root(1.01), (a,))
+
+
+def _host_sin(x):
+    return jax.pure_callback(np.sin, jax.ShapeDtypeStruct(x.shape, x.dtype), x)  # no vmap_method: no vmap
+
+
+host_sin = jax.custom_vjp(_host_sin)
+host_sin.defvjp(lambda x: (_host_sin(x), x), lambda x, g: (g * jnp.cos(x),))
+
+
+def test_a_function_that_cannot_be_vmapped():
+    assert "NotImplementedError" in check_vjp(host_sin, (X,)).one_by_one
+    report = check_transforms(host_sin, (X,))
+    assert set(report.skipped) == {"vmap"} and set(report.max_abs_diff) == {"jit", "grad-of-jit", "checkpoint",
+                                                                             "scan"}
+    assert "not compared" in str(report)
+
+
+def test_a_function_no_transformation_takes_is_refused():
+    with pytest.raises(CheckRefused, match="cannot be taken through any transformation"):
+        check_transforms(_cube_root(1.0), (jnp.float32(2.0),))
+
+
+@jax.custom_jvp
+def host_sort(x):  # a host function that always answers in float32, as jaxopt's isotonic regression does
+    return jax.pure_callback(lambda v: np.sort(v).astype(np.float32), jax.ShapeDtypeStruct(x.shape, x.dtype), x,
+                             vmap_method="sequential")
+
+
+@host_sort.defjvp
+def _host_sort_jvp(primals, tangents):
+    return host_sort(primals[0]), tangents[0][jnp.argsort(primals[0])]
+
+
+def test_a_float64_version_that_fails_when_run_is_left_for_the_call():
+    x = jnp.asarray([0.7, -1.2, 1.9, 0.3], jnp.float32)
+    report = check_vjp(host_sort, (x,))  # fails as soon as it runs in float64
+    assert report.precision == "float32" and "fails on float64 inputs (JaxRuntimeError)" in report.how
+    second = check_vjp(host_sort, (x,), order=2)  # its order 2 fails only once the probes run
+    assert "its float64 version fails when run (RuntimeError: Incorrect output dtype" in second.how
+
+
+def _cg(tol):
+    return lambda A, b: jax.scipy.sparse.linalg.cg((A + A.T) / 2, b, tol=tol)[0]
+
+
+def _spd():
+    rng = np.random.default_rng(0)
+    m = rng.standard_normal((6, 6))
+    return jnp.asarray(m @ m.T / 6 + np.eye(6), jnp.float32), jnp.asarray(rng.standard_normal(6), jnp.float32)
+
+
+def test_an_iterative_solver_at_its_tolerance_is_unchecked_not_failed():
+    report = check_vjp(_cg(1e-5), _spd())  # 0.5% off: cg stops at 1e-5, the rule is the exact solution's
+    assert report.unchecked > 0 and "a tighter solver tolerance lets them be checked" in report.unchecked_why
+    tight = check_vjp(_cg(1e-12), _spd())
+    assert tight.unchecked == 0 and tight.max_rel_err < 1e-6
+
+
+@pytest.mark.parametrize("off, fails", [(SOLVER_GAP * 0.6, False), (SOLVER_GAP * 2, True)])
+def test_solver_gap_both_sides(off, fails):
+    """A while loop on the values, and a rule off by 3% (unchecked, counted) or 10% (a failure)."""
+    def doubled(x):
+        return jax.lax.while_loop(lambda c: c[1] < 3, lambda c: (c[0] + x * (2.0 / 3), c[1] + 1),
+                                  (jnp.zeros_like(x), 0))[0]
+
+    rule = jax.custom_vjp(doubled)
+    rule.defvjp(lambda x: (doubled(x), None), lambda _, g: (2.0 * (1 + off) * g,))
+    if fails:
+        with pytest.raises(VJPMismatch):
+            check_vjp(rule, (X,))
+    else:
+        with pytest.raises(CheckRefused, match="nothing could be checked: 3 entries are off by up to .* a tighter solver"):
+            check_vjp(rule, (X,))
+
+
+def test_agreement_with_infinities():
+    agree = tolerance.agree([np.inf, 1.0, np.nan, 2.0], [np.inf, 1.0, np.nan, np.nan], 1e-6)
+    assert agree.tolist() == [True, True, True, False]
+    # an inf elsewhere in the leaf does not widen the tolerance of a finite entry
+    assert not tolerance.agree([1.0, np.inf], [2.0, np.inf], 1e-3)[0]
