@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -37,28 +38,38 @@ class UsageError(ValueError):
     """Bad usage: the message is one line."""
 
 
+def import_module(target: str, said_as: str | None = None) -> types.ModuleType:
+    """A dotted module (found from the current directory too) or a ``.py`` file, imported; UsageError says why
+    not, naming ``said_as`` (what the user wrote) or the target."""
+    said = said_as or target
+    if target.endswith(".py"):
+        if not os.path.isfile(target):
+            raise UsageError(f"no such file: {target}")
+        name = os.path.splitext(os.path.basename(target))[0]
+        spec = importlib.util.spec_from_file_location(name, target)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses and pickling look a module up by its name
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            raise UsageError(f"importing {target} failed: {type(e).__name__}: {e}") from None
+        return module
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a module of the user's own, beside them
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as e:
+        raise UsageError(f"no module named {e.name!r} (from {said!r})") from None
+    except Exception as e:
+        raise UsageError(f"importing {target} failed: {type(e).__name__}: {e}") from None
+
+
 def load_function(target: str) -> tuple[Callable, str]:
     """``module:function`` (dotted, or a ``.py`` path) to the function, and a name for it."""
     module_name, sep, attribute = target.rpartition(":")
     if not sep or not module_name or not attribute:
         raise UsageError(f"expected MODULE:FUNCTION, got {target!r}")
-    if module_name.endswith(".py"):
-        if not os.path.isfile(module_name):
-            raise UsageError(f"no such file: {module_name}")
-        spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(module_name))[0],
-                                                      module_name)
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        except Exception as e:
-            raise UsageError(f"importing {module_name} failed: {type(e).__name__}: {e}") from None
-    else:
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())  # a module of the user's own, beside them
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            raise UsageError(f"no module named {e.name!r} (from {target!r})") from None
+    module = import_module(module_name, said_as=target)
     fn: Any = module
     for part in attribute.split("."):
         if not hasattr(fn, part):

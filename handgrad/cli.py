@@ -1,4 +1,4 @@
-"""The ``handgrad`` console script: ``verify``, ``train`` and ``bench``.
+"""The ``handgrad`` console script: ``verify``, ``check``, ``audit``, ``train`` and ``bench``.
 
 Each command imports what it needs when it runs: ``train`` and ``bench`` never import
 Hypothesis, and ``train`` needs the ``train`` extra only once it starts.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import os
 import re
@@ -85,6 +86,68 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if any(r.status != "ok" for r in rows) else 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from handgrad.audit import ConfigError, TargetError, config, discover, runner
+    from handgrad.audit import report as audit_report
+
+    try:
+        found_config = config.load(args.config, config.location(args.target))
+        if not args.no_known:
+            found_config = config.with_known(found_config)
+        options = runner.Options(args.target, dataclasses.replace(
+            found_config, include=found_config.include + tuple(args.include),
+            exclude=found_config.exclude + tuple(args.exclude)), seed=args.seed, x64=args.x64,
+            timeout=args.timeout or found_config.timeout or 60.0, checks=args.checks)
+        found = discover(args.target, options.config.include, options.config.exclude)
+    except (ConfigError, TargetError) as e:
+        print(f"handgrad audit: {e}", file=sys.stderr)
+        return 2
+    if not found.rules:
+        print(f"handgrad audit: nothing to audit in {args.target} ({len(found.modules)} modules, "
+              f"{len(found.skipped)} functions skipped)", file=sys.stderr)
+    start = time.perf_counter()
+    rows = []
+    with _progress(len(found.rules) * len(options.checks), "checks") as step:
+        for row in runner.run(found, options, progress=step):
+            rows.append(row)
+    seconds = time.perf_counter() - start
+    import jax
+
+    print(f"handgrad audit {args.target} (jax {jax.__version__}, {'float64' if args.x64 else 'float32'}, "
+          f"seed {args.seed}, config {options.config.path or 'none'})")
+    audit_report.print_table(found, rows, seconds, sys.stdout)
+    if args.json:
+        audit_report.write_json(found, rows, seconds, args.json, jax=jax.__version__, seed=args.seed, x64=args.x64)
+    if args.junit_xml:
+        audit_report.write_junit(found, rows, seconds, args.junit_xml)
+    return audit_report.exit_code(rows)
+
+
+def _checks(text: str) -> tuple[str, ...]:
+    from handgrad.audit.checks import select
+
+    try:
+        return select(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+@contextlib.contextmanager
+def _progress(total: int, unit: str) -> Any:
+    """A progress bar on stderr (tqdm), advanced by calling what it yields with a description."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True, disable=None) as bar:
+        started = [False]
+
+        def step(what: str) -> None:
+            if started[0]:  # the one before this is done
+                bar.update(1)
+            started[0] = True
+            bar.set_description_str(what[-60:], refresh=True)
+        yield step
+
+
 def _bench(args: argparse.Namespace) -> int:
     from handgrad import bench
 
@@ -149,7 +212,7 @@ def _train(args: argparse.Namespace) -> int:
     except loop.Diverged as e:
         print(f"handgrad train: {e}", file=sys.stderr)
         return 3
-    except loop.OutputError as e:
+    except (loop.OutputError, loop.CheckpointMissed) as e:
         print(f"handgrad train: {e}", file=sys.stderr)
         return 1
     return 0
@@ -201,6 +264,29 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--seed", type=int, default=0, help="for the arguments, cotangents and probes (default 0)")
     c.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     c.set_defaults(run=_check)
+    a = sub.add_parser("audit", help="check every hand-written rule of a package, module or .py file",
+                       description="Find every jax.custom_vjp and jax.custom_jvp rule (and every public function "
+                                   "with jaxtyping array annotations) in TARGET, build inputs, and check each: "
+                                   "check_vjp at orders 1 and 2, and check_transforms. Per-function specs, domains "
+                                   "and expected differences go in [tool.handgrad.audit] of the target's "
+                                   "pyproject.toml, or in a TOML file given with --config. Exit 0 when every "
+                                   "checked rule holds, 1 on a FAIL or an oracle error, 2 on bad usage.")
+    a.add_argument("target", metavar="TARGET", help="a dotted package or module, or a path to a .py file")
+    a.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                   help="only rules whose module:qualname (or qualname) matches; repeatable")
+    a.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="skip these; repeatable")
+    a.add_argument("--config", metavar="TOML", help="a TOML file with the audit table (default: the target's "
+                                                     "pyproject.toml)")
+    a.add_argument("--no-known", action="store_true",
+                   help="ignore handgrad's table of library rules that differ by design (optax.scale_gradient)")
+    a.add_argument("--timeout", type=float, help="seconds each check of each rule may take (default 60)")
+    a.add_argument("--seed", type=int, default=0, help="for the inputs, cotangents and probes (default 0)")
+    a.add_argument("--checks", type=_checks, default=("vjp", "vjp of the vjp", "transformations"),
+                   help="which checks, comma-separated: vjp, order2, transforms (default all three)")
+    a.add_argument("--x64", action="store_true", help="float64 inputs, x64 on (default float32, x64 off)")
+    a.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    a.add_argument("--junit-xml", metavar="PATH", help="also write JUnit XML: one test case per rule and check")
+    a.set_defaults(run=_audit)
     b = sub.add_parser("bench", help="time the MLP training step: hand-written VJPs vs jax.grad vs jax.grad + optax")
     b.add_argument("--sizes", type=positive_ints, default=(784, 512, 512, 10),
                    help="layer widths (default 784,512,512,10)")

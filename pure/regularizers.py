@@ -144,15 +144,15 @@ def max_norm(params: Any, max_value: float, *, axis: int = 0) -> Any:
     """
     c = concrete_scalar("max_norm", "max_value", max_value, low=0.0, low_open=True)
 
-    def project(w):
-        w = as_float_array("max_norm", "every params leaf", w)
+    def project(path, w):
+        w = as_float_array("max_norm", f"params{jax.tree_util.keystr(path)}", w)
         if w.ndim < 2:
             return w
         if not -w.ndim <= axis < w.ndim:
             raise ValueError(f"max_norm: axis {axis} is out of range for a leaf of shape {w.shape}")
         return _max_norm((c, axis), w)
 
-    return jax.tree_util.tree_map(project, params)
+    return jax.tree_util.tree_map_with_path(project, params)
 
 
 def _norm_scale(c, axis, w):

@@ -9,8 +9,16 @@ or a partial copy) is skipped on restore, moved aside and named, and the next ol
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -21,23 +29,41 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used for this run; the message is one line."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permission lost, any OSError on the way): the step, the
+    directory, the operating system's error and the last good checkpoint, in one line."""
+
+    def __init__(self, directory: str, step: int, cause: BaseException, last_good: int | None):
+        self.directory, self.step, self.cause, self.last_good = directory, step, cause, last_good
+        os_error = _os_error(cause)
+        said = f"[Errno {os_error.errno}] {os_error.strerror}" if os_error is not None and os_error.errno \
+            else _first_line(cause)
+        last = f"the last good checkpoint is step {last_good}" if last_good is not None else "no checkpoint was written"
+        super().__init__(f"could not write the checkpoint of step {step} to {directory} ({said}); {last}")
+
+
 class Checkpoints:
     """The checkpoints of one run in ``directory``, the newest ``keep`` of them kept."""
 
-    def __init__(self, directory: str, signature: dict[str, Any], *, keep: int = 2):
+    def __init__(self, directory: str, signature: dict[str, Any], *, keep: int = 2,
+                 log: Callable[[str], None] | None = None):
         import orbax.checkpoint as ocp
-        from absl import logging
 
-        logging.set_verbosity(logging.ERROR)  # orbax's INFO/WARNING chatter would interleave with the table
-
+        _route_orbax_logging(log)
         self._ocp = ocp
         self.directory = os.path.abspath(directory)
         self.signature = signature
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
+        # Written in the foreground: an MLP's state takes milliseconds, and a failed write then raises here, once,
+        # instead of in orbax's background threads (a disk-full run printed 18 tracebacks that way).
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._last_good: int | None = self._manager.latest_step()
+        self._closed = False
 
     def latest(self) -> int | None:
         """The newest checkpoint's step, or None (after waiting for a save in flight)."""
+        if self._closed:  # a write failed: the manager is closed, and the last good step is known
+            return self._last_good
         self.wait()
         return self._manager.latest_step()
 
@@ -54,11 +80,46 @@ class Checkpoints:
         host = jax.tree_util.tree_map(lambda x: np.array(x, copy=True), tree)
         snapshot = json.loads(json.dumps({**record, "signature": self.signature}))  # the caller goes on changing it
         args = self._ocp.args
-        self._manager.save(step, args=args.Composite(state=args.StandardSave(host), record=args.JsonSave(snapshot)))
+        try:
+            self._manager.save(step, args=args.Composite(state=args.StandardSave(host),
+                                                          record=args.JsonSave(snapshot)))
+            self._manager.wait_until_finished()
+        except Exception as e:  # disk full, permission lost: whatever orbax wraps the OSError in
+            self._settle()
+            self._remove_partial()
+            raise CheckpointWriteError(self.directory, step, e, self._last_good) from None
+        self._last_good = step
+
+    def _settle(self) -> None:
+        """After a failed write: waits for orbax's writer threads to finish failing, and closes the manager.
+
+        Their errors are logged (one line each, :func:`_route_orbax_logging`); what tensorstore prints
+        straight to the process's stderr meanwhile (tracebacks of callbacks into an event loop that is
+        gone) is caught at the file descriptor and said in one line."""
+        with _stderr_caught() as caught:
+            for finish in (self._manager.wait_until_finished, *(t.join for t in _writer_threads()),
+                           self._manager.close):
+                try:
+                    finish()
+                except Exception:  # the same failure again, already reported
+                    pass
+            _until_quiet(caught)  # tensorstore's writes still in flight fail a moment later
+        self._closed = True
+        last = [line for line in caught() if line.strip() and not line.startswith(" ")]
+        if last:
+            logging.getLogger("absl").warning("while its writers stopped, orbax printed %d lines, the last: %s",
+                                              len(last), last[-1].strip())
+
+    def _remove_partial(self) -> None:
+        """Removes the temporary directories of a write that did not finish (orbax renames them when done)."""
+        for name in os.listdir(self.directory) if os.path.isdir(self.directory) else []:
+            if ".orbax-checkpoint-tmp" in name:
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
     def wait(self) -> None:
         """Blocks until every save started has been written and renamed into place."""
-        self._manager.wait_until_finished()
+        if not self._closed:
+            self._manager.wait_until_finished()
 
     def restore(self, like: Any) -> tuple[Any, dict[str, Any], list[str]]:
         """The newest checkpoint that reads back whole, as ``(tree, record, skipped)``.
@@ -102,6 +163,86 @@ class Checkpoints:
         if diffs:
             raise CheckpointError(f"the checkpoint in {self.directory} (step {step}) is from a different run: "
                                   + "; ".join(diffs))
+
+
+def _writer_threads() -> list[threading.Thread]:
+    """orbax's background writer threads still running."""
+    return [t for t in threading.enumerate() if "SignalingThread" in type(t).__name__ and t.is_alive()]
+
+
+QUIET = 0.5  # seconds without a new line on stderr after which a failed write's writers are taken as done
+SETTLE = 3.0  # seconds at most spent waiting for that
+
+
+@contextlib.contextmanager
+def _stderr_caught() -> Any:
+    """File descriptor 2 redirected to a temporary file; yields a function that returns what it holds so far,
+    as lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    final: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+
+        def lines() -> list[str]:
+            if sink.closed:
+                return final
+            return os.pread(sink.fileno(), 1 << 20, 0).decode(errors="replace").splitlines()
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            final.extend(lines())
+
+
+def _until_quiet(lines: Callable[[], list[str]]) -> None:
+    """Waits (at most SETTLE seconds) until nothing new has been printed for QUIET seconds."""
+    start, seen, changed = time.monotonic(), -1, time.monotonic()
+    while time.monotonic() - start < SETTLE:
+        now = len(lines())
+        if now != seen:
+            seen, changed = now, time.monotonic()
+        elif time.monotonic() - changed >= QUIET:
+            return
+        time.sleep(0.05)
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OSError behind an exception (orbax wraps it, sometimes twice)."""
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, OSError):
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
+
+
+class _OneLine(logging.Handler):
+    """orbax's and absl's log records, each as one line through handgrad's own log."""
+
+    def __init__(self, log: Callable[[str], None]):
+        super().__init__(logging.WARNING)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        first = (record.getMessage().strip().splitlines() or [""])[0]
+        self.log(f"orbax: {first[:200]}")
+
+
+def _route_orbax_logging(log: Callable[[str], None] | None) -> None:
+    """absl's logger (which orbax writes to) stops reaching stderr by itself; its warnings and errors go through
+    ``log``, one line each, or nowhere when there is none."""
+    logger = logging.getLogger("absl")
+    logger.propagate = False
+    for handler in [h for h in logger.handlers if isinstance(h, _OneLine)]:
+        logger.removeHandler(handler)
+    logger.setLevel(logging.WARNING)
+    if log is not None:
+        logger.addHandler(_OneLine(log))
+    else:
+        logger.addHandler(logging.NullHandler())
 
 
 def _first_line(error: BaseException) -> str:

@@ -38,7 +38,7 @@ import reference.optim
 import reference.regularizers
 import reference.train
 from handgrad.train import data as datasets
-from handgrad.train.checkpoints import Checkpoints
+from handgrad.train.checkpoints import Checkpoints, CheckpointWriteError
 from handgrad.train.config import TrainConfig, TrainError
 from reference import max_abs_diff
 
@@ -48,6 +48,10 @@ LOSS_NAMES = {"softmax": "softmax_cross_entropy", "hinge": "multiclass_hinge",
 
 class Diverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step."""
+
+
+class CheckpointMissed(RuntimeError):
+    """Training finished, but a checkpoint could not be written on the way (the message says which, and why)."""
 
 
 class OutputError(RuntimeError):
@@ -213,6 +217,7 @@ class Run:
     def __init__(self, config: TrainConfig, data: datasets.Dataset, loss: str, train: np.ndarray, val: np.ndarray,
                  test: np.ndarray, *, log: Callable[[str], None] = print, checkpoints: Checkpoints | None = None):
         self.config, self.data, self.loss, self.log, self.checkpoints = config, data, loss, log, checkpoints
+        self.missed: CheckpointWriteError | None = None  # the checkpoint that could not be written, if one was not
         Xtr, Xva, Xte = datasets.standardize(data.X[train], data.X[val], data.X[test])
         ytr, yva, yte = data.y[train], data.y[val], data.y[test]
         if data.task == "regression":  # standardise the target too; R² does not change
@@ -271,8 +276,15 @@ class Run:
         return state, progress
 
     def save(self, state: TrainState, progress: Progress) -> None:
-        if self.checkpoints is not None:
+        """Writes a checkpoint. One that cannot be written (disk full) is said in one line, and training goes on
+        without checkpoints: the run ends with its parameters in --out and a non-zero exit (CheckpointMissed)."""
+        if self.checkpoints is None or self.missed is not None:
+            return
+        try:
             self.checkpoints.save(progress.step, state, progress.to_json())
+        except CheckpointWriteError as e:
+            self.missed = e
+            self.log(f"warning: {e}; training goes on without checkpoints")
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, state: TrainState, progress: Progress, bar: Callable[..., Any]) -> TrainState:
@@ -446,7 +458,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print, bar: Calla
     else:
         checkpoints = None
         if config.checkpoint_dir:
-            checkpoints = Checkpoints(config.checkpoint_dir, signature(config, data))
+            checkpoints = Checkpoints(config.checkpoint_dir, signature(config, data), log=log)
             if not config.resume and checkpoints.latest() is not None:
                 raise TrainError(f"{checkpoints.directory} already holds checkpoints (latest step "
                                  f"{checkpoints.latest()}); pass --resume to continue, or choose an empty directory")
@@ -487,6 +499,10 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print, bar: Calla
             raise OutputError(f"could not write to --out {config.out} after training ({e.strerror or e}); "
                               + _rescue(summary, run)) from None
         log(f"wrote metrics.json{', params.npz and plots' if config.plots else ' and params.npz'} to {config.out}")
+    missed = run.missed if run is not None else None
+    if missed is not None:
+        where = f"its parameters are in {config.out}" if config.out else "pass --out to keep its parameters"
+        raise CheckpointMissed(f"{missed}; training finished without checkpoints from then on, and {where}")
     return summary
 
 

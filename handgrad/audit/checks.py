@@ -1,0 +1,169 @@
+"""One rule, one check, three draws: what the audit runs for each row, in whichever process runs it.
+
+Every outcome is a status; no exception escapes. An exception from inside the oracle (anything
+but a mismatch or a refusal) is an ``oracle error``, reported with where it was raised, so that
+it can be fixed in the oracle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from handgrad.audit.config import FunctionConfig
+from handgrad.audit.discover import Rule
+from handgrad.audit.inputs import DRAWS, Inputs, NoInputs, from_annotations, from_specs, guessed, in_domain
+
+CHECKS = ("vjp", "vjp of the vjp", "transformations")
+SHORT = {"vjp": "vjp", "order2": "vjp of the vjp", "transforms": "transformations"}  # as --checks names them
+# The order rows are summarised in: the first status any draw has, wins.
+PRIORITY = ("oracle error", "FAIL", "timeout", "expected", "note", "ok", "refused", "skipped")
+FAILING = ("FAIL", "oracle error")  # a row with one of these makes the audit exit 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """The outcome of one check of one rule over its draws."""
+
+    rule: str
+    kind: str  # custom_vjp, custom_jvp, annotated
+    check: str  # one of CHECKS
+    status: str  # one of PRIORITY
+    detail: str  # one line for ok; for the others, what and where
+    inputs: str  # "annotations: f32[3,4], i32[3]<2" or "config: …" or "guessed: …"
+    seconds: float
+
+
+def select(text: str) -> tuple[str, ...]:
+    """``"vjp,order2,transforms"`` to check names; ValueError names an unknown one."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SHORT]
+    if unknown or not names:
+        raise ValueError(f"unknown check {unknown[0] if unknown else text!r}; use {', '.join(SHORT)}")
+    return tuple(SHORT[n] for n in names)
+
+
+def run_check(rule: Rule, check: str, entry: FunctionConfig, seed: int) -> Row:
+    """``check`` on ``rule`` at each draw, summarised."""
+    start = time.perf_counter()
+    if entry.skip:
+        return Row(rule.name, rule.kind, check, "skipped", entry.skip, "", 0.0)
+    outcomes: list[tuple[str, str]] = []
+    described = ""
+    for draw in range(DRAWS):
+        try:
+            inputs = _inputs(rule, entry, draw, seed)
+        except NoInputs as e:
+            outcomes.append(("skipped", e.why))
+            break
+        described = f"{inputs.source}: {inputs.described}"
+        outcomes.append(_one(rule, check, inputs, entry, seed, draw))
+        if outcomes[-1][0] in ("skipped", "oracle error"):
+            break
+    status = min((s for s, _ in outcomes), key=PRIORITY.index)
+    details = [d for s, d in outcomes if s == status]
+    detail = details[0] + (f" (in {len(details)} of {len(outcomes)} draws)" if len(outcomes) > 1 else "")
+    return Row(rule.name, rule.kind, check, status, detail, described, time.perf_counter() - start)
+
+
+def _inputs(rule: Rule, entry: FunctionConfig, draw: int, seed: int) -> Inputs:
+    if entry.args is not None:
+        inputs = from_specs(list(entry.args), draw, seed)
+    else:
+        try:
+            inputs = from_annotations(rule.signature_of, draw, seed)
+        except NoInputs as e:
+            if rule.kind == "annotated":
+                raise
+            try:
+                inputs = guessed(rule.signature_of, draw, seed)
+            except NoInputs:
+                raise e from None
+    return dataclasses.replace(inputs, args=in_domain(inputs.args, entry.domain))
+
+
+def _one(rule: Rule, check: str, inputs: Inputs, entry: FunctionConfig, seed: int, draw: int) -> tuple[str, str]:
+    import jax
+
+    from reference import CheckRefused, TransformMismatch, VJPMismatch, check_transforms, check_vjp
+
+    fn, args = _settings_bound(rule, inputs.args)
+    try:
+        jax.eval_shape(fn, *args)
+    except Exception as e:
+        fix = "; give specs in the audit config" if inputs.source != "config" else ""
+        return "skipped", f"{_short(rule.name)}({inputs.described}) raised {first_line(e)}{fix}"
+    try:
+        if check == "transformations":
+            t = check_transforms(fn, args, seed=seed + draw)
+            return "ok", "jit, vmap, scan, checkpoint, grad of jit agree with eager" + (
+                f"; {t.skipped}" if getattr(t, "skipped", None) else "")
+        report = check_vjp(fn, args, seed=seed + draw, order=1 if check == "vjp" else 2)
+    except (VJPMismatch, TransformMismatch) as e:
+        first = e.problems[0]
+        what = f"{len(e.problems)} mismatches; {first}" if isinstance(e, VJPMismatch) else \
+            f"differs from eager under {', '.join(e.transforms)}; {first}"
+        if entry.expect:
+            return "expected", f"{entry.expect}: {what}"
+        return "FAIL", what + f" [draw {draw}]"
+    except CheckRefused as e:
+        hint = "; the inputs were not configured: a domain in the audit config may fit fn" \
+            if inputs.source != "config" and entry.domain is None and "nothing could be checked" in e.reason else ""
+        return "refused", e.reason + hint
+    except Exception as e:  # the oracle's own failure: reported with where, never raised
+        return "oracle error", f"{first_line(e)} at {where(e)}"
+    if report.notes:
+        note = report.notes[0]
+        return "note", f"{len(report.notes)} precision notes; {note}"
+    unchecked = sum(leaf.unchecked for leaf in report.leaves)
+    extra = f", {unchecked} entries unchecked" + (f" ({report.unchecked_why})" if report.unchecked_why else "") \
+        if unchecked else ""
+    return "ok", f"max rel err {report.max_rel_err:.1e}, {report.kinks} kinks{extra}"
+
+
+def _settings_bound(rule: Rule, args: tuple) -> tuple[Callable, tuple]:
+    """fn of its array arguments, with its Python numbers (a rate, a scale: settings, which a rule may need
+    concrete) bound as given. A scalar to differentiate is written ``f32[]``."""
+    settings = {i: a for i, a in enumerate(args) if isinstance(a, bool | int | float | complex)}
+    arrays = tuple(a for i, a in enumerate(args) if i not in settings)
+
+    def fn(*xs: Any) -> Any:
+        given = iter(xs)
+        return rule.fn(*[settings[i] if i in settings else next(given) for i in range(len(args))])
+
+    fn.__name__ = _short(rule.name)
+    return fn, arrays
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+
+
+def where(e: BaseException) -> str:
+    """The innermost frame of the traceback in handgrad's own libraries, else the innermost one."""
+    frames = traceback.extract_tb(e.__traceback__)
+    ours = [f for f in frames if any(f"{os.sep}{p}{os.sep}" in f.filename for p in ("reference", "handgrad"))]
+    if not frames:
+        return "?"
+    place = [f"{os.sep.join(f.filename.split(os.sep)[-3:])}:{f.lineno}" for f in (ours or frames)[-1:] + frames[-1:]]
+    return place[0] if place[0] == place[1] else f"{place[0]} (raised in {place[1]})"
+
+
+def _short(name: str) -> str:
+    return name.partition(":")[2] or name
+
+
+def summarise(rows: list[Row]) -> dict[str, Any]:
+    """Counts per status over rules: a rule's status is the worst of its checks."""
+    by_rule: dict[str, list[Row]] = {}
+    for r in rows:
+        by_rule.setdefault(r.rule, []).append(r)
+    counts = {s: 0 for s in PRIORITY}
+    for checks in by_rule.values():
+        counts[min((r.status for r in checks), key=PRIORITY.index)] += 1
+    return counts
