@@ -90,13 +90,14 @@ def _one(rule: Rule, check: str, inputs: Inputs, entry: FunctionConfig, seed: in
     import jax
 
     from reference import CheckRefused, TransformMismatch, VJPMismatch, check_transforms, check_vjp
+    from reference.oracle.report import said
 
     fn, args = _settings_bound(rule, inputs.args)
     try:
         jax.eval_shape(fn, *args)
     except Exception as e:
         fix = "; give specs in the audit config" if inputs.source != "config" else ""
-        return "skipped", f"{_short(rule.name)}({inputs.described}) raised {first_line(e)}{fix}"
+        return "skipped", f"{_short(rule.name)}({inputs.described}) raised {said(e)}{fix}"
     try:
         if check == "transformations":
             t = check_transforms(fn, args, seed=seed + draw)
@@ -115,7 +116,7 @@ def _one(rule: Rule, check: str, inputs: Inputs, entry: FunctionConfig, seed: in
             if inputs.source != "config" and entry.domain is None and "nothing could be checked" in e.reason else ""
         return "refused", e.reason + hint
     except Exception as e:  # the oracle's own failure: reported with where, never raised
-        return "oracle error", f"{first_line(e)} at {where(e)}"
+        return "oracle error", f"{said(e)} at {where(e)}"
     if report.notes:
         note = report.notes[0]
         return "note", f"{len(report.notes)} precision notes; {note}"
@@ -137,11 +138,6 @@ def _settings_bound(rule: Rule, args: tuple) -> tuple[Callable, tuple]:
 
     fn.__name__ = _short(rule.name)
     return fn, arrays
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
 
 
 def where(e: BaseException) -> str:

@@ -38,8 +38,9 @@ def serve(conn: Any, options: Options) -> None:
         import jax
 
         jax.config.update("jax_enable_x64", True)  # this process's own state: it exists to run the audit
-    from handgrad.audit.checks import first_line, run_check, where
+    from handgrad.audit.checks import run_check, where
     from handgrad.audit.discover import discover
+    from reference.oracle.report import said
 
     found = discover(options.target, options.config.include, options.config.exclude)
     rules = {r.name: r for r in found.rules}
@@ -50,7 +51,7 @@ def serve(conn: Any, options: Options) -> None:
             row = run_check(rules[name], check, options.config.for_rule(name), options.seed)
         except Exception as e:  # a bug of the audit's own: a row that says where, and the worker goes on
             rule = rules[name]
-            row = Row(name, rule.kind, check, "oracle error", f"{first_line(e)} at {where(e)}", "", 0.0)
+            row = Row(name, rule.kind, check, "oracle error", f"{said(e)} at {where(e)}", "", 0.0)
         conn.send(row)
 
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reference.oracle.report import said
 from reference.oracle.trees import Flat
 
 LEVEL_RATIO = 4.0  # each level's step is a quarter of the one before: Richardson's error drops 256×
@@ -55,9 +56,8 @@ class Probes:
 @np.errstate(invalid="ignore", divide="ignore", over="ignore")  # NaN and inf are judged, not warned of
 def _jumps(s: np.ndarray, n: np.ndarray) -> np.ndarray:
     """A change of φ that stays the same size when the step doubles (rows +h, −h, +2h, −2h): a jump."""
-    with np.errstate(invalid="ignore"):
-        sides = [(np.abs(s[k + 2] - s[k]) < 0.25 * np.abs(s[k])) & (np.abs(s[k]) > 8 * (n[k] + n[k + 2]))
-                 for k in (0, 1)]
+    sides = [(np.abs(s[k + 2] - s[k]) < 0.25 * np.abs(s[k])) & (np.abs(s[k]) > 8 * (n[k] + n[k + 2]))
+             for k in (0, 1)]
     return sides[0] | sides[1]
 
 
@@ -161,7 +161,7 @@ class Differences:
                         outs.append([np.asarray(r, np.float64)[:len(part[0])] for r in res])
                         continue
                     except (jax.errors.JAXTypeError, NotImplementedError) as e:  # no jit or no vmap of fn
-                        self.one_by_one = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+                        self.one_by_one = said(e, 120)
                 rows = [single(self.x, self.base, self.ct, *(jnp.asarray(c[k], d) for c, d in
                                                              zip(part, dtypes, strict=True)), *extra)
                         for k in range(len(part[0]))]

@@ -13,6 +13,12 @@ SHOWN = 10  # mismatches (or notes) written out in a message; the rest are count
 KINDS = ("value", "kink", "precision", "reference", "forward", "cotangent")
 
 
+def said(error: BaseException, limit: int = 160) -> str:
+    """An exception in one line for a report: its type and the first line of its message."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:limit]}" if text else type(error).__name__
+
+
 class CheckRefused(Exception):
     """The check declined: ``reason`` says why in one line. Each refusal is also the TypeError or
     ValueError its cause is (no float argument: TypeError; a NaN input: ValueError), so existing
@@ -35,11 +41,9 @@ class NotDifferentiable(CheckRefused, TypeError):
     """JAX itself cannot differentiate fn (``order`` 1), or its VJP again (``order`` 2): ``cause`` is JAX's error."""
 
     def __init__(self, name: str, order: int, cause: BaseException):
-        first = (str(cause).strip().splitlines() or [""])[0][:200]
         what = f"the VJP of {name} again" if order == 2 else name
         then = "; order 1 is checked on its own (order=1)" if order == 2 else ""
-        super().__init__(f"check_vjp: order {order}: JAX cannot differentiate {what} ({type(cause).__name__}: "
-                         f"{first}){then}")
+        super().__init__(f"check_vjp: order {order}: JAX cannot differentiate {what} ({said(cause, 200)}){then}")
         self.order, self.cause = order, cause
 
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reference.oracle import tolerance
-from reference.oracle.report import NotDifferentiable, RefusedType, RefusedValue
+from reference.oracle.report import NotDifferentiable, RefusedType, RefusedValue, said
 from reference.oracle.trees import Split, comparable, kind, outputs, random_like
 
 TRANSFORMS = ("jit", "vmap", "grad-of-jit", "checkpoint", "scan")
@@ -140,7 +140,7 @@ def _each_part(transformed: Callable, fixed: list, each: list, stacked: Any, eag
         try:
             results.update(transformed((name,), fixed, each, stacked))
         except Exception as e:  # JAX's limit for this function: reported, and that transformation not compared
-            skipped["jit" if name == "each" else name] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+            skipped["jit" if name == "each" else name] = said(e)
     if "each" not in results:
         results["each"] = [eager(*e) for e in each]
     return results, skipped

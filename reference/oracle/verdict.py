@@ -114,9 +114,8 @@ def first_pass(p: Probes, noise: np.ndarray) -> np.ndarray:
     level = p.level(0)
     v = _one_level(level, noise)
     trunc = np.abs((level.d1 - level.a1) - (level.d2 - level.a2))
-    with np.errstate(invalid="ignore"):
-        sharp = RICHARDSON_LEFT * trunc <= noise
-        return (np.abs(v["richardson"]) <= v["tol_r"]) & sharp & p.finite[0] & v["finite"]
+    sharp = RICHARDSON_LEFT * trunc <= noise
+    return (np.abs(v["richardson"]) <= v["tol_r"]) & sharp & p.finite[0] & v["finite"]
 
 
 @np.errstate(invalid="ignore", divide="ignore", over="ignore")  # NaN and inf are judged, not warned of
@@ -137,10 +136,9 @@ def judge(p: Probes, noise: np.ndarray) -> Verdict:
         error = spread[best - 1, columns]
     value, analytic = numerical[best, columns], p.a1[best, columns]
     tol = error + noise
-    with np.errstate(invalid="ignore"):
-        smooth_ok = np.isfinite(error) & (np.abs(analytic - value) <= tol)
-        if n_levels == 1:  # the central difference alone may settle it too
-            smooth_ok |= v["smooth"][0]
+    smooth_ok = np.isfinite(error) & (np.abs(analytic - value) <= tol)
+    if n_levels == 1:  # the central difference alone may settle it too
+        smooth_ok |= v["smooth"][0]
     # A kink: seen at two levels in a row (the gap does not shrink), the analytic value inside the finer interval.
     seen = v["kink"] & v["usable"]
     pair, finer = (seen, 0) if n_levels == 1 else (seen[:-1] & seen[1:], 1)
@@ -148,14 +146,13 @@ def judge(p: Probes, noise: np.ndarray) -> Verdict:
     kink_ok = kink & np.any(pair & v["inside"][finer:], axis=0)
     level = np.where(kink & ~smooth_ok, np.argmax(pair, axis=0) + finer, best)
     scale = np.abs(value) + np.abs(analytic)
-    with np.errstate(invalid="ignore"):
-        if n_levels == 1:  # a jump in reach, or not finite a step away
-            unchecked = ~smooth_ok & ~kink_ok & ~v["usable"][0]
-        else:  # no level gives a consistent difference
-            unchecked = ~smooth_ok & ~kink & ~(error <= UNCHECKABLE * scale + noise)
-        # A NaN or inf VJP is wrong wherever the differences are finite and consistent (sqrt at 0 they are not).
-        unchecked &= np.isfinite(analytic) | ~np.isfinite(error)
-        badness = np.abs(analytic - value) / tol
+    if n_levels == 1:  # a jump in reach, or not finite a step away
+        unchecked = ~smooth_ok & ~kink_ok & ~v["usable"][0]
+    else:  # no level gives a consistent difference
+        unchecked = ~smooth_ok & ~kink & ~(error <= UNCHECKABLE * scale + noise)
+    # A NaN or inf VJP is wrong wherever the differences are finite and consistent (sqrt at 0 they are not).
+    unchecked &= np.isfinite(analytic) | ~np.isfinite(error)
+    badness = np.abs(analytic - value) / tol
     badness = np.where(np.isfinite(badness), badness, np.inf)
     at = (level, columns)
     return Verdict(ok=smooth_ok | kink_ok | unchecked, badness=badness, kink=kink, analytic=analytic,
