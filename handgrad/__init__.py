@@ -3,7 +3,7 @@
 * :mod:`handgrad.cli`: ``handgrad verify | check | train | bench``;
 * :mod:`handgrad.verify`: the report runner over the op table (:mod:`properties.table`);
 * :mod:`handgrad.bench`: one training step written three ways, timed in one process;
-* :mod:`handgrad.train`: the training application (config, data sets, checkpoints, plots, the loop),
+* :mod:`handgrad.train`: the training application (config, data sets, state, model, run, command, checkpoints, plots),
   which needs the ``train`` extra and imports it only when it runs.
 
 The libraries are ``pure`` (the ops), ``reference`` (the oracle) and ``properties`` (the laws);

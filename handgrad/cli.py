@@ -191,7 +191,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         from tqdm import tqdm
 
-        from handgrad.train import loop
+        from handgrad.train import command, run
         from handgrad.train.checkpoints import CheckpointError
         from handgrad.train.data import DataError
     except ModuleNotFoundError as e:
@@ -205,14 +205,14 @@ def _train(args: argparse.Namespace) -> int:
     log = tqdm.write if lead else (lambda text: None)
     bar = functools.partial(tqdm, unit="step", leave=False, disable=None if lead else True, dynamic_ncols=True)
     try:
-        loop.train(train_config.from_arguments(args), log=log, bar=bar)
+        command.train(train_config.from_arguments(args), log=log, bar=bar)
     except (DataError, CheckpointError, train_config.TrainError) as e:
         print(f"handgrad train: {e}", file=sys.stderr)
         return 2
-    except loop.Diverged as e:
+    except run.Diverged as e:
         print(f"handgrad train: {e}", file=sys.stderr)
         return 3
-    except (loop.OutputError, loop.CheckpointMissed) as e:
+    except (command.OutputError, command.CheckpointMissed) as e:
         print(f"handgrad train: {e}", file=sys.stderr)
         return 1
     return 0

@@ -1,24 +1,32 @@
-"""Faults that lose nothing: a checkpoint that cannot be written (disk full), said in one line.
+"""Faults that lose nothing.
 
-Training goes on without checkpoints, the parameters reach --out, the last good checkpoint still
-restores, no partial directory is left, and the exit code says a checkpoint was missed.
+A checkpoint that cannot be written (disk full) is said in one line: training goes on without
+checkpoints, the parameters reach --out, the last good checkpoint still restores, no partial
+directory is left, and the exit code says a checkpoint was missed. A run stopped as by kill -9 at
+random moments (a stretch of steps, an evaluation, before and inside a checkpoint write) resumes
+to the same bits. A damaged params.npz left in --out is replaced, never read.
 """
 
+import dataclasses
 import errno
+import json
 import os
 import re
 import subprocess
 import sys
 import uuid
 
+import jax
 import numpy as np
 import pytest
 
 from handgrad.cli import main
+from handgrad.train import command
 from handgrad.train import data as datasets
-from handgrad.train import loop as trainer
 from handgrad.train.checkpoints import Checkpoints
 from handgrad.train.config import TrainConfig
+from handgrad.train.run import Run
+from handgrad.train.state import Progress
 
 IRIS = dict(dataset="iris", hidden=(16,), batch_size=15, epochs=3, plots=False)
 
@@ -67,8 +75,8 @@ def test_disk_full_at_a_checkpoint_is_one_line_and_loses_nothing(tmp_path, capsy
     assert not [n for n in os.listdir(ckpt) if "tmp" in n]  # the partial write is gone
     config = TrainConfig(**IRIS, checkpoint_dir=str(ckpt), checkpoint_every=4)
     data = datasets.load("iris")
-    checkpoints = Checkpoints(str(ckpt), trainer.signature(config, data))
-    run = trainer.Run(config, data, "softmax", *datasets.split(data, 0.1, 0.2, 0).values(), checkpoints=checkpoints)
+    checkpoints = Checkpoints(str(ckpt), command.signature(config, data))
+    run = Run(config, data, "softmax", *datasets.split(data, 0.1, 0.2, 0).values(), checkpoints=checkpoints)
     tree, record, skipped = checkpoints.restore(run.initial_state()[0])
     assert record["step"] == last_good < missed and not skipped
     assert all(np.all(np.isfinite(np.asarray(w))) for w in tree.params[0].values())
@@ -105,3 +113,93 @@ def test_a_real_full_filesystem(tmp_path):
         assert not [n for n in os.listdir(small / "ckpt") if "tmp" in n]
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+# ------------------------------------------------------------------ kill -9, in-process
+class Killed(BaseException):
+    """kill -9, in-process: a BaseException, so no ``except Exception`` on the way runs a clean-up."""
+
+
+KILLABLE = dict(dataset="iris", hidden=(16,), batch_size=15, epochs=3, plots=False, checkpoint_every=3)
+
+
+def _final_checkpoint(config):
+    data = datasets.load(config.dataset)
+    checkpoints = Checkpoints(config.checkpoint_dir, command.signature(config, data))
+    run = Run(config, data, "softmax", *datasets.split(data, 0.1, 0.2, 0).values(), checkpoints=checkpoints)
+    tree, record, _ = checkpoints.restore(run.initial_state()[0])
+    return tree, Progress.from_json(record)
+
+
+@pytest.fixture
+def kill_at(monkeypatch):
+    """``kill_at(point)``: the run is stopped at ``point`` = (moment, step) as by kill -9; the returned hook goes to
+    ``train(at=...)``. The moment "write" stops orbax half-way through writing the checkpoint of that step: its
+    temporary directory partly written, the rename never done."""
+    import orbax.checkpoint as ocp
+
+    real = ocp.CheckpointManager.save
+    armed: list = []
+
+    def save(self, step, *args, **kwargs):
+        if armed and armed[0] == ("write", step):
+            partial = os.path.join(str(self.directory), f"{step}.orbax-checkpoint-tmp-{uuid.uuid4().int % 10**9}")
+            os.makedirs(os.path.join(partial, "state"))
+            with open(os.path.join(partial, "state", "part"), "wb") as f:
+                f.write(b"\0" * 100)
+            raise Killed(armed.pop())
+        return real(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+
+    def arm(point):
+        armed[:] = [point]
+
+        def at(moment, step):
+            if armed and armed[0] == (moment, step):
+                raise Killed(armed.pop())
+        return at
+    return arm
+
+
+@pytest.mark.parametrize("series", [0, 1, 2])
+def test_kill_9_at_random_moments_then_resume_is_bitwise_identical(series, tmp_path, kill_at):
+    whole = TrainConfig(**KILLABLE, checkpoint_dir=str(tmp_path / "whole"))
+    moments = []
+    command.train(whole, log=lambda _: None, at=lambda moment, step: moments.append((moment, step)))
+    points = moments + [("write", step) for moment, step in moments if moment == "checkpoint"]
+    assert {m for m, _ in points} == {"stretch", "evaluate", "checkpoint", "write"} and len(moments) == 21
+    rng = np.random.default_rng(series)
+    writes = [p for p in points if p[0] == "write"]
+    chosen = [writes[rng.integers(len(writes))], *(points[i] for i in rng.choice(len(points), 2, replace=False))]
+    chosen = sorted(set(chosen), key=lambda p: (p[1], ["stretch", "evaluate", "checkpoint", "write"].index(p[0])))
+
+    killed = TrainConfig(**KILLABLE, checkpoint_dir=str(tmp_path / "killed"))
+    for i, point in enumerate(chosen):
+        with pytest.raises(Killed):
+            command.train(dataclasses.replace(killed, resume=i > 0), log=lambda _: None, at=kill_at(point))
+    command.train(dataclasses.replace(killed, resume=True), log=lambda _: None)
+
+    (tree, progress), (again, resumed) = _final_checkpoint(whole), _final_checkpoint(killed)
+    assert resumed.step == progress.step == 21
+    for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(again), strict=True):
+        np.testing.assert_array_equal(a, b)  # params, optimizer state and key: bit for bit
+    assert [dataclasses.replace(r, examples_per_s=0.0) for r in progress.history] == \
+        [dataclasses.replace(r, examples_per_s=0.0) for r in resumed.history]
+    assert not [n for n in os.listdir(tmp_path / "killed") if "tmp" in n]  # orbax cleared the torn write
+
+
+def test_a_damaged_params_npz_in_out_is_replaced_never_read(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "params.npz").write_bytes(b"PK\x03\x04 a zip archive cut short by an earlier run")
+    (out / "metrics.json").write_text("{not json")
+    reads = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda path, *a, **k: reads.append(path) or real_load(path, *a, **k))
+    command.train(TrainConfig(**{**IRIS, "epochs": 1}, out=str(out)), log=lambda _: None)
+    monkeypatch.undo()
+    assert not reads
+    saved = np.load(out / "params.npz")
+    assert saved["0/W"].shape == (4, 16) and json.loads((out / "metrics.json").read_text())["dataset"] == "iris"
+    assert sorted(os.listdir(out)) == ["metrics.json", "params.npz"]  # no partial file left

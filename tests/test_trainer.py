@@ -16,11 +16,14 @@ import jax
 import numpy as np
 import pytest
 
+import pure.nn
 from handgrad.cli import main
+from handgrad.train import command
 from handgrad.train import data as datasets
-from handgrad.train import loop as trainer
 from handgrad.train.checkpoints import CheckpointError, Checkpoints
 from handgrad.train.config import TrainConfig, TrainError
+from handgrad.train.run import Run
+from handgrad.train.state import Progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IRIS = {"dataset": "iris", "hidden": (16,), "batch_size": 15, "epochs": 3}
@@ -113,23 +116,23 @@ def test_split_is_stratified_and_standardised_on_train_only():
 def test_reference_run_stays_within_float32_rounding_of_pure():
     config = TrainConfig(**{**IRIS, "epochs": 2}, dropout=0.2, l1=1e-3, l2=1e-3, max_norm=2.0, reference=True)
     rows = []
-    summary = trainer.train(config, log=rows.append)
-    assert [r["epoch"] for r in summary["history"]] == [1, 2]
+    summary = command.train(config, log=rows.append)
+    assert [r.epoch for r in summary["history"]] == [1, 2]
     assert 0 < summary["ref_max_diff"] < 1e-5, summary["ref_max_diff"]
     assert any("largest parameter difference from jax.grad + optax" in r for r in rows)
 
 
 def test_early_stopping_keeps_the_best_parameters_and_out_has_metrics_params_and_plots(tmp_path):
     config = TrainConfig(**{**IRIS, "epochs": 40}, lr=0.2, early_stopping=2, out=str(tmp_path))
-    summary = trainer.train(config, log=lambda _: None)
+    summary = command.train(config, log=lambda _: None)
     history, best = summary["history"], summary["best_epoch"]
     assert len(history) == best + 2 < 40  # stopped two epochs after the best
-    assert history[best - 1]["val_metric"] > max(r["val_metric"] for r in history[best:])
+    assert history[best - 1].val_metric > max(r.val_metric for r in history[best:])
     data = datasets.load("iris")
     parts = datasets.split(data, config.val_fraction, config.test_fraction, config.seed)
     _, Xva = datasets.standardize(data.X[parts["train"]], data.X[parts["val"]])
-    logits = jax.jit(lambda p, x: trainer.pure.nn.mlp(p, x))(summary["params"], Xva)
-    assert np.mean(np.argmax(logits, axis=1) == data.y[parts["val"]]) == history[best - 1]["val_metric"]
+    logits = jax.jit(lambda p, x: pure.nn.mlp(p, x))(summary["params"], Xva)
+    assert np.mean(np.argmax(logits, axis=1) == data.y[parts["val"]]) == history[best - 1].val_metric
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["best_epoch"] == best and metrics["test_metric"] == summary["test_metric"]
     saved = np.load(tmp_path / "params.npz")
@@ -143,19 +146,18 @@ def test_kfold_folds_are_scikit_learns_and_each_score_is_that_folds_own_run():
 
     config = TrainConfig(**{**IRIS, "epochs": 2}, kfold=3)
     rows = []
-    summary = trainer.train(config, log=rows.append)
+    summary = command.train(config, log=rows.append)
     data = datasets.load("iris")
     rest = datasets.split(data, 0.0, config.test_fraction, config.seed)["train"]  # train+val; test untouched
     folds = StratifiedKFold(3, shuffle=True, random_state=config.seed).split(rest, data.y[rest])
     scores = []
     for k, (a, b) in enumerate(folds):  # each fold trained again on its own, from scikit-learn's indices
-        run = trainer.Run(config, data, "softmax", rest[a], rest[b], rest[:0], log=lambda _: None)
-        state, progress = run.initial_state()
-        run.fit(state, progress, trainer._QuietBar)
-        assert summary["folds"][k]["val_metric"] == progress.history[-1]["val_metric"]
-        assert progress.history[-1]["val_metric"] * len(b) == pytest.approx(round(progress.history[-1]["val_metric"]
-                                                                                * len(b)))  # a count over the fold
-        scores.append(progress.history[-1]["val_metric"])
+        run = Run(config, data, "softmax", rest[a], rest[b], rest[:0], log=lambda _: None)
+        _, progress = run.fit(*run.initial_state(), command._QuietBar)
+        score = progress.history[-1].val_metric
+        assert summary["folds"][k]["val_metric"] == score
+        assert score * len(b) == pytest.approx(round(score * len(b)))  # a count over the fold
+        scores.append(score)
     assert len(set(scores)) > 1  # three different folds, three different scores
     assert summary["cv_mean"] == pytest.approx(sum(scores) / 3)
     assert summary["cv_std"] == pytest.approx((sum((s - sum(scores) / 3) ** 2 for s in scores) / 3) ** 0.5)
@@ -164,7 +166,7 @@ def test_kfold_folds_are_scikit_learns_and_each_score_is_that_folds_own_run():
 
 def test_binary_path_trains_breast_cancer_with_binary_cross_entropy():
     rows = []
-    summary = trainer.train(TrainConfig(dataset="breast_cancer", hidden=(16,), epochs=3, batch_size=32),
+    summary = command.train(TrainConfig(dataset="breast_cancer", hidden=(16,), epochs=3, batch_size=32),
                             log=rows.append)
     assert summary["task"] == "binary" and summary["loss"] == "binary_cross_entropy"
     assert summary["params"][-1]["W"].shape == (16, 1)  # one logit
@@ -174,7 +176,7 @@ def test_binary_path_trains_breast_cancer_with_binary_cross_entropy():
 
 def test_regression_path_trains_diabetes_and_fits_least_squares_in_closed_form():
     rows = []
-    summary = trainer.train(TrainConfig(dataset="diabetes", hidden=(16,), epochs=5, batch_size=32,
+    summary = command.train(TrainConfig(dataset="diabetes", hidden=(16,), epochs=5, batch_size=32,
                                         weight_decay=0.01), log=rows.append)
     assert summary["task"] == "regression" and summary["loss"] == "mse"
     assert summary["params"][-1]["W"].shape == (16, 1)
@@ -185,24 +187,24 @@ def test_regression_path_trains_diabetes_and_fits_least_squares_in_closed_form()
 
 def test_checkpoint_of_another_run_is_refused(tmp_path):
     ckpt = str(tmp_path / "ckpt")
-    trainer.train(TrainConfig(**{**IRIS, "epochs": 1}, checkpoint_dir=ckpt), log=lambda _: None)
+    command.train(TrainConfig(**{**IRIS, "epochs": 1}, checkpoint_dir=ckpt), log=lambda _: None)
     with pytest.raises(TrainError, match="already holds checkpoints .* pass --resume"):
-        trainer.train(TrainConfig(**{**IRIS, "epochs": 1}, checkpoint_dir=ckpt), log=lambda _: None)
+        command.train(TrainConfig(**{**IRIS, "epochs": 1}, checkpoint_dir=ckpt), log=lambda _: None)
     other_model = TrainConfig(**{**IRIS, "epochs": 1, "hidden": (8,)}, checkpoint_dir=ckpt, resume=True)
     with pytest.raises(CheckpointError, match=r"different run: hidden is \[16\] there but \[8\] here"):
-        trainer.train(other_model, log=lambda _: None)
+        command.train(other_model, log=lambda _: None)
     other_data = TrainConfig(**{**IRIS, "epochs": 1, "dataset": "digits"}, checkpoint_dir=ckpt, resume=True)
     with pytest.raises(CheckpointError, match="dataset is 'iris' there but 'digits' here.*data is 'iris: 150x4"):
-        trainer.train(other_data, log=lambda _: None)
+        command.train(other_data, log=lambda _: None)
 
 
 def _latest_checkpoint(config, directory):
     """The newest checkpoint in ``directory`` that reads back, restored as ``handgrad train --resume`` would."""
     data = datasets.load(config.dataset)
-    checkpoints = Checkpoints(directory, trainer.signature(config, data))
-    run = trainer.Run(config, data, "softmax", *datasets.split(data, 0.1, 0.2, 0).values(), checkpoints=checkpoints)
+    checkpoints = Checkpoints(directory, command.signature(config, data))
+    run = Run(config, data, "softmax", *datasets.split(data, 0.1, 0.2, 0).values(), checkpoints=checkpoints)
     tree, record, _ = checkpoints.restore(run.initial_state()[0])
-    return tree, trainer.Progress.from_json(record)
+    return tree, Progress.from_json(record)
 
 
 def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(tmp_path, capsys):
@@ -259,8 +261,8 @@ def test_an_out_that_fails_after_training_leaves_the_results_and_says_where(tmp_
             out.write_bytes(b"")
 
     config = TrainConfig(**IRIS, out=str(out), checkpoint_dir=str(ckpt))
-    with pytest.raises(trainer.OutputError) as info:
-        trainer.train(config, log=pull_the_rug)
+    with pytest.raises(command.OutputError) as info:
+        command.train(config, log=pull_the_rug)
     message = str(info.value)
     assert message.startswith(f"could not write to --out {out} after training (")
     fallback = message.split("metrics.json and params.npz are in ")[1].split(" instead")[0]
@@ -282,7 +284,7 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
     # at its end. The victim is killed as soon as a checkpoint inside epoch 2 is started (it may be half written).
     config = TrainConfig(hidden=(16,), epochs=3, batch_size=32, checkpoint_every=13)
     args = ["--hidden", "16", "--epochs", "3", "--batch-size", "32", "--checkpoint-every", "13"]
-    trainer.train(dataclasses.replace(config, checkpoint_dir=str(tmp_path / "whole")), log=lambda _: None)
+    command.train(dataclasses.replace(config, checkpoint_dir=str(tmp_path / "whole")), log=lambda _: None)
 
     ckpt = tmp_path / "killed"
     victim = subprocess.Popen(_cli(*args, "--checkpoint-dir", str(ckpt)), cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -304,7 +306,7 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
     assert progress.step == whole_progress.step == 3 * 39
     for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)  # params, optimizer state and key: bit for bit
-    timeless = [[{k: v for k, v in r.items() if k != "examples_per_s"} for r in p.history]
+    timeless = [[dataclasses.replace(r, examples_per_s=0.0) for r in p.history]
                 for p in (whole_progress, progress)]
     assert timeless[0] == timeless[1] and len(timeless[0]) == 3
 
@@ -325,7 +327,7 @@ def test_two_processes_of_two_devices_match_one_process(tmp_path):
     assert "4 device(s) in 2 process(es)" in outs[0][0] and "test acc" in outs[0][0]
     assert "epoch" not in outs[1][0]  # only process 0 reports
     config = TrainConfig(dataset="iris", hidden=(16,), epochs=2, batch_size=20)
-    single = trainer.train(config, log=lambda _: None)["params"]
+    single = command.train(config, log=lambda _: None)["params"]
     together = np.load(tmp_path / "params.npz")
     for i, layer in enumerate(single):
         for name, value in layer.items():

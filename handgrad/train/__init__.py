@@ -4,7 +4,11 @@
 * :mod:`handgrad.train.data`: scikit-learn's bundled data sets or a ``.npz``, checked and split;
 * :mod:`handgrad.train.checkpoints`: orbax checkpoints that survive ``kill -9`` and damaged files;
 * :mod:`handgrad.train.plots`: the PNGs of ``--out``;
-* :mod:`handgrad.train.loop`: the run itself.
+* :mod:`handgrad.train.state`: the arrays of a run and where it stands, immutable values;
+* :mod:`handgrad.train.model`: the objective and the compiled programs that train and evaluate it;
+* :mod:`handgrad.train.run`: one run: fresh or resumed state, the training loop, evaluation, early stopping;
+* :mod:`handgrad.train.command`: the command's entry point, :func:`~handgrad.train.command.train`;
+* :mod:`handgrad.train.outputs`: what ``--out`` holds, each file written whole or not at all.
 
 Importing this package loads none of the ``train`` extra (scikit-learn, orbax, matplotlib, tqdm).
 """

@@ -2,7 +2,8 @@
 
 A checkpoint is a pytree of arrays (the run's ``TrainState``) and a JSON record (its
 ``Progress`` and the run's signature). orbax writes each into a temporary directory and
-renames it when complete, so a process killed mid-write leaves the previous checkpoint whole.
+renames it when complete, so a process killed mid-write leaves the previous checkpoint whole
+(and the next run in the directory removes the unfinished one).
 The newest ``keep`` are kept; one whose files are damaged later (truncated by a disk fault
 or a partial copy) is skipped on restore, moved aside and named, and the next older one used.
 """
@@ -57,6 +58,8 @@ class Checkpoints:
         # instead of in orbax's background threads (a disk-full run printed 18 tracebacks that way).
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        for name in self._remove_partial():  # one run writes here at a time: a torn write is a stopped run's
+            (log or (lambda _: None))(f"removed {name}, a checkpoint write that a stopped run left unfinished")
         self._last_good: int | None = self._manager.latest_step()
         self._closed = False
 
@@ -110,11 +113,13 @@ class Checkpoints:
             logging.getLogger("absl").warning("while its writers stopped, orbax printed %d lines, the last: %s",
                                               len(last), last[-1].strip())
 
-    def _remove_partial(self) -> None:
-        """Removes the temporary directories of a write that did not finish (orbax renames them when done)."""
-        for name in os.listdir(self.directory) if os.path.isdir(self.directory) else []:
-            if ".orbax-checkpoint-tmp" in name:
-                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    def _remove_partial(self) -> list[str]:
+        """Removes the temporary directories of writes that did not finish (orbax renames them when done)."""
+        names = [name for name in (os.listdir(self.directory) if os.path.isdir(self.directory) else [])
+                 if ".orbax-checkpoint-tmp" in name]
+        for name in names:
+            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        return names
 
     def wait(self) -> None:
         """Blocks until every save started has been written and renamed into place."""

@@ -112,9 +112,17 @@ class TrainConfig:
 
     def signature(self) -> dict[str, Any]:
         """The settings a checkpoint must agree on to be resumed: every one that shapes the trajectory."""
-        skip = {"checkpoint_dir", "resume", "out", "plots"}
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
-                if k not in skip}
+                if k not in _OUTSIDE_THE_TRAJECTORY}
+
+    def trajectory(self) -> TrainConfig:
+        """These settings with the ones that do not shape the trajectory at their defaults: runs that differ only
+        in where they write (resumed ones too) share one compiled program."""
+        return dataclasses.replace(self, **{k: _DEFAULTS[k] for k in _OUTSIDE_THE_TRAJECTORY})
+
+
+_OUTSIDE_THE_TRAJECTORY = ("checkpoint_dir", "resume", "out", "plots")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def flag(name: str) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from handgrad.train.state import EpochRow
 
 
 def _pyplot() -> Any:
@@ -16,17 +19,17 @@ def _pyplot() -> Any:
     return plt
 
 
-def curves(history: list[dict[str, Any]], path: str, metric: str, best_epoch: int | None = None) -> None:
+def curves(history: Sequence[EpochRow], path: str, metric: str, best_epoch: int | None = None) -> None:
     """Train and val loss, and the val metric, per epoch: where the two losses part is overfitting;
     both high and flat is underfitting."""
     plt = _pyplot()
-    epochs = [r["epoch"] for r in history]
+    epochs = [r.epoch for r in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.plot(epochs, [r["train_loss"] for r in history], label="train", marker=".")
-    left.plot(epochs, [r["val_loss"] for r in history], label="val", marker=".")
+    left.plot(epochs, [r.train_loss for r in history], label="train", marker=".")
+    left.plot(epochs, [r.val_loss for r in history], label="val", marker=".")
     left.set(xlabel="epoch", ylabel="loss (data term, no penalty)", title="loss")
-    right.plot(epochs, [r["train_metric"] for r in history], label="train", marker=".")
-    right.plot(epochs, [r["val_metric"] for r in history], label="val", marker=".")
+    right.plot(epochs, [r.train_metric for r in history], label="train", marker=".")
+    right.plot(epochs, [r.val_metric for r in history], label="val", marker=".")
     right.set(xlabel="epoch", ylabel=metric, title=f"{metric} (train − val gap: overfitting)")
     for ax in (left, right):
         if best_epoch:
@@ -57,12 +60,12 @@ def weights(W: np.ndarray, path: str, config: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def grad_norms(history: list[dict[str, Any]], path: str, activation: str) -> None:
+def grad_norms(history: Sequence[EpochRow], path: str, activation: str) -> None:
     """Each layer's weight-gradient norm (mean over the epoch's steps): with sigmoid in a deep
     net the first layers' norms fall orders of magnitude below the last's (vanishing gradients)."""
     plt = _pyplot()
-    epochs = [r["epoch"] for r in history]
-    norms = np.array([r["grad_norms"] for r in history])
+    epochs = [r.epoch for r in history]
+    norms = np.array([r.grad_norms for r in history])
     fig, ax = plt.subplots(figsize=(8.5, 4.2))
     for layer in range(norms.shape[1]):
         ax.plot(epochs, norms[:, layer], marker=".", label=f"layer {layer + 1} ‖∂L/∂W‖")

@@ -1,0 +1,201 @@
+"""One training run: the data placed on the devices, a fresh or resumed state, and the loop that trains it.
+
+The loop trains with :func:`pure.train.make_epoch` (a ``lax.scan`` of the jitted step), one
+epoch, or one stretch of ``checkpoint_every`` steps, per call. After every epoch it evaluates
+train and val, logs an :class:`~handgrad.train.state.EpochRow`, applies early stopping, and with
+``reference=True`` trains the same model with ``jax.grad`` + optax beside it. With more than one
+device (or process) every batch is split over all of them (:func:`pure.train.data_sharding`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import pure.train
+from handgrad.train import data as datasets
+from handgrad.train import model
+from handgrad.train.checkpoints import Checkpoints, CheckpointWriteError
+from handgrad.train.config import TrainConfig, TrainError
+from handgrad.train.state import EpochRow, EpochSums, Progress, RefState, TrainState, metric_name
+from reference import max_abs_diff
+
+Moment = Literal["stretch", "evaluate", "checkpoint"]
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step."""
+
+
+def host(tree: Any) -> Any:
+    """NumPy copies; a replicated array spread over several processes is read from a local device."""
+    return jax.tree_util.tree_map(
+        lambda x: np.asarray(x if x.is_fully_addressable else x.addressable_data(0)), tree)
+
+
+def _copy(params: Any) -> Any:
+    """Fresh buffers with the same values: the step donates (and so invalidates) the ones it is given."""
+    return jax.tree_util.tree_map(jnp.copy, params)
+
+
+class Run:
+    """One model trained on ``train`` indices and watched on ``val``.
+
+    ``at(moment, step)``, when given, is called at the moments a run can be interrupted: after a
+    stretch of steps ran but before anything records it (``"stretch"``), between the train and val
+    evaluations of an epoch (``"evaluate"``) and just before a checkpoint is written
+    (``"checkpoint"``). The fault tests stop a run there, as ``kill -9`` would.
+    """
+
+    def __init__(self, config: TrainConfig, data: datasets.Dataset, loss: str, train: np.ndarray, val: np.ndarray,
+                 test: np.ndarray, *, log: Callable[[str], None] = print, checkpoints: Checkpoints | None = None,
+                 at: Callable[[Moment, int], None] | None = None):
+        self.config, self.data, self.loss, self.log, self.checkpoints = config, data, loss, log, checkpoints
+        self.at = at or (lambda moment, step: None)
+        self.missed: CheckpointWriteError | None = None  # the checkpoint that could not be written, if one was not
+        Xtr, Xva, Xte = datasets.standardize(data.X[train], data.X[val], data.X[test])
+        ytr, yva, yte = data.y[train], data.y[val], data.y[test]
+        if data.task == "regression":  # standardise the target too; R² does not change
+            ytr, yva, yte = (((y - ytr.mean()) / ytr.std()).astype(np.float32) for y in (ytr, yva, yte))
+        self.host = {"train": (Xtr, ytr), "val": (Xva, yva), "test": (Xte, yte)}
+        self.per_epoch = len(ytr) // config.batch_size
+        if self.per_epoch == 0:
+            raise TrainError(f"--batch-size {config.batch_size} is larger than the training split "
+                             f"({len(ytr)} samples)")
+        self.sharding = pure.train.data_sharding() if jax.device_count() > 1 else None
+        if self.sharding is not None and config.batch_size % jax.device_count():
+            raise TrainError(f"--batch-size {config.batch_size} is not divisible by the {jax.device_count()} "
+                             f"devices the batch is split over; use a multiple of {jax.device_count()}")
+        self.arrays = {k: self.put(v) for k, v in self.host.items()}
+        self.sizes = (data.X.shape[1], *config.hidden, data.outputs)
+        self.programs = model.programs(config.trajectory(), data.task, loss, self.per_epoch, self.sizes, self.sharding)
+
+    def put(self, tree: Any) -> Any:
+        """Replicated over the data-parallel devices (a no-op on one device). Every process holds the
+        same values, so each places its copy (from host memory) on its own devices."""
+        if self.sharding is None:
+            return tree
+        return jax.device_put(jax.tree_util.tree_map(np.asarray, tree), pure.train.replicated(self.sharding))
+
+    def epoch_key(self, key_data: Any, epoch: int) -> jax.Array:
+        """The dropout key of ``epoch``: ``fold_in(key, epoch)``, placed like the parameters."""
+        return jax.random.wrap_key_data(self.put(jax.random.key_data(
+            jax.random.fold_in(jax.random.wrap_key_data(key_data), epoch))))
+
+    def evaluate(self, params: Any, split: str) -> tuple[float, float]:
+        loss, metric = host(self.programs.evaluate(params, *self.arrays[split]))
+        return float(loss), float(metric)
+
+    # -- state ------------------------------------------------------------------------------
+    def initial_state(self) -> tuple[TrainState, Progress]:
+        fresh = self.programs.fresh()
+        params, opt_state = self.put((fresh.params, fresh.opt_state))
+        ref = None
+        if self.programs.reference is not None:
+            ref_params = _copy(params)
+            ref = RefState(ref_params, jax.jit(self.programs.ref_optimizer.init)(ref_params))
+        best = _copy(params) if self.config.early_stopping else None
+        state = TrainState(params, opt_state, fresh.key, best, ref)
+        return state, Progress(EpochSums.zero(len(self.sizes) - 1), data_seed=self.config.seed)
+
+    def resume_state(self) -> tuple[TrainState, Progress]:
+        like, _ = self.initial_state()
+        restored, record, skipped = self.checkpoints.restore(like)
+        for reason in skipped:
+            self.log(f"skipped a damaged checkpoint: {reason}")
+        state = TrainState(*(self.put(v) if name != "key" else v for name, v in zip(TrainState._fields, restored,
+                                                                                      strict=True)))
+        progress = Progress.from_json(record)
+        self.log(f"resumed from step {progress.step} (epoch {progress.epoch + 1}, batch {progress.batch}) "
+                 f"in {self.checkpoints.directory}")
+        return state, progress
+
+    def save(self, state: TrainState, progress: Progress) -> None:
+        """Writes a checkpoint. One that cannot be written (disk full) is said in one line, and training goes on
+        without checkpoints: the run ends with its parameters in --out and a non-zero exit (CheckpointMissed)."""
+        if self.checkpoints is None or self.missed is not None:
+            return
+        self.at("checkpoint", progress.step)
+        try:
+            self.checkpoints.save(progress.step, state, progress.to_json())
+        except CheckpointWriteError as e:
+            self.missed = e
+            self.log(f"warning: {e}; training goes on without checkpoints")
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self, state: TrainState, progress: Progress, bar: Callable[..., Any]) -> tuple[TrainState, Progress]:
+        """Trains from ``state`` and ``progress`` to the last epoch (or early stop); returns where it ended."""
+        cfg = self.config
+        stretch = cfg.checkpoint_every if self.checkpoints is not None else self.per_epoch
+        X, y = self.arrays["train"]
+        while progress.epoch < cfg.epochs and not (cfg.early_stopping and progress.stale >= cfg.early_stopping):
+            epoch_key = self.epoch_key(state.key, progress.epoch)
+            shown = bar(total=self.per_epoch, initial=progress.batch, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}")
+            while progress.batch < self.per_epoch:
+                steps = min(stretch, self.per_epoch - progress.batch)
+                start = time.perf_counter()
+                params, opt_state, metrics = self.programs.stretch(steps)(
+                    state.params, state.opt_state, X, y, cfg.seed, progress.epoch, epoch_key, progress.batch)
+                self.at("stretch", progress.step + steps)
+                losses, norms = host((metrics["loss"], [layer["W"] for layer in metrics["grad_norms"]]))
+                self._require_finite(losses, progress)
+                state = state._replace(params=params, opt_state=opt_state)
+                progress = progress.advance(progress.sums.add(losses, norms, time.perf_counter() - start))
+                shown.update(steps)
+                shown.set_postfix(loss=f"{progress.sums.loss_sum / progress.sums.steps:.4f}",
+                                  ex_s=f"{progress.sums.examples_per_s(cfg.batch_size):.0f}")
+                if progress.batch < self.per_epoch:
+                    self.save(state, progress)
+            shown.close()
+            state, progress = self._end_epoch(state, progress)
+            self.save(state, progress)
+        if self.checkpoints is not None:
+            self.checkpoints.wait()
+        return state, progress
+
+    def _require_finite(self, losses: np.ndarray, progress: Progress) -> None:
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            i = int(bad[0])
+            raise Diverged(f"non-finite loss ({losses[i]}) at step {progress.step + i + 1} "
+                           f"(epoch {progress.epoch + 1}, batch {progress.batch + i + 1}); training stopped, "
+                           f"{self.where_saved()}")
+
+    def where_saved(self) -> str:
+        """Where the newest complete checkpoint is, in words."""
+        last = self.checkpoints.latest() if self.checkpoints is not None else None
+        return (f"the last good checkpoint is step {last} in {self.checkpoints.directory}" if last is not None
+                else "no checkpoint was written")
+
+    def _end_epoch(self, state: TrainState, progress: Progress) -> tuple[TrainState, Progress]:
+        cfg, sums = self.config, progress.sums
+        train_loss, train_metric = self.evaluate(state.params, "train")
+        self.at("evaluate", progress.step)
+        val_loss, val_metric = self.evaluate(state.params, "val")
+        ref_max_diff = None
+        if state.ref is not None:
+            epoch_key = self.epoch_key(state.key, progress.epoch)
+            ref_params, ref_opt_state, _ = self.programs.reference(
+                state.ref.params, state.ref.opt_state, *self.host["train"], cfg.seed, progress.epoch, epoch_key)
+            state = state._replace(ref=RefState(ref_params, ref_opt_state))
+            ref_max_diff = max_abs_diff(state.params, ref_params)
+        row = EpochRow(progress.epoch + 1, progress.step, sums.loss_sum / sums.steps, train_loss, train_metric,
+                       val_loss, val_metric, float(self.programs.learning_rate(progress.step)),
+                       sums.examples_per_s(cfg.batch_size), tuple(s / sums.steps for s in sums.grad_sums),
+                       ref_max_diff)
+        progress = progress.finish_epoch(row)
+        if progress.improved and state.best_params is not None:
+            state = state._replace(best_params=_copy(state.params))
+        self.log(row.format(cfg.reference))
+        if cfg.early_stopping and progress.stale >= cfg.early_stopping:
+            self.log(f"early stopping: no better val {metric_name(self.data.task)} for {cfg.early_stopping} epochs; "
+                     f"keeping the parameters of epoch {progress.best_epoch}")
+        return state, progress
+
+    def final_params(self, state: TrainState) -> Any:
+        return state.best_params if state.best_params is not None else state.params
