@@ -24,9 +24,17 @@ _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive
 def _verify(args: argparse.Namespace) -> int:
     if "XLA_FLAGS" not in os.environ:  # read when JAX first starts its backend, which is below
         os.environ["XLA_FLAGS"] = _FAST_COMPILE
-    from handgrad.verify import OPTIMIZERS, print_rows, verify, write_json
-    from properties.table import OPS
+    from handgrad.verify import OPTIMIZERS, print_rows, verify, where, write_json
+    from properties.table import BY_NAME, OPS
 
+    if args.where:
+        found = [op for op in OPS if args.where in (op.name, op.short)]
+        if len(found) != 1:
+            print(f"handgrad verify: --where {args.where!r} names {'no op' if not found else 'several ops'}; "
+                  f"the ops are {', '.join(BY_NAME)}", file=sys.stderr)
+            return 2
+        print("\n".join(where(found[0]).lines()))
+        return 0
     wanted = [w for w in (args.ops or "").split(",") if w]
     ops = [op for op in OPS if not wanted or any(w in op.name for w in wanted)]
     optimizers = [o for o in OPTIMIZERS if not wanted or any(w in o for w in wanted)]
@@ -40,13 +48,14 @@ def _verify(args: argparse.Namespace) -> int:
         write_json(rows, args.json)
     failed = [r for r in rows if r.status != "ok"]
     if args.properties:
-        failed += _properties(ops, args.profile)
+        failed += _properties(ops, args.profile, optimizers=bool(optimizers))
     print(f"{len(rows) - len(failed)} passed, {len(failed)} failed in {time.perf_counter() - start:.1f}s")
     return 1 if failed else 0
 
 
-def _properties(ops: list, profile: str) -> list:
-    """Runs the property suite on ``ops`` under ``profile``; prints one row per property, returns the failures."""
+def _properties(ops: list, profile: str, *, optimizers: bool) -> list:
+    """Runs the property suite on ``ops`` (and the optimizer laws) under ``profile``; prints one row per property,
+    returns the failures."""
     from hypothesis import settings
 
     from properties import profiles, suite
@@ -56,7 +65,7 @@ def _properties(ops: list, profile: str) -> list:
     print(f"{'property':<34} {'ops':>3} {'examples':>8} {'time':>7}  status")
     show = (lambda name: print(f"  running {name} ...", end="\r", flush=True)) if sys.stdout.isatty() else (
         lambda name: None)  # a progress line only where it can be overwritten
-    results = suite.run_all(progress=show, ops=ops)
+    results = suite.run_all(progress=show, ops=ops, optimizers=optimizers)
     for r in results:
         print(f"{r.prop:<34} {r.ops:3d} {r.examples:8d} {r.seconds:6.1f}s  {r.status}")
     return [r for r in results if r.status != "ok"]
@@ -251,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the Hypothesis profile for --properties (default handgrad-ci; also handgrad-dev, "
                         "handgrad-thorough, or one of your own)")
     p.add_argument("--ops", metavar="NAMES", help="only the ops whose names contain one of these, comma-separated")
+    p.add_argument("--where", metavar="OP", help="print where OP's function, forward, backward, reference, table row "
+                                                 "and laws are (file:line), and check nothing")
     p.set_defaults(run=_verify)
     c = sub.add_parser("check", help="audit any importable function's VJP: check_vjp, order 2, transformations",
                        description="Check the VJP of MODULE:FUNCTION (a dotted module or a .py file) at random "

@@ -12,6 +12,7 @@ pure.optim against the optax chain it claims to be.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import time
@@ -27,6 +28,8 @@ import optax
 
 import pure.optim
 import reference.optim
+from properties import laws
+from properties.law import UNIVERSAL
 from properties.table import OPS, Op
 from reference import TransformMismatch, VJPMismatch, check_transforms, check_vjp, max_abs_diff
 
@@ -142,3 +145,55 @@ def write_json(rows: list[Row], path: str) -> None:
     with open(path, "w") as f:
         json.dump({"jax": jax.__version__, "device": str(jax.devices()[0]),
                    "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Where:
+    """Where the pieces of one op are, each as ``file:line``."""
+
+    op: str
+    public: str  # the public function
+    forward: str | None  # the hand-written rule's forward and backward; None for an op composed of others
+    backward: str | None
+    reference: str
+    row: str  # the row of the table
+    laws: tuple[tuple[str, str], ...]  # (law, where its function is), the universal ones first
+
+    def lines(self) -> list[str]:
+        own = (f"  forward     {self.forward}", f"  backward    {self.backward}") if self.forward else (
+            "  forward     (no rule of its own: composed of ops with hand-written rules)",)
+        return [self.op, f"  function    {self.public}", *own, f"  reference   {self.reference}",
+                f"  table row   {self.row}", f"  laws        {len(self.laws)}",
+                *(f"    {name:<32} {site}" for name, site in self.laws)]
+
+
+def _site(fn: Any) -> str:
+    fn = inspect.unwrap(fn.func if isinstance(fn, partial) else fn)
+    path = inspect.getsourcefile(fn) or "?"
+    relative = os.path.relpath(path)
+    return f"{path if relative.startswith('..') else relative}:{inspect.getsourcelines(fn)[1]}"
+
+
+def _names(code: Any) -> Iterable[str]:
+    """The global names ``code`` and the functions defined inside it use."""
+    yield from code.co_names
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            yield from _names(const)
+
+
+def _rule(fn: Any) -> Any:
+    """The custom_vjp behind a public op: a rule among the module globals its code (nested functions too) names."""
+    from handgrad.audit.discover import custom_rule
+
+    fn = inspect.unwrap(fn.func if isinstance(fn, partial) else fn)
+    found = (custom_rule(fn.__globals__[name]) for name in _names(fn.__code__) if name in fn.__globals__)
+    return next((rule for rule in found if rule is not None and hasattr(rule, "bwd")), None)
+
+
+def where(op: Op) -> Where:
+    """The file:line of ``op``'s function, forward, backward, reference, table row and of each law it runs."""
+    rule = _rule(op.fn)
+    return Where(op.name, _site(op.fn), _site(rule.fwd) if rule else None, _site(rule.bwd) if rule else None,
+                 _site(op.ref), os.path.relpath(op.defined_at),
+                 tuple((law.name, _site(getattr(laws, law.name))) for law in (*UNIVERSAL, *op.laws)))

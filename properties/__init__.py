@@ -2,8 +2,12 @@
 
 * :mod:`properties.strategies`: array, label, parameter and key strategies in fixed shape buckets;
 * :mod:`properties.laws`: each law as a function of the op under test and concrete inputs;
-* :mod:`properties.table`: one row per pure op (its reference, inputs, strategies and laws);
-* :mod:`properties.suite`: every law applied to every op of the table it fits;
+* :mod:`properties.op`: :class:`~properties.op.Op`, a row of the table;
+* :mod:`properties.law`: each law as one object that draws its inputs for a row and checks that
+  row's op; the optimizer laws, which need no row;
+* :mod:`properties.table`: one row per pure op (its reference, inputs, strategies and laws), a
+  module per module of pure/;
+* :mod:`properties.suite`: every law applied to every op of the table it fits, and the optimizer laws;
 * :mod:`properties.profiles`: the Hypothesis profiles ``handgrad-ci``, ``handgrad-dev`` and
   ``handgrad-thorough``, registered and loaded only when you call :func:`properties.profiles.load`.
 
@@ -16,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["laws", "profiles", "strategies", "suite", "table", "PropertyViolation"]
+__all__ = ["law", "laws", "op", "profiles", "strategies", "suite", "table", "PropertyViolation"]
 
 
 def __getattr__(name: str) -> Any:

@@ -252,37 +252,29 @@ def _descend(opt: Any, loss: Callable, params: Any, data: Any, steps: int) -> An
     return params
 
 
+def _constant(value: Any) -> Callable[[Any], Any]:
+    """``value`` as a schedule: η and λ arrive traced, so one compilation serves every drawn value."""
+    return lambda _: value
+
+
 @functools.cache
-def _decay_runs(loss: Callable, steps: int, mask: Any, sgd: Callable, l2_penalty: Callable) -> Callable:
-    # η and λ arrive traced, as schedules, so one compilation serves every drawn value.
-    def runs(params, data, eta, lam):
-        lr, wd = (lambda _: eta), (lambda _: lam)
+def _equivalence_sides(loss: Callable, steps: int, mask: Any, sgd: Callable, l2_penalty: Callable) -> Callable:
+    def sides(params, data, eta, lam):
         keep = jax.tree_util.tree_map(lambda _: True, params) if mask is None else mask(params)
         by_formula = params
         for _ in range(steps):  # d2l: w ← (1 − ηλ)w − η∂ℓ/∂w
             grads = jax.grad(loss)(by_formula, data)
             by_formula = jax.tree_util.tree_map(lambda w, g, k: (1 - eta * lam if k else 1.0) * w - eta * g,
                                                 by_formula, grads, keep)
-        l2 = lambda p, d: loss(p, d) + l2_penalty(p, lam, mask=mask)  # noqa: E731
-        cs231n = lambda p, d: loss(p, d) + lam / 2 * sum(jnp.sum(w * w) for w in jax.tree_util.tree_leaves(p))  # noqa: E731
-        return {
-            "(1 - eta*lam) w - eta grad L": by_formula,
-            "sgd on L + l2_penalty": _descend(sgd(lr), l2, params, data, steps),
-            "sgd(weight_decay=lam)": _descend(sgd(lr, weight_decay=wd, mask=mask), loss, params, data,
-                                              steps),
+        lr, wd = _constant(eta), _constant(lam)
+        penalised = lambda p, d: loss(p, d) + l2_penalty(p, lam, mask=mask)  # noqa: E731
+        return by_formula, {
+            "sgd on L + l2_penalty": _descend(sgd(lr), penalised, params, data, steps),
+            "sgd(weight_decay=lam)": _descend(sgd(lr, weight_decay=wd, mask=mask), loss, params, data, steps),
             "optax chain": _descend(optax.chain(optax.add_decayed_weights(wd, mask), optax.sgd(lr)), loss, params,
                                     data, steps),
-            "momentum, coupled decay": _descend(sgd(lr, momentum=0.9, weight_decay=wd), loss, params,
-                                                data, steps),
-            "momentum, decoupled decay (SGDW)": _descend(
-                sgd(lr, momentum=0.9, weight_decay=wd, decoupled_weight_decay=True), loss, params, data,
-                steps),
-            "Adam on L + l2_penalty": _descend(optax.adam(lr), l2, params, data, steps),
-            "AdamW": _descend(optax.adamw(lr, weight_decay=lam, mask=mask), loss, params, data, steps),
-            "sgd on L + reg*sum(W^2), reg = lam/2": _descend(sgd(lr), cs231n, params, data, steps),
-            "sgd(weight_decay=lam), unmasked": _descend(sgd(lr, weight_decay=wd), loss, params, data, steps),
         }
-    return jax.jit(runs)
+    return jax.jit(sides)
 
 
 def weight_decay_equivalence(loss: Callable, params: Any, data: Any, eta: float, lam: float, steps: int = 3,
@@ -293,17 +285,30 @@ def weight_decay_equivalence(loss: Callable, params: Any, data: Any, eta: float,
     ``loss(params, data)`` is any smooth loss; ``mask`` (None or a callable) keeps biases out. ``sgd``
     (an optax-style factory with pure.optim.sgd's arguments) and ``l2_penalty`` are under test.
     """
-    runs = _decay_runs(loss, steps, mask, sgd, l2_penalty)(params, data, eta, lam)
-    formula = "(1 - eta*lam) w - eta grad L"
-    for name in ("sgd on L + l2_penalty", "sgd(weight_decay=lam)", "optax chain"):
-        assert_close("weight_decay_equivalence", sgd, name, runs[name], formula, runs[formula])
+    by_formula, runs = _equivalence_sides(loss, steps, mask, sgd, l2_penalty)(params, data, eta, lam)
+    for name, run in runs.items():
+        assert_close("weight_decay_equivalence", sgd, name, run, "(1 - eta*lam) w - eta grad L", by_formula)
 
 
-def _differ(prop: str, op: Any, a_name: str, runs: dict, b_name: str, at_least: float) -> None:
+@functools.cache
+def _non_equivalence_sides(loss: Callable, steps: int, sgd: Callable, l2_penalty: Callable) -> Callable:
+    def sides(params, data, eta, lam):
+        lr, wd = _constant(eta), _constant(lam)
+        penalised = lambda p, d: loss(p, d) + l2_penalty(p, lam)  # noqa: E731
+        coupled = _descend(sgd(lr, momentum=0.9, weight_decay=wd), loss, params, data, steps)
+        decoupled = _descend(sgd(lr, momentum=0.9, weight_decay=wd, decoupled_weight_decay=True), loss, params,
+                             data, steps)
+        adam_l2 = _descend(optax.adam(lr), penalised, params, data, steps)
+        adamw = _descend(optax.adamw(lr, weight_decay=lam), loss, params, data, steps)
+        return (coupled, decoupled), (adam_l2, adamw)
+    return jax.jit(sides)
+
+
+def _differ(prop: str, op: Any, a_name: str, a: Any, b_name: str, b: Any, at_least: float) -> None:
     gap = max(float(jnp.max(jnp.abs(x - y))) for x, y in
-              zip(jax.tree_util.tree_leaves(runs[a_name]), jax.tree_util.tree_leaves(runs[b_name]), strict=True))
+              zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
     if not gap >= at_least:
-        raise PropertyViolation(prop, op, a_name, runs[a_name], b_name, runs[b_name],
+        raise PropertyViolation(prop, op, a_name, a, b_name, b,
                                 f"expected them to differ by at least {at_least:.3g}, got {gap:.3g}")
 
 
@@ -313,21 +318,28 @@ def decay_non_equivalence(loss: Callable, params: Any, data: Any, eta: float, la
 
     The gap must exceed 1% of the size of one decay step, ``η·λ·max|w|``.
     """
-    runs = _decay_runs(loss, steps, None, sgd, l2_penalty)(params, data, eta, lam)
+    momentum, adam = _non_equivalence_sides(loss, steps, sgd, l2_penalty)(params, data, eta, lam)
     at_least = 1e-2 * eta * lam * max(float(jnp.max(jnp.abs(w))) for w in jax.tree_util.tree_leaves(params))
-    _differ("decay_non_equivalence", sgd, "momentum, coupled decay", runs,
-            "momentum, decoupled decay (SGDW)", at_least)
-    _differ("decay_non_equivalence", optax.adamw, "Adam on L + l2_penalty", runs, "AdamW", at_least)
+    _differ("decay_non_equivalence", sgd, "momentum, coupled decay", momentum[0],
+            "momentum, decoupled decay (SGDW)", momentum[1], at_least)
+    _differ("decay_non_equivalence", optax.adamw, "Adam on L + l2_penalty", adam[0], "AdamW", adam[1], at_least)
+
+
+@functools.cache
+def _cs231n_sides(loss: Callable, steps: int, sgd: Callable) -> Callable:
+    def sides(params, data, eta, reg):
+        cs231n = lambda p, d: loss(p, d) + reg * sum(jnp.sum(w * w) for w in jax.tree_util.tree_leaves(p))  # noqa: E731
+        return (_descend(sgd(_constant(eta)), cs231n, params, data, steps),
+                _descend(sgd(_constant(eta), weight_decay=_constant(2 * reg)), loss, params, data, steps))
+    return jax.jit(sides)
 
 
 def cs231n_reg_is_twice_weight_decay(loss: Callable, params: Any, data: Any, eta: float, reg: float,
-                                     steps: int = 3, *, sgd: Callable = pure.optim.sgd,
-                                     l2_penalty: Callable = pure.l2_penalty) -> None:
+                                     steps: int = 3, *, sgd: Callable = pure.optim.sgd) -> None:
     """CS231n's ``reg·ΣW²`` (gradient 2·reg·W) is ``sgd(weight_decay=2·reg)``."""
-    runs = _decay_runs(loss, steps, None, sgd, l2_penalty)(params, data, eta, 2 * reg)
-    assert_close("cs231n_reg_is_twice_weight_decay", sgd, "sgd on L + reg*sum(W^2), reg = lam/2",
-                 runs["sgd on L + reg*sum(W^2), reg = lam/2"], "sgd(weight_decay=lam), unmasked",
-                 runs["sgd(weight_decay=lam), unmasked"])
+    by_reg, by_decay = _cs231n_sides(loss, steps, sgd)(params, data, eta, reg)
+    assert_close("cs231n_reg_is_twice_weight_decay", sgd, "sgd on L + reg*sum(W^2)", by_reg,
+                 "sgd(weight_decay=2*reg)", by_decay)
 
 
 # ------------------------------------------------- 4, 5. linearity and adjoint

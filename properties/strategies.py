@@ -138,3 +138,13 @@ def mlp_params(dtype: Any = jnp.float32, sizes: tuple[int, ...] = MLP_SIZES, *,
 def positive_floats(low: float, high: float) -> st.SearchStrategy[float]:
     """Python floats in ``[low, high]``, e.g. learning rates and decay strengths."""
     return st.floats(low, high, allow_nan=False, allow_infinity=False)
+
+
+def affine_inputs(dtype: Any = jnp.float32) -> st.SearchStrategy:
+    """``(x (6, 4), W (4, 3), b (3,))``: one fixed bucket of an affine layer's inputs."""
+    return st.tuples(float_arrays(dtype, (6, 4)), float_arrays(dtype, (4, 3)), float_arrays(dtype, (3,)))
+
+
+def mlp_batches(dtype: Any = jnp.float32) -> st.SearchStrategy:
+    """``(params, x, labels)`` for the fixed :data:`MLP_SIZES` (3 classes) and a batch of :data:`BATCH`'s rows."""
+    return st.tuples(mlp_params(dtype), float_arrays(dtype, (BATCH[0], MLP_SIZES[0])), labels(num_classes=3))

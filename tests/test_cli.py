@@ -2,12 +2,14 @@
 
 import dataclasses
 import json
+import pathlib
 
 import pytest
 
 import handgrad.verify
 import properties.table
 from handgrad.cli import main
+from properties.law import UNIVERSAL
 
 
 def test_verify_prints_rows_writes_json_and_exits_zero(tmp_path, capsys):
@@ -21,6 +23,32 @@ def test_verify_prints_rows_writes_json_and_exits_zero(tmp_path, capsys):
         ("activations.relu", "float32", 1, "ok"), ("activations.relu", "float64", 1, "ok"),
         ("gates.maximum", "float64", 2, "ok"), ("activations.relu", "float64", 2, "ok")]
     assert all(r["kinks"] >= 1 for r in rows)  # the tie and the zeros are on the kink, and accepted
+
+
+def _line(site):
+    path, line = site.rsplit(":", 1)
+    return pathlib.Path(path).read_text().splitlines()[int(line) - 1].strip()
+
+
+@pytest.mark.parametrize("op", properties.table.OPS, ids=[op.name for op in properties.table.OPS])
+def test_where_points_at_the_function_forward_backward_reference_row_and_laws(op):
+    at = handgrad.verify.where(op)
+    assert _line(at.public).startswith(f"def {op.short}(") and _line(at.reference).startswith(f"def {op.short}(")
+    if op.name != "nn.classification_loss":  # built from other ops: no rule of its own
+        assert _line(at.forward).startswith(f"def _{op.short}_fwd(")
+        assert _line(at.backward).startswith(f"def _{op.short}_bwd(")
+    assert _line(at.row).startswith(f'Op(name="{op.name}"')
+    assert [name for name, _ in at.laws] == [*(law.name for law in UNIVERSAL), *(law.name for law in op.laws)]
+    assert all(_line(site).startswith(f"def {name}(") for name, site in at.laws)
+
+
+def test_verify_where_prints_one_op_and_refuses_an_unknown_one(capsys):
+    assert main(["verify", "--where", "maximum"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "gates.maximum" and out[2].split()[:2] == ["forward", out[2].split()[1]]
+    assert any(line.split()[0] == "gate_routing" for line in out)
+    assert main(["verify", "--where", "softmax"]) == 2
+    assert "--where 'softmax' names no op; the ops are gates.add" in capsys.readouterr().err
 
 
 def test_verify_exits_nonzero_when_an_op_is_wrong(monkeypatch, capsys):

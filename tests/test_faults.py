@@ -162,11 +162,18 @@ def kill_at(monkeypatch):
     return arm
 
 
-@pytest.mark.parametrize("series", [0, 1, 2])
-def test_kill_9_at_random_moments_then_resume_is_bitwise_identical(series, tmp_path, kill_at):
-    whole = TrainConfig(**KILLABLE, checkpoint_dir=str(tmp_path / "whole"))
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The run never stopped: its config, and the moments (moment, step) at which it could have been."""
+    whole = TrainConfig(**KILLABLE, checkpoint_dir=str(tmp_path_factory.mktemp("whole")))
     moments = []
     command.train(whole, log=lambda _: None, at=lambda moment, step: moments.append((moment, step)))
+    return whole, moments
+
+
+@pytest.mark.parametrize("series", [0, 1, 2])
+def test_kill_9_at_random_moments_then_resume_is_bitwise_identical(series, tmp_path, kill_at, uninterrupted):
+    whole, moments = uninterrupted
     points = moments + [("write", step) for moment, step in moments if moment == "checkpoint"]
     assert {m for m, _ in points} == {"stretch", "evaluate", "checkpoint", "write"} and len(moments) == 21
     rng = np.random.default_rng(series)

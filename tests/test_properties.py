@@ -1,16 +1,21 @@
-"""The property suite: every law on every pure op it fits, under the active Hypothesis profile."""
+"""The property suite: every law on every pure op it fits, under the active Hypothesis profile; each law runs
+its own row's op, and the table holds every law to the rows it is meant for."""
+
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 import reference
 from properties import PropertyViolation, laws, suite
 from properties import strategies as hs
-from properties.table import Op
+from properties.law import UNIVERSAL
+from properties.table import BY_NAME, OPS, Op, bind
 
 
 @pytest.mark.standard_promotion  # the decay laws run optax's own transforms
@@ -22,10 +27,10 @@ def test_property(prop):
 
 
 def test_every_row_of_the_table_gets_the_universal_laws_and_every_law_fits_a_row():
-    assert all(len(suite.PROPERTIES[law]) == len(suite.OPS) for law in suite.UNIVERSAL)
+    assert all(suite.PROPERTIES[law.name] == tuple(op.name for op in OPS) for law in UNIVERSAL)
     assert all(suite.PROPERTIES[prop] for prop in suite.PROPERTIES)
-    named = {law for op in suite.OPS for law in op.laws}
-    assert named <= set(suite.BODIES), named - set(suite.BODIES)
+    assert set(suite.OPTIMIZER) == {"weight_decay_equivalence", "decay_non_equivalence",
+                                    "cs231n_reg_is_twice_weight_decay"}
 
 
 @jax.custom_vjp
@@ -121,3 +126,67 @@ def test_backward_recursion_takes_the_activation_and_its_slope_as_data():
     wrong.defvjp(lambda z: (jnp.tanh(z), jnp.tanh(z)), lambda y, g: (g * (1 - y),))  # forgot the square
     with pytest.raises(PropertyViolation, match="backward_recursion"):
         laws.backward_recursion(wrong, params, x, labels, slope=laws.elementwise_slope(jnp.tanh))
+
+
+# ------------------------------------------------------------------ the table holds each law to its own op
+def _wrong_ops(ops):
+    """Rows whose function or reference is not the op their name says (``module.op`` in pure/ and reference/)."""
+    import importlib
+
+    wrong = []
+    for op in ops:
+        module, short = op.name.rsplit(".", 1)
+        for lib, fn in (("pure", op.unbound), ("reference", op.ref.func if hasattr(op.ref, "func") else op.ref)):
+            if fn is not getattr(importlib.import_module(f"{lib}.{module}"), short, None):
+                wrong.append(f"{op.name}: its {lib} side is {getattr(fn, '__qualname__', fn)}")
+    return wrong
+
+
+def _misplaced_laws(ops):
+    """Laws named by rows they are not meant for, or missing from rows they are meant for."""
+    named = {law.name: law for op in ops for law in op.laws}
+    problems = []
+    for name, law in named.items():
+        has = {op.name for op in ops if name in {x.name for x in op.laws}}
+        meant = {op.name for op in ops if law.fits(op)}
+        problems += [f"{name} missing from {row}" for row in sorted(meant - has)]
+        problems += [f"{name} on {row}, which it is not meant for" for row in sorted(has - meant)]
+    return problems
+
+
+def test_every_row_points_at_the_op_its_name_says_and_runs_the_laws_meant_for_it():
+    assert _wrong_ops(OPS) == [] and _misplaced_laws(OPS) == []
+    add, mul = BY_NAME["gates.add"], BY_NAME["gates.mul"]
+    without = [dataclasses.replace(op, laws=()) if op is add else op for op in OPS]  # the gate law removed
+    assert _misplaced_laws(without) == ["gate_routing missing from gates.add"]
+    pointed = [dataclasses.replace(op, fn=mul.fn) if op is add else op for op in OPS]  # the row pointed at mul
+    assert _wrong_ops(pointed) == ["gates.add: its pure side is mul"]
+    x, y, g = jnp.array([[1.0, -2.0], [0.5, 3.0]]), jnp.array([2.0, 0.25]), jnp.ones((2, 2))
+    gate_law = suite.law_of(add, "gate_routing")
+    gate_law.check(add, (x, y, g))
+    with pytest.raises(PropertyViolation, match="gate_routing"):  # and its own gate law fails it
+        gate_law.check(dataclasses.replace(add, fn=mul.fn), (x, y, g))
+
+
+class _Called(Exception):
+    """Raised by a spy standing in for a row's op: the law under test did call it."""
+
+
+def _spied(op):
+    """``op`` with its function replaced by one that raises _Called when the law calls it (settings kept)."""
+    @functools.wraps(op.unbound)
+    def spy(*args, **kwargs):
+        raise _Called(op.name)
+    return dataclasses.replace(op, fn=bind(spy, **op.settings) if op.settings else spy)
+
+
+@pytest.mark.parametrize("op,law", [(op, law) for op in OPS for law in op.laws],
+                         ids=[f"{op.short}-{law.name}" for op in OPS for law in op.laws])
+def test_each_law_tests_its_rows_op_not_a_fixed_one(op, law):
+    @settings(max_examples=1, phases=[Phase.generate], database=None)
+    @given(st.data())
+    def run(data):
+        law(_spied(op), data)
+
+    with pytest.raises(_Called):
+        run()

@@ -136,7 +136,7 @@ def _home(obj: Any) -> Any:
 
 
 def _as_rule(name: str, obj: Any, attr: str) -> Rule | Skipped:
-    rule = _custom_rule(obj)
+    rule = custom_rule(obj)
     if rule is not None:
         return Rule(name, obj, _kind(rule), _signature_source(obj, rule))
     if attr.startswith("_") or any(part.startswith("_") for part in name.partition(":")[0].split(".")):
@@ -159,7 +159,7 @@ def _is_custom(obj: Any) -> bool:
         "filter_custom_vjp", "filter_custom_jvp")  # equinox's
 
 
-def _custom_rule(obj: Any, depth: int = WRAPPED_DEPTH) -> Any:
+def custom_rule(obj: Any, depth: int = WRAPPED_DEPTH) -> Any:
     """The custom_vjp/custom_jvp object ``obj`` is, or leads to through ``__wrapped__`` and closures."""
     if _is_custom(obj):
         return obj
@@ -169,7 +169,7 @@ def _custom_rule(obj: Any, depth: int = WRAPPED_DEPTH) -> Any:
     links += [c.cell_contents for c in (getattr(obj, "__closure__", None) or ()) if _filled(c)]
     for link in links:
         if link is not None and link is not obj and callable(link):
-            found = _custom_rule(link, depth - 1)
+            found = custom_rule(link, depth - 1)
             if found is not None:
                 return found
     return None
@@ -185,7 +185,7 @@ def _filled(cell: Any) -> bool:
 
 def _innermost(obj: Any) -> Any:
     """The custom rule behind obj, or obj: two names for one rule are audited once."""
-    return _custom_rule(obj) or obj
+    return custom_rule(obj) or obj
 
 
 def _signature_source(obj: Any, rule: Any) -> Callable:

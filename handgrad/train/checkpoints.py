@@ -11,6 +11,7 @@ or a partial copy) is skipped on restore, moved aside and named, and the next ol
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -100,13 +101,15 @@ class Checkpoints:
         straight to the process's stderr meanwhile (tracebacks of callbacks into an event loop that is
         gone) is caught at the file descriptor and said in one line."""
         with _stderr_caught() as caught:
-            for finish in (self._manager.wait_until_finished, *(t.join for t in _writer_threads()),
-                           self._manager.close):
+            writers = _writer_threads()
+            for finish in (self._manager.wait_until_finished, *(t.join for t in writers), self._manager.close):
                 try:
                     finish()
                 except Exception:  # the same failure again, already reported
                     pass
-            _until_quiet(caught)  # tensorstore's writes still in flight fail a moment later
+            if writers or caught():
+                _until_quiet(caught)  # tensorstore's writes still in flight fail a moment later
+            gc.collect()  # asyncio reports a failed task nobody awaited when it is collected: here, not later
         self._closed = True
         last = [line for line in caught() if line.strip() and not line.startswith(" ")]
         if last:
@@ -175,8 +178,10 @@ def _writer_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if "SignalingThread" in type(t).__name__ and t.is_alive()]
 
 
-QUIET = 0.5  # seconds without a new line on stderr after which a failed write's writers are taken as done
-SETTLE = 3.0  # seconds at most spent waiting for that
+# Seconds without a new line on stderr after which a failed write's writers are taken as done, and at most spent
+# waiting for that: on a loaded machine (the test suite's two workers) a late traceback came 0.5 s after the last.
+QUIET = 2.0
+SETTLE = 10.0
 
 
 @contextlib.contextmanager
@@ -237,17 +242,16 @@ class _OneLine(logging.Handler):
 
 
 def _route_orbax_logging(log: Callable[[str], None] | None) -> None:
-    """absl's logger (which orbax writes to) stops reaching stderr by itself; its warnings and errors go through
-    ``log``, one line each, or nowhere when there is none."""
-    logger = logging.getLogger("absl")
-    logger.propagate = False
-    for handler in [h for h in logger.handlers if isinstance(h, _OneLine)]:
-        logger.removeHandler(handler)
-    logger.setLevel(logging.WARNING)
-    if log is not None:
-        logger.addHandler(_OneLine(log))
-    else:
-        logger.addHandler(logging.NullHandler())
+    """absl's logger (which orbax writes to) and asyncio's (which reports orbax's failed writer tasks) stop
+    reaching stderr by themselves; their warnings and errors go through ``log``, one line each, or nowhere when
+    there is none."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        logger.propagate = False
+        for handler in [h for h in logger.handlers if isinstance(h, _OneLine | logging.NullHandler)]:
+            logger.removeHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.addHandler(_OneLine(log) if log is not None else logging.NullHandler())
 
 
 def _first_line(error: BaseException) -> str:
