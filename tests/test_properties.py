@@ -42,7 +42,18 @@ def _sigmoid_with_bad_rule(x):
 _sigmoid_with_bad_rule.defvjp(lambda x: (jax.nn.sigmoid(x), None), lambda _, g: (g * (1 - g),))
 
 
-def test_a_planted_wrong_rule_is_reported_with_property_op_input_and_both_sides():
+@pytest.fixture
+def without_shrinking():
+    """The active profile without its shrink phase (the failing example is reported as first found), then back."""
+    active = settings.get_current_profile_name()
+    settings.register_profile("handgrad-tests-no-shrink", settings.get_profile(active),
+                              phases=[p for p in settings.get_profile(active).phases if p != Phase.shrink])
+    settings.load_profile("handgrad-tests-no-shrink")
+    yield
+    settings.load_profile(active)
+
+
+def test_a_planted_wrong_rule_is_reported_with_property_op_input_and_both_sides(without_shrinking):
     op = Op("sigmoid_with_bad_rule", _sigmoid_with_bad_rule, reference.activations.sigmoid, None,
             hs.float_arrays().map(lambda x: (x,)))
     with pytest.raises(PropertyViolation) as info:
