@@ -26,6 +26,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from reference.oracle.report import said
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used for this run; the message is one line."""
@@ -38,10 +40,10 @@ class CheckpointWriteError(OSError):
     def __init__(self, directory: str, step: int, cause: BaseException, last_good: int | None):
         self.directory, self.step, self.cause, self.last_good = directory, step, cause, last_good
         os_error = _os_error(cause)
-        said = f"[Errno {os_error.errno}] {os_error.strerror}" if os_error is not None and os_error.errno \
-            else _first_line(cause)
+        why = f"[Errno {os_error.errno}] {os_error.strerror}" if os_error is not None and os_error.errno \
+            else said(cause, 300)
         last = f"the last good checkpoint is step {last_good}" if last_good is not None else "no checkpoint was written"
-        super().__init__(f"could not write the checkpoint of step {step} to {directory} ({said}); {last}")
+        super().__init__(f"could not write the checkpoint of step {step} to {directory} ({why}); {last}")
 
 
 class Checkpoints:
@@ -152,7 +154,7 @@ class Checkpoints:
             except CheckpointError:
                 raise
             except Exception as e:  # a damaged file fails in many ways: JSON, zarr, a missing file
-                damaged[step] = _first_line(e)
+                damaged[step] = said(e, 300)
                 continue
             for bad in damaged:
                 os.replace(os.path.join(self.directory, str(bad)), os.path.join(self.directory, f"damaged-{bad}"))
@@ -252,8 +254,3 @@ def _route_orbax_logging(log: Callable[[str], None] | None) -> None:
             logger.removeHandler(handler)
         logger.setLevel(logging.WARNING)
         logger.addHandler(_OneLine(log) if log is not None else logging.NullHandler())
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
