@@ -82,6 +82,7 @@ def test_verify_properties_runs_the_laws_of_the_chosen_ops(capsys):
     assert {"chain_rule", "backward_recursion", "vjp_linearity", "adjoint_identity",
             "transformations_agree"} <= ran
     assert "gate_routing" not in out  # it fits no chosen op
+    assert "weight_decay_equivalence" not in out  # and no optimizer was chosen: the optimizer laws stay out
 
 
 def test_verify_refuses_an_unknown_op(capsys):
