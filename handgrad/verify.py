@@ -167,8 +167,13 @@ class Where:
                 *(f"    {name:<32} {site}" for name, site in self.laws)]
 
 
+def _bare(fn: Any) -> Any:
+    """The function itself: without bound settings (``functools.partial``) or decorators' wrappers."""
+    return inspect.unwrap(fn.func if isinstance(fn, partial) else fn)
+
+
 def _site(fn: Any) -> str:
-    fn = inspect.unwrap(fn.func if isinstance(fn, partial) else fn)
+    fn = _bare(fn)
     path = inspect.getsourcefile(fn) or "?"
     relative = os.path.relpath(path)
     return f"{path if relative.startswith('..') else relative}:{inspect.getsourcelines(fn)[1]}"
@@ -186,7 +191,7 @@ def _rule(fn: Any) -> Any:
     """The custom_vjp behind a public op: a rule among the module globals its code (nested functions too) names."""
     from handgrad.audit.discover import custom_rule
 
-    fn = inspect.unwrap(fn.func if isinstance(fn, partial) else fn)
+    fn = _bare(fn)
     found = (custom_rule(fn.__globals__[name]) for name in _names(fn.__code__) if name in fn.__globals__)
     return next((rule for rule in found if rule is not None and hasattr(rule, "bwd")), None)
 

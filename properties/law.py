@@ -188,10 +188,13 @@ def _quartic(params, target):
                zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(target), strict=True))
 
 
+_LAYER = hs.mlp_params(F32, (3, 4))  # one layer's parameters, and the target the loss pulls them to
+
+
 def _descent(params: st.SearchStrategy, *extra: st.SearchStrategy) -> Callable[[st.DataObject], tuple]:
     """(params, target, η, λ, *extra): ηλ < 1."""
     def draw(data: st.DataObject) -> tuple:
-        return (data.draw(params), data.draw(hs.mlp_params(F32, (3, 4))), data.draw(hs.positive_floats(0.01, 0.2)),
+        return (data.draw(params), data.draw(_LAYER), data.draw(hs.positive_floats(0.01, 0.2)),
                 data.draw(hs.positive_floats(0.05, 1.0)), *(data.draw(s) for s in extra))
     return draw
 
@@ -199,13 +202,13 @@ def _descent(params: st.SearchStrategy, *extra: st.SearchStrategy) -> Callable[[
 _SGD = "pure.optim.sgd with pure.l2_penalty"
 WEIGHT_DECAY_EQUIVALENCE = OptimizerLaw(
     "weight_decay_equivalence", _SGD,
-    _descent(hs.mlp_params(F32, (3, 4)), st.sampled_from([None, pure.nn.weights_only])),
+    _descent(_LAYER, st.sampled_from([None, pure.nn.weights_only])),
     lambda inputs: laws.weight_decay_equivalence(_quartic, *inputs[:4], mask=inputs[4]))
 DECAY_NON_EQUIVALENCE = OptimizerLaw(  # decay must have something to act on: parameters away from 0
     "decay_non_equivalence", _SGD, _descent(hs.mlp_params(F32, (3, 4), min_magnitude=0.25)),
     lambda inputs: laws.decay_non_equivalence(_quartic, *inputs))
 CS231N_REG_IS_TWICE_WEIGHT_DECAY = OptimizerLaw(
-    "cs231n_reg_is_twice_weight_decay", "pure.optim.sgd", _descent(hs.mlp_params(F32, (3, 4))),
+    "cs231n_reg_is_twice_weight_decay", "pure.optim.sgd", _descent(_LAYER),
     lambda inputs: laws.cs231n_reg_is_twice_weight_decay(_quartic, *inputs[:3], inputs[3] / 2))
 OPTIMIZER_LAWS: tuple[OptimizerLaw, ...] = (WEIGHT_DECAY_EQUIVALENCE, DECAY_NON_EQUIVALENCE,
                                             CS231N_REG_IS_TWICE_WEIGHT_DECAY)

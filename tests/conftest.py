@@ -81,3 +81,22 @@ def on_cpu_devices():
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads(done.stdout.strip().splitlines()[-1])
     return run
+
+
+@pytest.fixture
+def restore_latest():
+    """``restore(config, directory=config.checkpoint_dir) -> (tree, progress, skipped)``: the newest checkpoint that
+    reads back whole, restored as ``handgrad train --resume`` would."""
+    from handgrad.train import command
+    from handgrad.train import data as datasets
+    from handgrad.train.checkpoints import Checkpoints
+    from handgrad.train.run import Run
+    from handgrad.train.state import Progress
+
+    def restore(config, directory=None):
+        data = datasets.load(config.dataset)
+        checkpoints = Checkpoints(directory or config.checkpoint_dir, command.signature(config, data))
+        run = Run(config, data, "softmax", *datasets.split(data, 0.1, 0.2, 0).values(), checkpoints=checkpoints)
+        tree, record, skipped = checkpoints.restore(run.initial_state()[0])
+        return tree, Progress.from_json(record), skipped
+    return restore

@@ -22,11 +22,8 @@ import pytest
 
 from handgrad.cli import main
 from handgrad.train import command
-from handgrad.train import data as datasets
 from handgrad.train.checkpoints import Checkpoints
 from handgrad.train.config import TrainConfig
-from handgrad.train.run import Run
-from handgrad.train.state import Progress
 
 IRIS = dict(dataset="iris", hidden=(16,), batch_size=15, epochs=3, plots=False)
 
@@ -54,7 +51,8 @@ def disk_fills_at_save(monkeypatch):
     return fill
 
 
-def test_disk_full_at_a_checkpoint_is_one_line_and_loses_nothing(tmp_path, capsys, disk_fills_at_save):
+def test_disk_full_at_a_checkpoint_is_one_line_and_loses_nothing(tmp_path, capsys, disk_fills_at_save,
+                                                                  restore_latest):
     ckpt, out = tmp_path / "ckpt", tmp_path / "out"
     disk_fills_at_save(3)
     argv = ["train", "--dataset", "iris", "--hidden", "16", "--batch-size", "15", "--epochs", "3", "--no-plots",
@@ -73,12 +71,8 @@ def test_disk_full_at_a_checkpoint_is_one_line_and_loses_nothing(tmp_path, capsy
     assert f"its parameters are in {out}" in err
     assert (out / "params.npz").exists() and (out / "metrics.json").exists()
     assert not [n for n in os.listdir(ckpt) if "tmp" in n]  # the partial write is gone
-    config = TrainConfig(**IRIS, checkpoint_dir=str(ckpt), checkpoint_every=4)
-    data = datasets.load("iris")
-    checkpoints = Checkpoints(str(ckpt), command.signature(config, data))
-    run = Run(config, data, "softmax", *datasets.split(data, 0.1, 0.2, 0).values(), checkpoints=checkpoints)
-    tree, record, skipped = checkpoints.restore(run.initial_state()[0])
-    assert record["step"] == last_good < missed and not skipped
+    tree, progress, skipped = restore_latest(TrainConfig(**IRIS, checkpoint_dir=str(ckpt), checkpoint_every=4))
+    assert progress.step == last_good < missed and not skipped
     assert all(np.all(np.isfinite(np.asarray(w))) for w in tree.params[0].values())
 
 
@@ -123,14 +117,6 @@ class Killed(BaseException):
 KILLABLE = dict(dataset="iris", hidden=(16,), batch_size=15, epochs=3, plots=False, checkpoint_every=3)
 
 
-def _final_checkpoint(config):
-    data = datasets.load(config.dataset)
-    checkpoints = Checkpoints(config.checkpoint_dir, command.signature(config, data))
-    run = Run(config, data, "softmax", *datasets.split(data, 0.1, 0.2, 0).values(), checkpoints=checkpoints)
-    tree, record, _ = checkpoints.restore(run.initial_state()[0])
-    return tree, Progress.from_json(record)
-
-
 @pytest.fixture
 def kill_at(monkeypatch):
     """``kill_at(point)``: the run is stopped at ``point`` = (moment, step) as by kill -9; the returned hook goes to
@@ -172,7 +158,8 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.parametrize("series", [0, 1, 2])
-def test_kill_9_at_random_moments_then_resume_is_bitwise_identical(series, tmp_path, kill_at, uninterrupted):
+def test_kill_9_at_random_moments_then_resume_is_bitwise_identical(series, tmp_path, kill_at, uninterrupted,
+                                                                     restore_latest):
     whole, moments = uninterrupted
     points = moments + [("write", step) for moment, step in moments if moment == "checkpoint"]
     assert {m for m, _ in points} == {"stretch", "evaluate", "checkpoint", "write"} and len(moments) == 21
@@ -187,7 +174,7 @@ def test_kill_9_at_random_moments_then_resume_is_bitwise_identical(series, tmp_p
             command.train(dataclasses.replace(killed, resume=i > 0), log=lambda _: None, at=kill_at(point))
     command.train(dataclasses.replace(killed, resume=True), log=lambda _: None)
 
-    (tree, progress), (again, resumed) = _final_checkpoint(whole), _final_checkpoint(killed)
+    (tree, progress, _), (again, resumed, _) = restore_latest(whole), restore_latest(killed)
     assert resumed.step == progress.step == 21
     for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)  # params, optimizer state and key: bit for bit

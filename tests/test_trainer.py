@@ -20,10 +20,9 @@ import pure.nn
 from handgrad.cli import main
 from handgrad.train import command
 from handgrad.train import data as datasets
-from handgrad.train.checkpoints import CheckpointError, Checkpoints
+from handgrad.train.checkpoints import CheckpointError
 from handgrad.train.config import TrainConfig, TrainError
 from handgrad.train.run import Run
-from handgrad.train.state import Progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IRIS = {"dataset": "iris", "hidden": (16,), "batch_size": 15, "epochs": 3}
@@ -198,16 +197,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         command.train(other_data, log=lambda _: None)
 
 
-def _latest_checkpoint(config, directory):
-    """The newest checkpoint in ``directory`` that reads back, restored as ``handgrad train --resume`` would."""
-    data = datasets.load(config.dataset)
-    checkpoints = Checkpoints(directory, command.signature(config, data))
-    run = Run(config, data, "softmax", *datasets.split(data, 0.1, 0.2, 0).values(), checkpoints=checkpoints)
-    tree, record, _ = checkpoints.restore(run.initial_state()[0])
-    return tree, Progress.from_json(record)
-
-
-def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(tmp_path, capsys):
+def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(tmp_path, capsys, restore_latest):
     ckpt = str(tmp_path / "ckpt")
     argv = ["train", "--dataset", "iris", "--hidden", "16", "--batch-size", "15", "--lr", "1e30",
             "--checkpoint-dir", ckpt, "--checkpoint-every", "1"]
@@ -218,7 +208,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(tmp_path, 
     assert int(err.split(" at step ")[1].split()[0]) == last + 1
     config = TrainConfig(dataset="iris", hidden=(16,), batch_size=15, lr=1e30, checkpoint_dir=ckpt,
                                  checkpoint_every=1)
-    tree, progress = _latest_checkpoint(config, ckpt)
+    tree, progress, _ = restore_latest(config, ckpt)
     assert progress.step == last
     assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(tree.params))
 
@@ -252,7 +242,7 @@ def test_resume_skips_a_damaged_newest_checkpoint_names_it_and_fails_cleanly_whe
     assert err.startswith(f"handgrad train: no checkpoint in {ckpt} reads back whole: step ") and err.count("\n") == 1
 
 
-def test_an_out_that_fails_after_training_leaves_the_results_and_says_where(tmp_path):
+def test_an_out_that_fails_after_training_leaves_the_results_and_says_where(tmp_path, restore_latest):
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
 
     def pull_the_rug(line):  # --out was writable at the start; just before the final write it is a file
@@ -269,7 +259,7 @@ def test_an_out_that_fails_after_training_leaves_the_results_and_says_where(tmp_
     saved = np.load(os.path.join(fallback, "params.npz"))
     assert saved["0/W"].shape == (4, 16)
     assert f"the last good checkpoint is step 21 in {ckpt}" in message
-    tree, progress = _latest_checkpoint(config, str(ckpt))
+    tree, progress, _ = restore_latest(config, str(ckpt))
     np.testing.assert_array_equal(saved["0/W"], tree.params[0]["W"])  # the checkpoint restores the same model
     shutil.rmtree(fallback)
 
@@ -279,7 +269,7 @@ def _cli(*args):
 
 
 @pytest.mark.subprocess
-def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
+def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(tmp_path, restore_latest):
     # digits: 1257 train samples / 32 = 39 steps an epoch; checkpoints at steps 13 and 26 of each epoch and
     # at its end. The victim is killed as soon as a checkpoint inside epoch 2 is started (it may be half written).
     config = TrainConfig(hidden=(16,), epochs=3, batch_size=32, checkpoint_every=13)
@@ -301,8 +291,8 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from step " in resumed.stdout and "test acc " in resumed.stdout
     assert "\r" not in resumed.stdout + resumed.stderr  # no TTY: no progress bar, but the rows
-    (whole, whole_progress), (again, progress) = (_latest_checkpoint(config, str(d)) for d in (tmp_path / "whole",
-                                                                                                 ckpt))
+    (whole, whole_progress, _), (again, progress, _) = (restore_latest(config, str(d)) for d in (tmp_path / "whole",
+                                                                                                   ckpt))
     assert progress.step == whole_progress.step == 3 * 39
     for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)  # params, optimizer state and key: bit for bit

@@ -1,4 +1,4 @@
-"""``handgrad train``: the command's entry point and its outputs (``metrics.json``, ``params.npz``, the plots).
+"""``handgrad train``: the command's entry point (its files are :mod:`handgrad.train.outputs`'s).
 
 :func:`train` loads and checks the data (:mod:`handgrad.train.data`), splits it stratified into
 train / val / test, runs one :class:`~handgrad.train.run.Run` (or one per fold of ``--kfold``)
@@ -119,9 +119,10 @@ def _one_run(config: TrainConfig, data: datasets.Dataset, loss: str, parts: dict
     checkpoints = None
     if config.checkpoint_dir:
         checkpoints = Checkpoints(config.checkpoint_dir, signature(config, data), log=log)
-        if not config.resume and checkpoints.latest() is not None:
-            raise TrainError(f"{checkpoints.directory} already holds checkpoints (latest step "
-                             f"{checkpoints.latest()}); pass --resume to continue, or choose an empty directory")
+        latest = checkpoints.latest()
+        if not config.resume and latest is not None:
+            raise TrainError(f"{checkpoints.directory} already holds checkpoints (latest step {latest}); "
+                             f"pass --resume to continue, or choose an empty directory")
     run = Run(config, data, loss, parts["train"], parts["val"], parts["test"], log=log, checkpoints=checkpoints, at=at)
     log(f"split: {len(parts['train'])} train, {len(parts['val'])} val, {len(parts['test'])} test; "
         f"MLP {'-'.join(map(str, run.sizes))} ({config.activation}), {run.per_epoch} steps per epoch")
