@@ -10,6 +10,7 @@ from reference import activations, gates, layers, linear, losses, nn, optim, reg
 from reference.oracle import (
     CheckRefused,
     LeafReport,
+    Method,
     Mismatch,
     NotDifferentiable,
     TransformMismatch,
@@ -26,7 +27,8 @@ from reference.oracle import (
 
 __all__ = [
     "check_vjp", "check_transforms", "numerical_grad", "numerical_vjp", "max_abs_diff",
-    "VJPReport", "LeafReport", "Mismatch", "VJPMismatch", "TransformReport", "TransformProblem", "TransformMismatch",
+    "VJPReport", "LeafReport", "Method", "Mismatch", "VJPMismatch", "TransformReport", "TransformProblem",
+    "TransformMismatch",
     "CheckRefused", "NotDifferentiable",
     "gates", "activations", "layers", "losses", "regularizers", "linear", "nn", "optim", "search", "train",
 ]

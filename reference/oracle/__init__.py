@@ -19,6 +19,7 @@ from reference.oracle.numerical import max_abs_diff, numerical_grad, numerical_v
 from reference.oracle.report import (
     CheckRefused,
     LeafReport,
+    Method,
     Mismatch,
     NotDifferentiable,
     RefusedType,
@@ -30,5 +31,6 @@ from reference.oracle.transforms import TransformMismatch, TransformProblem, Tra
 from reference.oracle.vjp import check_vjp
 
 __all__ = ["check_vjp", "check_transforms", "numerical_grad", "numerical_vjp", "max_abs_diff", "VJPReport",
-           "LeafReport", "Mismatch", "VJPMismatch", "TransformReport", "TransformProblem", "TransformMismatch",
+           "LeafReport", "Method", "Mismatch", "VJPMismatch", "TransformReport", "TransformProblem",
+           "TransformMismatch",
            "CheckRefused", "RefusedType", "RefusedValue", "NotDifferentiable"]

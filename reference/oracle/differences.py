@@ -53,6 +53,18 @@ class Probes:
         return Probes(**{f.name: getattr(self, f.name)[:, j] for f in dataclasses.fields(self)})
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockDevice:
+    """What block probes read: on the device the analytic VJP, per-entry weights (weights, entries) and each
+    entry's signed step scale; on the host the running sums of ``analytic · signed`` and ``weights · |signed|``."""
+
+    analytic: jax.Array
+    weights: jax.Array
+    signed: jax.Array
+    along: np.ndarray
+    weighted: np.ndarray
+
+
 @np.errstate(invalid="ignore", divide="ignore", over="ignore")  # NaN and inf are judged, not warned of
 def _jumps(s: np.ndarray, n: np.ndarray) -> np.ndarray:
     """A change of φ that stays the same size when the step doubles (rows +h, −h, +2h, −2h): a jump."""
@@ -110,7 +122,7 @@ class Differences:
             # analytic change of a block is its prefix sums times t; any other leaf is read back after rounding.
             self.exact = all(d == work and not c for d, c in zip(flat.dtypes, flat.complex, strict=True))
 
-            def block(x, base, ct, lo_, hi_, t_, a, a_scale, signed):
+            def block(x, base, ct, lo_, hi_, t_, a, weights, signed):
                 j = jax.lax.iota(jnp.int32, x.shape[0])
                 moved = jnp.where((j >= lo_) & (j < hi_), x + t_ * signed, x)  # the rest exactly x (-0.0 too)
                 leaves = flat.leaves_of(moved)
@@ -119,7 +131,7 @@ class Differences:
                     return s, n
                 actual = jnp.concatenate([_real_parts(v, c).astype(work) for v, c in
                                           zip(leaves, flat.complex, strict=True)]) - x
-                return s, n, jnp.sum(a * actual), jnp.sum(a_scale * jnp.abs(actual))
+                return (s, n, jnp.sum(a * actual), *(weights @ jnp.abs(actual)))
 
             over_probes = (None, None, None, 0, 0, 0, None, None, None)
             self._entries = (jax.jit(jax.vmap(entry, in_axes=over_probes[:5])), entry, 2)
@@ -131,16 +143,20 @@ class Differences:
         """Probes per compiled call: as many as fit in CHUNK_BYTES (one compilation per check)."""
         return int(max(4, min(256, CHUNK_BYTES // max(1, 8 * (self.flat.size + self.outputs)))))
 
-    def block_device(self, analytic: np.ndarray, analytic_scale: np.ndarray, scale: np.ndarray) -> tuple:
-        """What every block probe reads, once: the analytic VJP, its scale, and each entry's step scale with a
-        pseudo-random sign (the entries of a block move in both directions), on the device; and their running
-        sums, on the host, from which the analytic change along a block of exact leaves follows."""
-        sign = 1.0 - 2.0 * ((np.arange(self.flat.size, dtype=np.uint64) * 2654435761) // 65536 % 2)
-        signed = sign * scale
+    def block_device(self, analytic: np.ndarray, weights: Sequence[np.ndarray], scale: np.ndarray) -> BlockDevice:
+        """What every block probe reads, once. Each entry moves by its step scale along the sign of its analytic
+        VJP (a pseudo-random sign where that is 0), so that an error shared by many entries (a factor, a sign,
+        a transpose) adds up over a block instead of cancelling; ``weights`` (per entry, e.g. the analytic
+        scale and the rule's allowance) are summed against each block's |displacement|. On the device: the
+        analytic VJP, the weights and the signed scale; on the host, their running sums, from which a block's
+        analytic change and weighted sums follow for exact leaves."""
+        pseudo = 1.0 - 2.0 * ((np.arange(self.flat.size, dtype=np.uint64) * 2654435761) // 65536 % 2)
+        signed = np.where(analytic > 0, 1.0, np.where(analytic < 0, -1.0, pseudo)) * scale
+        stacked = np.stack([np.asarray(w, np.float64) for w in weights])
         sums = (np.concatenate([[0.0], np.cumsum(analytic * signed)]),
-                np.concatenate([[0.0], np.cumsum(analytic_scale * np.abs(signed))]))
+                np.concatenate([np.zeros((len(weights), 1)), np.cumsum(stacked * np.abs(signed), axis=1)], axis=1))
         with self.version.context():
-            return (*(jnp.asarray(v, self.work) for v in (analytic, analytic_scale, signed)), sums)
+            return BlockDevice(*(jnp.asarray(v, self.work) for v in (analytic, stacked, signed)), *sums)
 
     def _chunked(self, program: tuple, columns: Sequence[np.ndarray], dtypes: Sequence[Any],
                  extra: Sequence[Any]) -> list[np.ndarray]:
@@ -194,20 +210,22 @@ class Differences:
 
     @np.errstate(invalid="ignore", divide="ignore", over="ignore")  # NaN and inf are judged, not warned of
     def block_probes(self, lo: np.ndarray, hi: np.ndarray, step: float, levels: Sequence[int],
-                     device: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[Probes, np.ndarray]:
-        """Probes along signed blocks ``[lo, hi)``; also returns the analytic noise scale Σ(|a| + S)|Δ| per unit.
+                     device: BlockDevice) -> tuple[Probes, np.ndarray]:
+        """Probes along the blocks ``[lo, hi)``; also returns, per block and per unit of the probe, the sums
+        Σ wᵢ|Δᵢ| of ``device``'s weights (shaped (weights, blocks)), at the first level.
 
         ``device`` is what :meth:`block_device` put on the device.
         """
-        rows, n_levels = len(lo), len(levels)
+        rows, n_levels, n_weights = len(lo), len(levels), device.weights.shape[0]
         t = np.array([[step / LEVEL_RATIO**k * m for m in (1, -1, 2, -2)] for k in levels])  # (levels, 4)
         lo_, hi_ = (np.tile(np.repeat(v, 4), n_levels) for v in (lo, hi))
         tt = np.repeat(t[:, None, :], rows, axis=1).ravel()
-        *arrays, (along, along_abs) = device
+        arrays = (device.analytic, device.weights, device.signed)
         found = self._chunked(self._blocks, [lo_, hi_, tt], [jnp.int32, jnp.int32, self.work], arrays)
         if self.exact:
-            found += [tt * (along[hi_] - along[lo_]), np.abs(tt) * (along_abs[hi_] - along_abs[lo_])]
-        s, n, e, e_abs = (v.reshape(n_levels, rows, 4).transpose(2, 0, 1) for v in found)
+            found += [tt * (device.along[hi_] - device.along[lo_]),
+                      *(np.abs(tt) * (w[hi_] - w[lo_]) for w in device.weighted)]
+        s, n, e, *weighted = (v.reshape(n_levels, rows, 4).transpose(2, 0, 1) for v in found)
         eta = t[:, 0][:, None]
         w1, w2 = 2 * eta, 4 * eta
         probes = Probes(d1=(s[0] - s[1]) / w1, d2=(s[2] - s[3]) / w2, a1=(e[0] - e[1]) / w1, a2=(e[2] - e[3]) / w2,
@@ -216,7 +234,7 @@ class Differences:
                         bwd2=(s[3] - e[3]) / (-2 * eta), side_round=(n[0] + n[1]) / eta,
                         side_round2=(n[2] + n[3]) / (2 * eta), finite=np.all(np.isfinite(s), axis=0),
                         jump=_jumps(s, n))
-        return probes, (e_abs[0] + e_abs[1]) / w1
+        return probes, np.stack([(w[0][0] + w[1][0]) / w1[0] for w in weighted]).reshape(n_weights, rows)
 
 
 def _jit_or_eager(fn: Callable) -> Callable:

@@ -227,11 +227,11 @@ def choose(fn: Callable, name: str, split: Split, call: Version, out: list, cts:
         cts64 = [[np.asarray(c).astype(np.complex128 if np.iscomplexobj(c) else s.dtype) for c, s in
                   zip(ct, shapes64, strict=True)] for ct in cts]
         out64, a64 = v64.vjp(cts64)
-        v64.precision = precision_of(closed64, split64.diff_leaves(), out64)
-        same, worst = _same_function(call, out, out64, cts[0])
-    except Exception as e:  # the function refuses float64: check it as called
+    except Exception as e:  # fn itself refuses float64 inputs, whatever it raises: check it as called
         why = f"{name} fails on float64 inputs ({type(e).__name__})"
         return Choice(call, out, a_call, cts, f"as called ({call.precision.name}): {why}")
+    v64.precision = precision_of(closed64, split64.diff_leaves(), out64)
+    same, worst = _same_function(call, out, out64, cts[0])
     if same and v64.precision.key == 64:
         return Choice(v64, out64, a64, cts64, f"the float64 version of {name} (it agrees with the call), and the "
                                               f"call's own {call.precision.name} VJP against it entry by entry")

@@ -7,10 +7,21 @@ messages are for people and are never parsed.
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 SHOWN = 10  # mismatches (or notes) written out in a message; the rest are counted
 
-KINDS = ("value", "kink", "precision", "reference", "forward", "cotangent")
+KINDS = ("value", "kink", "block", "precision", "reference", "forward", "cotangent")
+
+
+class Method(enum.StrEnum):
+    """How a leaf was judged (a ``str``, so ``leaf.method == "blocks"`` reads as before)."""
+
+    ENTRIES = "elementwise"  # every entry differenced on its own
+    BLOCKS = "blocks"  # every block passed at a settled step level; failing entries, if any, named one by one
+    FAILING_BLOCKS = "failing blocks"  # blocks off beyond the rule's tolerance, not all narrowed down to entries
+    NOT_JUDGED = "not judged"  # nothing judged it: the report says why (``VJPReport.unchecked_why``)
+    EMPTY = "empty"  # 0 entries
 
 
 def said(error: BaseException, limit: int = 160) -> str:
@@ -60,7 +71,7 @@ class Mismatch:
 
     kind: str
     path: str  # "args[0]['W']", or "output 1" for a forward mismatch
-    index: int | None  # flat index in the leaf (None: the whole leaf)
+    index: int | None  # flat index in the leaf (None: the whole leaf); a block's first entry
     analytic: float  # what the VJP (or fn) gave
     numerical: float  # what it should be: differences, the float64 rule, the reference
     tolerance: float
@@ -71,11 +82,14 @@ class Mismatch:
     precision: str | None = None  # "precision": the call's precision; the rounding bound is in `explained`
     explained: float | None = None  # "precision": how far rounding in the call's forward can move the entry
     detail: str = ""  # "cotangent": what differs
+    stop: int | None = None  # "block": one past its last entry (flat indices in the leaf, real parts first)
 
     @property
     def where(self) -> str:
         if self.index is None:
             return self.path
+        if self.stop is not None:
+            return f"{self.path} flat indices {self.index}:{self.stop}"
         return f"{self.path} flat index {self.index}" + (f" ({self.part} part)" if self.part else "")
 
     def __str__(self) -> str:
@@ -85,6 +99,9 @@ class Mismatch:
         if self.kind == "forward":
             return (f"forward {self.where}: fn {self.analytic:.6g}, reference {self.numerical:.6g}, tolerance "
                     f"{self.tolerance:.2e}")
+        if self.kind == "block":
+            return (f"{self.where} (a block, {self.stop - (self.index or 0)} entries moved together): analytic change "
+                    f"{self.analytic:.6g}, numerical {self.numerical:.6g}, tolerance {self.tolerance:.2e}{rtol}")
         if self.kind == "reference":
             return (f"{self.where}: analytic {self.analytic:.6g}, reference {self.numerical:.6g}, tolerance "
                     f"{self.tolerance:.2e}{rtol}")
@@ -105,13 +122,21 @@ class LeafReport:
     path: str
     shape: tuple[int, ...]
     dtype: str
-    method: str  # "elementwise", "blocks", or "empty" (0 entries, nothing checked)
-    max_abs_err: float  # beyond the accepted interval, against finite differences
-    max_rel_err: float  # the same, over each entry's own scale
+    method: Method
+    max_abs_err: float  # beyond the accepted interval, against finite differences (a block's: per unit moved)
+    max_rel_err: float  # the same, over each entry's (block's) own scale
     kinks: int  # entries where the one-sided differences disagree, and the VJP lies between them
     unchecked: int = 0  # entries with no derivative to check, or no step that gives consistent differences
     ref_max_abs_err: float | None = None
     ref_max_rel_err: float | None = None
+    level: int | None = None  # blocks: the step level that decided most of them
+    tolerance_rel: float = 0.0  # the largest tolerance of a judged entry (block), over its own scale
+    judged: int = 0  # entries and blocks judged against the differences
+
+    @property
+    def how(self) -> str:
+        """The method as the report shows it: ``blocks@2`` for blocks at step level 2."""
+        return f"{self.method}@{self.level}" if self.level is not None else str(self.method)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,12 +172,12 @@ class VJPReport:
 
     def __str__(self) -> str:
         rows = [f"order {self.order}; differences in {self.precision}: {self.how}",
-                f"{'argument':<24} {'shape':<14} {'dtype':<9} {'method':<11} {'abs err':>9} {'rel err':>9} "
+                f"{'argument':<24} {'shape':<14} {'dtype':<9} {'method':<16} {'abs err':>9} {'rel err':>9} "
                 f"{'ref abs':>9} kinks"]
         for r in self.leaves:
             ref = "-" if r.ref_max_abs_err is None else f"{r.ref_max_abs_err:9.2e}"
-            rows.append(f"{r.path:<24} {str(r.shape):<14} {r.dtype:<9} {r.method:<11} {r.max_abs_err:9.2e} "
-                        f"{r.max_rel_err:9.2e} {ref:>9} {r.kinks}")
+            errors = (f"{r.max_abs_err:9.2e} {r.max_rel_err:9.2e}" if r.judged else f"{'-':>9} {'-':>9}")
+            rows.append(f"{r.path:<24} {str(r.shape):<14} {r.dtype:<9} {r.how:<16} {errors} {ref:>9} {r.kinks}")
         if self.kinks:
             rows.append(f"{self.kinks} entries sit on a kink; any value between the one-sided differences was accepted")
         if self.unchecked:
@@ -162,7 +187,7 @@ class VJPReport:
         if self.one_by_one:
             rows.append(f"probes evaluated one at a time, eagerly: fn cannot be compiled or vmapped "
                         f"({self.one_by_one})")
-        empty = [r.path for r in self.leaves if r.method == "empty"]
+        empty = [r.path for r in self.leaves if r.method is Method.EMPTY]
         if empty:
             rows.append("0 entries, nothing checked: " + ", ".join(empty))
         if self.notes:

@@ -1,94 +1,186 @@
-"""Needles in large leaves: signed-block probes, halved down to the entries that fail.
+"""Large leaves: blocks of entries judged together, split where they fail, down to the entries.
 
-A leaf of a million entries cannot be differenced entry by entry. Instead φ is moved along
-a block of entries at once, each entry by its own step with a pseudo-random sign, and the
-change compared with the analytic VJP's prediction for the same move. A block that
-disagrees is halved, and the failing halves followed, down to a few entries; those are then
-judged one by one. One wrong entry among a million is reached in about 130 probes.
+A leaf of a million entries cannot be differenced entry by entry. Instead φ is moved along a
+block of entries at once, each entry by its own step along the sign of its analytic VJP, and
+the change compared with the analytic VJP's prediction for the same move. An error that many
+entries share (a factor, a sign, a transpose, noise) adds up over the block.
+
+Each block is judged once and meets one :class:`Fate`:
+
+* ``PASSED``: its change agrees with the analytic one to the search's sharpness;
+* ``FAILED``: it is off by more than the rule's own tolerance summed over its entries (and
+  more than the differences' uncertainty): the rule is wrong there, narrowed down or not;
+* ``SUSPECT``: off by more than the sharpness, within the tolerance: a needle may hide there;
+* ``UNCHECKED``: no step gives consistent differences (a jump, a NaN in reach).
+
+Failing, suspect and unchecked blocks are split and their halves queued, the worst first, down
+to :data:`SUSPECT` entries, which are handed over to be judged one by one. The search stops
+when the queue is empty or the budget is spent; the leaf's verdict is a fold over the blocks
+that were not split (:class:`LeafSearch`): a failed block is a failure whether or not it was
+narrowed down, and a suspect or unchecked block left is counted as unchecked entries, never
+passed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Sequence
 
 import numpy as np
 
-from reference.oracle.differences import Differences
-from reference.oracle.verdict import Verdict, first_pass, judge
+from reference.oracle.differences import BlockDevice, Differences
+from reference.oracle.verdict import CONFIDENT, Verdict, first_pass, judge
 
-BLOCKS = 16  # the first cut of a large leaf, before halving the failing blocks
-PATHS = 8  # failing blocks followed per level, the worst first
-BUDGET = 640  # block probes spent on one leaf at most (each probe is 4 evaluations of fn per level)
+BLOCKS = 16  # the first cut of a large leaf
+PATHS = 8  # suspect blocks followed per round, the worst first: how many needles can be told apart
+EXAMPLES = 2  # failed blocks followed per round: the leaf fails already, narrowing only names entries
+BUDGET = 1024  # block probes (each 4 evaluations of fn per level) one leaf may spend
 SUSPECT = 4  # a block of this many entries or fewer is handed over entry by entry
 # How sharply a block's float64 rule must match its float64 differences, relative to Σ(|a| + scale)|Δ|:
 # a block of 62,500 entries then resolves a change of one entry by 1e-9·62,500 ≈ 6e-5 of a typical entry.
 SHARPNESS_FLOAT64 = 1e-9
 # With no float64 version the differences are float32: a hundredth of the rule's rtol, the most they resolve.
 SHARPNESS_OF_RTOL = 1e-2
+# Weights the search sums over a block's |Δ|: the entries' analytic scale (what sharpness is relative to), the
+# rule's allowance per entry (what a failure must exceed), and 1 (the size of the move, for the report).
+SCALE, ALLOWANCE, SIZE = range(3)
 
 
-def search(diffs: Differences, lo: int, hi: int, device: tuple, step: float, sharpness: float,
-           levels: int) -> np.ndarray:
-    """Entries of ``[lo, hi)`` whose block probes fail, in order.
+class Fate(enum.Enum):
+    """What one judgement of a block found."""
 
-    Each block is first judged at one level of steps: the leaf's level, once known. The leaf's
-    level is the first one if that settles the first blocks, else the level that fits the whole
-    leaf as one block. A block that fails there is judged at the next finer level too, and at
-    every level where that does not settle it, before it is halved: a function that needs a finer
-    step than |x| suggests (sin at 10⁶) is not mistaken for a wrong one.
-    """
+    PASSED = "passed"
+    FAILED = "failed"
+    SUSPECT = "suspect"
+    UNCHECKED = "unchecked"
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """A judged block ``[lo, hi)`` of the flat vector: its fate and the numbers behind it, per unit of the probe."""
+
+    lo: int
+    hi: int
+    fate: Fate
+    analytic: float  # the change of φ the analytic VJP predicts
+    numerical: float  # the change the differences measure
+    tolerance: float  # the rule's allowance over the block plus the differences' uncertainty
+    scale: float  # Σ (|a| + natural)|Δ|: the block's analytic scale
+    size: float  # Σ |Δ|
+    level: int  # the step level that decided
+    badness: float  # |analytic − numerical| over the sharp tolerance (what orders the queue)
+
+    @property
+    def entries(self) -> int:
+        return self.hi - self.lo
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafSearch:
+    """The fold over a leaf's search: ``blocks`` are the judged blocks that were not split (those handed over
+    entry by entry excluded), ``entries`` the entries handed over, ``probes`` what it spent."""
+
+    blocks: tuple[Block, ...]
+    entries: np.ndarray
+    probes: int
+    exhausted: bool  # the budget ran out with blocks still queued
+
+    @property
+    def failed(self) -> tuple[Block, ...]:
+        """Blocks off by more than the rule's tolerance, not narrowed down to entries."""
+        return tuple(b for b in self.blocks if b.fate is Fate.FAILED)
+
+    @property
+    def unresolved(self) -> tuple[Block, ...]:
+        """Suspect or unchecked blocks the search did not narrow down: their entries are unchecked."""
+        return tuple(b for b in self.blocks if b.fate in (Fate.SUSPECT, Fate.UNCHECKED))
+
+    @property
+    def level(self) -> int:
+        """The step level that decided most of the blocks."""
+        levels = [b.level for b in self.blocks]
+        return int(np.median(levels)) if levels else 0
+
+
+def search(diffs: Differences, lo: int, hi: int, device: BlockDevice, step: float, sharpness: float,
+           levels: int) -> LeafSearch:
+    """Judges ``[lo, hi)`` block by block (module docstring) and folds the verdicts."""
     edges = np.unique(np.linspace(lo, hi, min(BLOCKS, hi - lo) + 1).astype(np.int64))
-    blocks = list(zip(edges[:-1], edges[1:], strict=True))
-    suspects: list[int] = []
-    spent, start, known = 0, 0, False  # known: blocks of this leaf hold at level `start`
-    while blocks and spent < BUDGET:
-        b_lo, b_hi = (np.array(side, np.int64) for side in zip(*blocks, strict=True))
-        ok, first = _first(diffs, b_lo, b_hi, step, start, device, sharpness)
-        spent += len(blocks)
-        if not known and np.mean(ok) < 0.5:  # the first level does not fit this leaf: find one that fits all of it
-            whole = _judge(diffs, np.array([lo]), np.array([hi]), step, range(levels), device, sharpness)
-            spent += levels
-            if whole.ok[0] and not whole.unchecked[0]:
-                start = min(int(whole.level[0]), levels - 2)
-                ok, first = _first(diffs, b_lo, b_hi, step, start, device, sharpness)
-                spent += len(blocks)
-        known |= bool(np.any(ok))
-        badness = np.where(ok, 0.0, first.badness)
-        # Once the leaf's level is known, a clear failure there settles a block; else it is judged at that level
-        # and the next finer one, and where that does not settle it, at every level. (Before the level is known,
-        # two coarse levels can agree on garbage: sin at 10⁶ differenced at steps of 100.)
-        rest = np.flatnonzero(~ok & ~(first.confident if known else False))
-        for tried in ([start, start + 1], range(levels)) if known else (range(levels),):
-            if not rest.size:
-                break
-            verdict = _judge(diffs, b_lo[rest], b_hi[rest], step, tried, device, sharpness)
-            spent += len(rest) * len(tried)
-            settled = verdict.confident | (len(tried) == levels)
-            held = verdict.ok & ~verdict.unchecked  # a block with a jump or a NaN in reach: narrow it down
-            ok[rest[settled]] = held[settled]
-            badness[rest[settled]] = np.where(held, 0.0, verdict.badness)[settled]
-            rest = rest[~settled]
-        failing = [blocks[j] for j in np.argsort(-badness) if not ok[j]][:PATHS]
-        blocks = []
-        for b0, b1 in failing:
-            if b1 - b0 <= SUSPECT:
-                suspects.extend(range(int(b0), int(b1)))
+    queue: list[tuple[int, int, Block | None]] = [(a, b, None) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    kept: list[Block] = []
+    entries: list[int] = []
+    spent, start = 0, 0
+    while queue:
+        if spent + len(queue) * levels > BUDGET:  # spent: each parent stands as judged
+            parents = {id(p): p for *_, p in queue if p is not None}
+            kept += parents.values()
+            return LeafSearch(tuple(kept), np.array(sorted(entries), np.int64), spent, exhausted=True)
+        judged, cost = _judge_blocks(diffs, queue, step, start, levels, device, sharpness)
+        spent += cost
+        start = min(int(np.median([b.level for b in judged])), levels - 2)
+        follow = _to_follow(judged)
+        queue = []
+        for b in judged:
+            if b.fate is Fate.PASSED or id(b) not in follow:
+                kept.append(b)
+            elif b.entries <= SUSPECT:
+                entries.extend(range(b.lo, b.hi))
             else:
-                mid = (b0 + b1) // 2
-                blocks += [(b0, mid), (mid, b1)]
-    return np.array(sorted(set(suspects)), np.int64)
+                mid = (b.lo + b.hi) // 2
+                queue += [(b.lo, mid, b), (mid, b.hi, b)]
+    return LeafSearch(tuple(kept), np.array(sorted(entries), np.int64), spent, exhausted=False)
 
 
-def _first(diffs: Differences, lo: np.ndarray, hi: np.ndarray, step: float, level: int, device: tuple,
-           sharpness: float) -> tuple[np.ndarray, Verdict]:
-    """The blocks that pass at one level, and that level's verdict on each."""
-    probes, scale = diffs.block_probes(lo, hi, step, [level], device)
-    return first_pass(probes, sharpness * scale[0]), judge(probes, sharpness * scale[0])
+def _to_follow(judged: Sequence[Block]) -> set[int]:
+    """The blocks to split next: once some block fails, a few of those (to name entries); else the worst suspect
+    and unchecked ones (where needles hide)."""
+    worst = sorted((b for b in judged if b.fate is not Fate.PASSED), key=lambda b: -b.badness)
+    failed = [b for b in worst if b.fate is Fate.FAILED]
+    return {id(b) for b in (failed[:EXAMPLES] if failed else worst[:PATHS])}
 
 
-def _judge(diffs: Differences, lo: np.ndarray, hi: np.ndarray, step: float, levels: Sequence[int], device: tuple,
-           sharpness: float) -> Verdict:
-    probes, scale = diffs.block_probes(lo, hi, step, levels, device)
-    verdict = judge(probes, sharpness * scale[0])
-    return dataclasses.replace(verdict, level=np.asarray(levels)[verdict.level])
+def _judge_blocks(diffs: Differences, queue: Sequence[tuple[int, int, Block | None]], step: float, start: int,
+                  levels: int, device: BlockDevice, sharpness: float) -> tuple[list[Block], int]:
+    """Every queued block judged once: quickly at the leaf's level where that settles it, at that level and the next
+    finer one where that does, else at every level (the pair of levels most consistent with each other decides)."""
+    lo = np.array([q[0] for q in queue], np.int64)
+    hi = np.array([q[1] for q in queue], np.int64)
+    probes, weighted = diffs.block_probes(lo, hi, step, [start], device)
+    sharp = sharpness * weighted[SCALE]
+    quick = first_pass(probes, sharp)
+    verdict = dataclasses.replace(judge(probes, sharp), level=np.full(len(queue), start))
+    spent = len(queue)
+    rest = np.flatnonzero(~quick)
+    for tried in ([start, start + 1], range(levels)):
+        if not rest.size:
+            break
+        deeper, _ = diffs.block_probes(lo[rest], hi[rest], step, tried, device)
+        again = judge(deeper, sharp[rest])
+        again = dataclasses.replace(again, level=np.asarray(tried)[again.level])
+        verdict = verdict.replaced(rest, again)
+        spent += len(rest) * len(tried)
+        settled = again.confident | _beyond(again, weighted[ALLOWANCE][rest]) | (len(tried) == levels)
+        rest = rest[~settled]
+    verdict = dataclasses.replace(verdict, ok=verdict.ok | quick, unchecked=verdict.unchecked & ~quick)
+    blocks = [Block(int(lo[j]), int(hi[j]), _fate(verdict, j, weighted[ALLOWANCE][j]), float(verdict.analytic[j]),
+                    float(verdict.numerical[j]), float(weighted[ALLOWANCE][j] + verdict.error[j]),
+                    float(weighted[SCALE][j]), float(weighted[SIZE][j]), int(verdict.level[j]),
+                    float(verdict.badness[j])) for j in range(len(queue))]
+    return blocks, spent
+
+
+def _beyond(v: Verdict, allowance: np.ndarray) -> np.ndarray:
+    """Off by more than the rule's allowance and the differences' uncertainty, and by CONFIDENT times the latter:
+    no finer step and no rounding the rule is allowed could explain it."""
+    with np.errstate(invalid="ignore"):
+        off = np.abs(v.analytic - v.numerical)
+        return ~v.ok & ~v.unchecked & (off > allowance + v.error) & (off >= CONFIDENT * v.error)
+
+
+def _fate(v: Verdict, j: int, allowance: float) -> Fate:
+    if v.unchecked[j]:
+        return Fate.UNCHECKED
+    if v.ok[j]:
+        return Fate.PASSED
+    return Fate.FAILED if _beyond(v.take(np.array([j])), np.array([allowance]))[0] else Fate.SUSPECT

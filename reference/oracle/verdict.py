@@ -31,6 +31,10 @@ KINK_GAP = 0.1
 KINK_ROUNDOFF = 4.0
 # No consistent difference: the best level's own error estimate is more than half the entry's scale.
 UNCHECKABLE = 0.5
+# Two levels' estimates are compared only where the finer level is in the asymptotic range of the coarser: its
+# h-vs-2h gap at most this fraction of the coarser one's (h² predicts 1/16), beyond round-off. Two steps too
+# coarse for the function (sin at 10⁶ at steps of 100) each give garbage, and may agree on it by chance.
+ASYMPTOTIC = 0.25
 # A failure is settled when it exceeds the differences' own uncertainty this many times over: a finer step
 # could not turn it into a pass.
 CONFIDENT = 4.0
@@ -60,6 +64,13 @@ class Verdict:
 
     def take(self, j: np.ndarray) -> Verdict:
         return Verdict(**{f.name: getattr(self, f.name)[j] for f in dataclasses.fields(self)})
+
+    def replaced(self, rows: np.ndarray, other: Verdict) -> Verdict:
+        """This verdict with the probes ``rows`` replaced by ``other``'s."""
+        fields = {f.name: np.array(getattr(self, f.name), copy=True) for f in dataclasses.fields(self)}
+        for key, value in fields.items():
+            value[rows] = getattr(other, key)
+        return Verdict(**fields)
 
     def solver_noise(self, scale: np.ndarray) -> np.ndarray:
         """Failing entries (not kinks) off by at most SOLVER_GAP of ``|numerical| + scale``: what stopping an
@@ -101,6 +112,7 @@ def _one_level(p: Probes, noise: np.ndarray) -> dict[str, np.ndarray]:
     kink = np.abs(gap2 - 2 * gap) > KINK_ROUNDOFF * (p.side_round2 + 2 * p.side_round) + KINK_GAP * np.abs(gap) + noise
     low, high = _interval(p)
     return dict(richardson=richardson, numerical=richardson + a1, finite=finite, round_r=round_r, tol_r=tol_r,
+                trunc=trunc, round1=p.round1, round2=p.round2,
                 tol_1=tol_1, smooth=smooth, kink=kink,
                 low=low, high=high, inside=(low <= tol_1) & (high >= -tol_1), usable=p.finite & ~p.jump)
 
@@ -131,7 +143,9 @@ def judge(p: Probes, noise: np.ndarray) -> Verdict:
         error = v["tol_r"][0] - noise
     else:  # the uncertainty of level k+1's estimate: how far it is from level k's, and both round-offs
         spread = np.abs(numerical[:-1] - numerical[1:]) + v["round_r"][:-1] + v["round_r"][1:]
-        spread = np.where(v["usable"][:-1] & v["usable"][1:], spread, np.inf)
+        asymptotic = v["trunc"][1:] <= ASYMPTOTIC * v["trunc"][:-1] + 4 * ROUNDOFF_MARGIN * (
+            v["round1"][1:] + v["round2"][1:]) + np.where(np.isfinite(noise), noise, 0.0)  # a NaN VJP: judged below
+        spread = np.where(v["usable"][:-1] & v["usable"][1:] & asymptotic, spread, np.inf)
         best = np.argmin(spread, axis=0) + 1
         error = spread[best - 1, columns]
     value, analytic = numerical[best, columns], p.a1[best, columns]

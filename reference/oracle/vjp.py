@@ -32,12 +32,12 @@ import numpy as np
 
 from reference.oracle import search as large
 from reference.oracle.compare import REPORTED, against_float64, against_reference, mismatch
-from reference.oracle.differences import Differences, step_scales
+from reference.oracle.differences import LEVEL_RATIO, Differences, step_scales
 from reference.oracle.precision import choose, iterative, precision_of
 from reference.oracle.refusals import as_args, function_name, require_checkable, trace_deterministic
 from reference.oracle.report import (
-    CheckRefused,
     LeafReport,
+    Method,
     Mismatch,
     NotDifferentiable,
     RefusedValue,
@@ -45,7 +45,7 @@ from reference.oracle.report import (
     VJPReport,
 )
 from reference.oracle.rounding import INPUT_SPREAD, capped, input_spread, natural_scale
-from reference.oracle.subjects import SALT, Subject, second_order
+from reference.oracle.subjects import LOOSEST_AS_CALLED, SALT, Subject, second_order
 from reference.oracle.trees import Flat, Split, random_like
 from reference.oracle.verdict import Verdict, first_pass, judge
 from reference.oracle.versions import Version, canonical
@@ -116,10 +116,8 @@ def check_vjp(fn: Callable, args: Sequence[Any], *, reference: Callable | None =
                               strict=precision == "strict", used=used)
     try:
         return check()
-    except (VJPMismatch, CheckRefused):
-        raise
-    except Exception as e:  # its float64 version failed when run (a host callback that answers in float32)
-        if not used.get("float64"):
+    except jax.errors.JaxRuntimeError as e:  # its float64 version failed when run (a host callback answering
+        if not used.get("float64"):  # in float32); any other error, the oracle's own included, surfaces
             raise
         first = (str(e).strip().splitlines() or [""])[-1][:160]
         return check(refused64=f"its float64 version fails when run ({first})")
@@ -153,6 +151,8 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     extra = atol or 0.0
     step = eps if eps is not None else evaluate.precision.step
     levels = subject.levels or evaluate.precision.levels
+    loosest = (evaluate.precision.loosest if subject.order == 1 or evaluate.precision.key == 64
+               else LOOSEST_AS_CALLED)
     if subject.truth is None:
         diffs = Differences(evaluate, flat, chosen.cotangents[0], evaluate.precision.eps, base=chosen.out)
     else:
@@ -165,7 +165,12 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     def judge_entries(index: np.ndarray) -> Verdict:
         """The first level for every entry; every level, of steps relative to the floored |x| and to |x|
         itself, for the entries the first does not settle. The VJP judged is the version's: the float64 rule
-        where there is one (the call's own is compared with it in _precision_problems)."""
+        where there is one (the call's own is compared with it in _precision_problems). An entry that passes
+        only because its differences are too uncertain to tell (a tolerance above ``loosest`` of its scale,
+        :mod:`.tolerance`) is tried
+        at coarser steps, and unchecked if they do no better: a tolerance of the order of the entry passes
+        anything; one whose analytic value is 0 within that tolerance stays judged (a second derivative that is 0
+        everywhere, differenced down to round-off)."""
         noise = r_user * (natural[index] + np.abs(a_main[index])) + spread[index] + extra
         first = diffs.entry_probes(index, a_main, step, floored, [0])
         verdict, slow = judge(first, noise), np.flatnonzero(~first_pass(first, noise))
@@ -175,32 +180,53 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
             if small.size:  # the steps that fit a function whose length scale is |x|: the better estimate wins
                 own = judge(diffs.entry_probes(index[slow][small], a_main, step, relative, range(levels)),
                             noise[slow][small])
-                better = (own.unchecked < deep.unchecked[small]) | ((own.unchecked == deep.unchecked[small])
-                                                                     & (own.error < deep.error[small]))
-                deep = _merge(deep, small[better], own.take(better), keep_ok=True)
+                deep = deep.replaced(small[_better(own, deep.take(small))], own.take(_better(own, deep.take(small))))
             verdict = _merge(verdict, slow, deep)
+        loose = np.flatnonzero(_loose(verdict, natural[index], extra, loosest))
+        if loose.size:
+            coarse = judge(diffs.entry_probes(index[loose], a_main, step * LEVEL_RATIO**2, floored, range(levels)),
+                           noise[loose])
+            verdict = verdict.replaced(loose[_better(coarse, verdict.take(loose))],
+                                       coarse.take(_better(coarse, verdict.take(loose))))
+            again = verdict.take(loose)  # still loose, and a value the rule claims is no zero within the noise
+            still = loose[_loose(again, natural[index][loose], extra, loosest) & ~(np.abs(again.analytic) <= again.tol)]
+            too_uncertain.append(len(still))
+            verdict = verdict.replaced(still, dataclasses.replace(verdict.take(still), unchecked=np.ones(len(still),
+                                                                                                       bool)))
         return verdict
 
-    index, methods = _entries_to_judge(diffs, flat, a_main, natural, relative, step, evaluate is call, r_user, levels)
+    too_uncertain: list[int] = []  # entries judge_entries made unchecked for want of sharp differences
+    index, methods, searches = _entries_to_judge(diffs, flat, a_main, natural, spread + extra, relative, step,
+                                                 evaluate is call, r_user, levels)
     stats = [_LeafStats() for _ in paths]
     unchecked_why: str | None = None
+    verdict = None
     if index.size:
         verdict = judge_entries(index)
         if iterative(closed):
             verdict, unchecked_why = _iteration_error(verdict, natural[index], name)
         if subject.order == 2 and not all(np.all(np.isfinite(np.asarray(o))) for o in chosen.out):
             verdict, unchecked_why = _singular(verdict, name, unchecked_why)
+        if sum(too_uncertain):
+            unchecked_why = _also(unchecked_why, f"{sum(too_uncertain)} entries whose differences are too uncertain to "
+                                                 f"tell (a tolerance beyond {loosest:g} of the entry) at every step "
+                                                 f"tried")
         leaf = flat.leaf_of(index)
         for i, s in enumerate(stats):
             s.add(verdict.take(leaf == i), natural[index][leaf == i])
         problems += _value_problems(flat, paths, index, verdict, r_user)
-        if np.all(verdict.unchecked):
-            raise RefusedValue("check_vjp: nothing could be checked: " + (unchecked_why or (
-                f"{name} jumps, or is not finite, a step away from every entry of its arguments, or no step gives "
-                f"consistent differences")))
+    for i, found in searches.items():
+        stats[i].add_blocks(found)
+        problems += [_block_problem(flat, paths, i, b, r_user) for b in found.failed[:REPORTED]]
+        if found.unresolved:
+            unchecked_why = _also(unchecked_why, _unresolved_why(found, paths[i]))
+    if not any(s.judged for s in stats) and any(m is not Method.EMPTY for m in methods):
+        raise RefusedValue("check_vjp: nothing could be checked: " + (unchecked_why or (
+            f"{name} jumps, or is not finite, a step away from every entry of its arguments, or no step gives "
+            f"consistent differences")))
     notes: list[Mismatch] = []
     if evaluate is not call:
-        failed = set(index[~verdict.ok].tolist()) if index.size else set()
+        failed = set(index[~verdict.ok].tolist()) if verdict is not None else set()
         found, notes = against_float64(call, flat, paths, a_user, a_main, natural, spread, r_user, extra,
                                            cts[0], skip=failed)
         problems += found + (notes if strict else [])
@@ -213,7 +239,8 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
             rtol if rtol is not None else evaluate.precision.rtol, extra, judge_entries, subject.order == 1)
         problems += found
     leaves = tuple(stats[i].report(path, flat.shapes[i], jnp.result_type(split.leaves[split.diff[i]]), methods[i],
-                                   ref_stats[i]) for i, path in enumerate(paths))
+                                   ref_stats[i], searches[i].level if i in searches else None)
+                   for i, path in enumerate(paths))
     report = VJPReport(leaves, forward_err, step, evaluate.precision.name, chosen.how, subject.order, split.fixed(),
                        tuple(sorted(notes, key=lambda n: -n.badness)), diffs.one_by_one, unchecked_why)
     if problems:
@@ -246,15 +273,44 @@ def _singular(verdict: Verdict, name: str, why: str | None) -> tuple[Verdict, st
             f"{why}; {said}" if why else said)
 
 
-def _merge(verdict: Verdict, rows: np.ndarray, other: Verdict, keep_ok: bool = False) -> Verdict:
+def _merge(verdict: Verdict, rows: np.ndarray, other: Verdict) -> Verdict:
     """``verdict`` with the probes ``rows`` replaced by ``other``; every other probe passes (it passed the
-    first level) unless ``keep_ok``."""
-    fields = {f.name: np.array(getattr(verdict, f.name), copy=True) for f in dataclasses.fields(verdict)}
-    if not keep_ok:
-        fields["ok"][:], fields["unchecked"][:] = True, False
-    for key, value in fields.items():
-        value[rows] = getattr(other, key)
-    return Verdict(**fields)
+    first level)."""
+    passed = dataclasses.replace(verdict, ok=np.ones_like(verdict.ok), unchecked=np.zeros_like(verdict.unchecked))
+    return passed.replaced(rows, other)
+
+
+def _better(new: Verdict, old: Verdict) -> np.ndarray:
+    """Where ``new`` is the better estimate of the same probes: fewer unchecked, then the smaller error."""
+    return (new.unchecked < old.unchecked) | ((new.unchecked == old.unchecked) & (new.error < old.error))
+
+
+def _loose(v: Verdict, natural: np.ndarray, extra: float, loosest: float) -> np.ndarray:
+    """Passing entries (not kinks) whose tolerance, the user's atol aside, exceeds ``loosest`` of their scale.
+    Allowances are capped below it (ALLOWANCE_CAP plus rtol), so only the differences' own uncertainty reaches it:
+    jnp.i0 at order 2 at 0 passed a 100% error with a tolerance of 100%."""
+    with np.errstate(invalid="ignore"):
+        return v.ok & ~v.unchecked & ~v.kink & ~(v.tol - extra <= loosest * (np.abs(v.numerical) + natural))
+
+
+def _also(why: str | None, more: str) -> str:
+    return f"{why}; {more}" if why else more
+
+
+def _unresolved_why(found: large.LeafSearch, path: str) -> str:
+    entries = sum(b.entries for b in found.unresolved)
+    stop = "its budget ran out" if found.exhausted else "it followed only the worst"
+    return (f"{path}: {entries} entries in {len(found.unresolved)} blocks that disagreed with the differences by more "
+            f"than the search's sharpness but within the rule's tolerance (or gave no consistent differences) were "
+            f"not narrowed down: {stop}")
+
+
+def _block_problem(flat: Flat, paths: list[str], leaf: int, b: large.Block, rtol: float) -> Mismatch:
+    start = flat.part(leaf).start
+    off = abs(b.analytic - b.numerical)
+    return Mismatch("block", paths[leaf], b.lo - start, b.analytic, b.numerical, b.tolerance,
+                    off / b.tolerance if b.tolerance > 0 and np.isfinite(off) else np.inf, rtol=rtol,
+                    stop=b.hi - start)
 
 
 def _cotangent_types(split: Split, vjp: list) -> list[Mismatch]:
@@ -268,45 +324,74 @@ def _cotangent_types(split: Split, vjp: list) -> list[Mismatch]:
     return found
 
 
-def _entries_to_judge(diffs: Differences, flat: Flat, a_main: np.ndarray, natural: np.ndarray, scale: np.ndarray,
-                      step: float, as_called: bool, r_user: float, levels: int) -> tuple[np.ndarray, list[str]]:
-    """Small leaves: every entry. Large ones: the entries that signed-block probes single out."""
+def _entries_to_judge(diffs: Differences, flat: Flat, a_main: np.ndarray, natural: np.ndarray,
+                      allowed: np.ndarray, scale: np.ndarray, step: float, as_called: bool, r_user: float,
+                      levels: int) -> tuple[np.ndarray, list[Method], dict[int, large.LeafSearch]]:
+    """Small leaves: every entry. Large ones: searched block by block (:mod:`.search`); the entries it narrows
+    down to are judged one by one, and its verdicts on the blocks are returned per leaf."""
     elementwise = min(ELEMENTWISE, 2**26 // max(1, flat.size + diffs.outputs))
-    picked, methods = [], []
+    picked, methods, searches = [], [], {}
+    device = None
     for i in range(len(flat.shapes)):
         lo, hi = flat.part(i).start, flat.part(i).stop
-        methods.append("empty" if hi == lo else "elementwise" if hi - lo <= elementwise else "blocks")
-        if methods[-1] == "elementwise":
+        if hi == lo:
+            methods.append(Method.EMPTY)
+        elif hi - lo <= elementwise:
+            methods.append(Method.ENTRIES)
             picked.append(np.arange(lo, hi))
-        elif methods[-1] == "blocks":
-            device = diffs.block_device(a_main, np.abs(a_main) + natural, scale)
+        else:
+            if device is None:
+                magnitude = np.abs(a_main) + natural
+                device = diffs.block_device(a_main, [magnitude, r_user * magnitude + allowed, np.ones(flat.size)],
+                                            scale)
             sharpness = large.SHARPNESS_OF_RTOL * r_user if as_called else large.SHARPNESS_FLOAT64
-            picked.append(large.search(diffs, lo, hi, device, step, sharpness, levels))
-    return (np.concatenate(picked) if picked else np.zeros(0, np.int64)), methods
+            searches[i] = large.search(diffs, lo, hi, device, step, sharpness, levels)
+            methods.append(Method.FAILING_BLOCKS if searches[i].failed else Method.BLOCKS)
+            picked.append(searches[i].entries)
+    return (np.concatenate(picked) if picked else np.zeros(0, np.int64)), methods, searches
 
 
 @dataclasses.dataclass
 class _LeafStats:
     max_abs: float = 0.0
     max_rel: float = 0.0
+    tolerance_rel: float = 0.0
     kinks: int = 0
     unchecked: int = 0
+    judged: int = 0
 
     def add(self, v: Verdict, natural: np.ndarray) -> None:
         judged = ~v.unchecked & ~v.kink
         err = np.abs(v.analytic - v.numerical)[judged]
-        self.max_abs = max(self.max_abs, float(np.max(err, initial=0.0)))
         floor = 1e-6 * float(np.max(natural, initial=0.0)) + 1e-300  # an entry that is 0 for every cotangent
-        rel = err / np.maximum(np.abs(v.numerical[judged]) + natural[judged], floor)
-        self.max_rel = max(self.max_rel, float(np.max(rel, initial=0.0)))
+        scale = np.maximum(np.abs(v.numerical[judged]) + natural[judged], floor)
+        self._judged(err, err / scale, v.tol[judged] / scale)
         self.kinks += int(np.sum(v.kink & v.ok))
+        self.judged += int(np.sum(v.kink & v.ok))
         self.unchecked += int(np.sum(v.unchecked))
 
-    def report(self, path: str, shape: tuple[int, ...], dtype: Any, method: str,
-               reference: tuple[float, float] | None) -> LeafReport:
+    def add_blocks(self, found: large.LeafSearch) -> None:
+        """The search's blocks that were not split: a block's errors are per unit moved (abs) and over its scale."""
+        judged = [b for b in found.blocks if b.fate in (large.Fate.PASSED, large.Fate.FAILED)]
+        err = np.array([abs(b.analytic - b.numerical) for b in judged])
+        scale = np.array([max(b.scale, 1e-300) for b in judged])
+        self._judged(err / np.array([max(b.size, 1e-300) for b in judged]), err / scale,
+                     np.array([b.tolerance for b in judged]) / scale)
+        self.unchecked += sum(b.entries for b in found.unresolved)
+
+    def _judged(self, err: np.ndarray, rel: np.ndarray, tolerance_rel: np.ndarray) -> None:
+        self.max_abs = max(self.max_abs, float(np.max(err, initial=0.0)))
+        self.max_rel = max(self.max_rel, float(np.max(rel, initial=0.0)))
+        self.tolerance_rel = max(self.tolerance_rel, float(np.max(tolerance_rel, initial=0.0)))
+        self.judged += len(err)
+
+    def report(self, path: str, shape: tuple[int, ...], dtype: Any, method: Method,
+               reference: tuple[float, float] | None, level: int | None) -> LeafReport:
         ref_abs, ref_rel = reference if reference is not None else (None, None)
+        if not self.judged and method is not Method.EMPTY:
+            method = Method.NOT_JUDGED
         return LeafReport(path, tuple(shape), str(dtype), method, self.max_abs, self.max_rel, self.kinks,
-                          self.unchecked, ref_abs, ref_rel)
+                          self.unchecked, ref_abs, ref_rel, level, self.tolerance_rel, self.judged)
 
 
 def _value_problems(flat: Flat, paths: list[str], index: np.ndarray, v: Verdict, rtol: float) -> list[Mismatch]:
