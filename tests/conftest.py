@@ -62,6 +62,27 @@ def strict_promotion(request):
         yield
 
 
+@pytest.fixture(autouse=True)
+def honest_reports(monkeypatch):
+    """Every report check_vjp returns, in every test: no judged entry (or block) shows an error above the
+    tolerance it gives, no tolerance passes an error of the entry's own size, and a leaf nothing judged says
+    why. (check_vjp calls vjp._check through its module, so wrapping it there sees every call.)"""
+    from reference.oracle import vjp
+
+    real = vjp._check
+
+    def checked(*args, **kwargs):
+        report = real(*args, **kwargs)
+        for leaf in report.leaves:
+            if leaf.method == "not judged":
+                assert leaf.unchecked and report.unchecked_why, str(report)
+            assert leaf.max_rel_err <= leaf.tolerance_rel * (1 + 1e-9) + 1e-300, str(report)
+            assert leaf.tolerance_rel <= 1.0, str(report)
+        return report
+
+    monkeypatch.setattr(vjp, "_check", checked)
+
+
 @pytest.fixture
 def x64():
     """Enables float64 for one test only (never globally on import)."""

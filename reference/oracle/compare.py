@@ -37,7 +37,7 @@ def against_float64(call: Version, flat: Flat, paths: list[str], a_user: np.ndar
     if not bad.size:
         return [], []
     explained = np.zeros(flat.size)
-    bound = forward_rounding(call.fn, call.split.diff_leaves(), cotangent, call.context)
+    bound = forward_rounding(call.fn, call.split.diff_leaves(), cotangent, call.context, call.precision.eps)
     if bound is not None:
         explained = ROUNDING_FACTOR * np.abs(flat.real(bound[1], conjugate=True))
     failures: list[Mismatch] = []

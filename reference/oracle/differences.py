@@ -63,6 +63,7 @@ class BlockDevice:
     signed: jax.Array
     along: np.ndarray
     weighted: np.ndarray
+    contribution: np.ndarray  # |analytic · signed| per entry: what each entry adds to its block's analytic change
 
 
 @np.errstate(invalid="ignore", divide="ignore", over="ignore")  # NaN and inf are judged, not warned of
@@ -156,7 +157,8 @@ class Differences:
         sums = (np.concatenate([[0.0], np.cumsum(analytic * signed)]),
                 np.concatenate([np.zeros((len(weights), 1)), np.cumsum(stacked * np.abs(signed), axis=1)], axis=1))
         with self.version.context():
-            return BlockDevice(*(jnp.asarray(v, self.work) for v in (analytic, stacked, signed)), *sums)
+            analytic_, stacked_, signed_ = (jnp.asarray(v, self.work) for v in (analytic, stacked, signed))
+        return BlockDevice(analytic_, stacked_, signed_, *sums, np.abs(analytic * signed))
 
     def _chunked(self, program: tuple, columns: Sequence[np.ndarray], dtypes: Sequence[Any],
                  extra: Sequence[Any]) -> list[np.ndarray]:

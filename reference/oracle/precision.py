@@ -87,11 +87,48 @@ def _walk(jaxpr: Any, dependent: Sequence[bool], found: _Found) -> list[bool]:
     return [is_marked(v) for v in jaxpr.outvars]
 
 
+# Primitives that run their one jaxpr once on their own operands, in order (jit was pjit, remat2 checkpoint, and
+# custom_vjp_call custom_vjp_call_jaxpr in older JAX): an output depends on what that jaxpr's output does.
+_CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint", "custom_jvp_call",
+                    "custom_vjp_call", "custom_vjp_call_jaxpr", "shard_map"})
+
+
+def _leading(same: list[bool]) -> int | None:
+    """How many entries lead as True, where all the rest are False; else None."""
+    k = same.index(False) if False in same else len(same)
+    return None if any(same[k:]) else k
+
+
+def _same_shapes(outer: Sequence[Any], inner: Sequence[Any]) -> list[bool]:
+    return [getattr(a, "aval", None) is not None and getattr(a.aval, "shape", None) == getattr(b.aval, "shape", ())
+            for a, b in zip(outer, inner, strict=True)]
+
+
+def _scan_counts(eqn: Any, body: Any) -> tuple[int, int] | None:
+    """A scan's (consts, carry), read from its types rather than its params (JAX 0.11 dropped num_consts and
+    num_carry): xs and ys have the leading axis that their slices in the body lack; consts and carry do not.
+    None where the types do not read that way."""
+    if len(body.invars) != len(eqn.invars) or len(body.outvars) != len(eqn.outvars):
+        return None
+    fixed = _leading(_same_shapes(eqn.invars, body.invars))
+    carry = _leading(_same_shapes(eqn.outvars, body.outvars))
+    if fixed is None or carry is None or carry > fixed:
+        return None
+    consts = fixed - carry
+    if not all(_same_shapes(body.invars[consts:fixed], body.outvars[:carry])):
+        return None
+    return consts, carry
+
+
 def _walk_nested(eqn: Any, inner: list, ins: list[bool], found: _Found) -> list[bool]:
+    """The marks of an equation's outputs. Loops and branches have their counts read from their jaxprs' arities
+    and types, never from params by name: a primitive or layout it does not know takes the last, conservative
+    path."""
     name = eqn.primitive.name
     by_name = dict(inner)
-    if name == "scan" and "jaxpr" in by_name:
-        body, consts, carry = by_name["jaxpr"], eqn.params["num_consts"], eqn.params["num_carry"]
+    counts = _scan_counts(eqn, by_name["jaxpr"]) if name == "scan" and len(inner) == 1 and "jaxpr" in by_name else None
+    if counts is not None:
+        body, (consts, carry) = by_name["jaxpr"], counts
         flags = list(ins)
         for _ in range(carry + 1):  # a carry becomes dependent once any iteration makes it so
             outs = _walk(body, flags, found)
@@ -100,21 +137,28 @@ def _walk_nested(eqn: Any, inner: list, ins: list[bool], found: _Found) -> list[
                 return outs
             flags[consts:consts + carry] = new
         return outs
-    if name == "while" and "body_jaxpr" in by_name:
-        found.loops += 1
-        cn, bn = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
-        body_consts, carry = ins[cn:cn + bn], list(ins[cn + bn:])
-        for _ in range(len(carry) + 1):
-            outs = _walk(by_name["body_jaxpr"], body_consts + carry, found)
-            new = [a or b for a, b in zip(carry, outs, strict=True)]
-            if new == carry:
-                break
-            carry = new
-        return carry
-    if name == "cond" and "branches" in by_name:
-        branch_outs: list[list[bool]] = [_walk(branch, ins[1:], found) for n, branch in inner if n == "branches"]
+    if name == "while":
+        found.loops += 1  # whatever its layout: a loop that stops when a test on the values says so
+    body, cond = by_name.get("body_jaxpr"), by_name.get("cond_jaxpr")
+    if name == "while" and len(inner) == 2 and body is not None and cond is not None:
+        n = len(body.outvars)
+        bn, cn = len(body.invars) - n, len(cond.invars) - n
+        if min(bn, cn) >= 0 and cn + bn + n == len(ins) and len(eqn.outvars) == n:
+            body_consts, carry = ins[cn:cn + bn], list(ins[cn + bn:])
+            for _ in range(n + 1):
+                outs = _walk(body, body_consts + carry, found)
+                new = [a or b for a, b in zip(carry, outs, strict=True)]
+                if new == carry:
+                    break
+                carry = new
+            return carry
+    branches = [b for n, b in inner if n == "branches"]
+    if name == "cond" and branches and len(branches) == len(inner) and all(
+            len(b.invars) == len(ins) - 1 and len(b.outvars) == len(eqn.outvars) for b in branches):
+        branch_outs = [_walk(branch, ins[1:], found) for branch in branches]  # ins[0] is the index
         return [any(flags) for flags in zip(*branch_outs, strict=True)]
-    if len(inner) == 1 and len(inner[0][1].invars) == len(ins):  # jit, remat, custom_vjp/jvp primal, ...
+    if name in _CALLS and len(inner) == 1 and len(inner[0][1].invars) == len(ins) and \
+            len(inner[0][1].outvars) == len(eqn.outvars):
         return _walk(inner[0][1], ins, found)
     for _, sub in inner:  # anything else: every input may reach every output
         _walk(sub, [True] * len(sub.invars), found)

@@ -99,7 +99,7 @@ class Mismatch:
         if self.kind == "forward":
             return (f"forward {self.where}: fn {self.analytic:.6g}, reference {self.numerical:.6g}, tolerance "
                     f"{self.tolerance:.2e}")
-        if self.kind == "block":
+        if self.kind == "block" and self.stop is not None:
             return (f"{self.where} (a block, {self.stop - (self.index or 0)} entries moved together): analytic change "
                     f"{self.analytic:.6g}, numerical {self.numerical:.6g}, tolerance {self.tolerance:.2e}{rtol}")
         if self.kind == "reference":

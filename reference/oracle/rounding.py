@@ -7,16 +7,21 @@ Three measures, each per entry of the flat VJP vector:
 * :func:`input_spread`: how far the VJP moves when every input moves by one unit of round-off.
   A VJP cannot be more accurate than that: a weight gradient that is a sum of terms cancelling
   to almost nothing moves with its terms;
-* :func:`forward_rounding`: a first-order bound on what rounding in the *forward* computation
-  (every value it computes, including what it saves for the backward) does to the VJP and to
-  fn's outputs. A float32 VJP computed from a saved, rounded output (tanh's ``1 − y²``) or
-  from large terms that cancel (sinc near 0) can be no closer to its float64 version. The
-  backward's own arithmetic is not excused: a backward that throws away digits its inputs
-  had (``1 − (1 − p)`` on a softmax tail) is still wrong.
+* :func:`forward_rounding`: a first-order bound on what rounding does to the VJP and to fn's
+  outputs: in the *forward* computation every value it computes, including what it saves for
+  the backward, and the inputs of its transcendental functions (digamma near its root is off
+  by float32's absolute error); in the *backward*, its transcendental functions and its
+  reductions and products, at the call's precision (a backward that recomputes tanh from x
+  has the forward's limits). A float32 VJP computed from a saved, rounded output (tanh's
+  ``1 − y²``) or from large terms that cancel (sinc near 0) can be no closer to its float64
+  version. The backward's own arithmetic is not excused: a backward that throws away digits
+  its inputs had (``1 − (1 − p)`` on a softmax tail) is still wrong, and so is one that
+  rounds to a narrower float (its functions are allowed the call's rounding, no more).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,6 +59,15 @@ ELEMENTWISE = frozenset({
     "igamma_grad_a", "random_gamma_grad", "polygamma", "zeta", "bessel_i0e", "bessel_i1e", "nextafter",
     "reduce_precision", "reciprocal",
 })
+# Elementwise arithmetic: in the backward, its author's choice (no rounding excused there); everything else
+# elementwise is a function whose float result is accurate to its inputs' rounding (backward stable).
+ARITHMETIC = frozenset({"add", "add_any", "sub", "mul", "div", "rem", "integer_pow", "square", "reciprocal",
+                        "nextafter", "reduce_precision"})
+
+# What tracing or differentiating a user's function can raise: it branches on values (a concretization error),
+# or JAX has no rule for a primitive on the way.
+_UNTRACEABLE = (jax.errors.JAXTypeError, NotImplementedError, TypeError, ValueError)
+
 
 def natural_scale(flat: Flat, analytic: Sequence[np.ndarray]) -> np.ndarray:
     """Per entry, the RMS of the flat VJPs ``analytic`` (one per cotangent)."""
@@ -82,7 +96,7 @@ def capped(allowance: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return np.minimum(allowance, ALLOWANCE_CAP * scale)
 
 
-# ---------------------------------------------------------------- rounding injected into the forward
+# ---------------------------------------------------------------- rounding injected into the forward (and backward)
 def _inline(eqn: Any) -> Any:
     """The jaxpr an equation only wraps (jit, remat, a custom rule's primal), evaluated in line; else None."""
     for name in ("jaxpr", "call_jaxpr"):
@@ -97,45 +111,77 @@ def _floating(aval: Any) -> bool:
     return hasattr(aval, "dtype") and jnp.issubdtype(aval.dtype, jnp.floating)
 
 
-def _sites(jaxpr: Any, found: list) -> list:
-    """The float outputs of the inexact operations, in evaluation order (what :func:`_evaluate` rounds)."""
+@dataclasses.dataclass(frozen=True)
+class _Policy:
+    """Where rounding is injected. The forward: every inexact operation at its own dtype's precision. The backward:
+    its functions and reductions only, at the call's precision ``eps`` (its elementwise arithmetic is its own)."""
+
+    backward: bool = False
+    eps: float | None = None
+
+    def outputs(self, name: str) -> bool:
+        return name not in EXACT and not (self.backward and name in ARITHMETIC)
+
+    def inputs(self, name: str) -> bool:
+        """A function whose result is accurate to its inputs' rounding: their rounding is injected too."""
+        return name in ELEMENTWISE and name not in ARITHMETIC
+
+    def error(self, value: jax.Array, dtype: Any, relative: bool) -> jax.Array:
+        """A rounding error of ``value``: half an ulp of each entry (``relative``) or of the largest."""
+        info = jnp.finfo(dtype)
+        eps = info.eps if self.eps is None else self.eps
+        size = jnp.abs(value) if relative else jnp.max(jnp.abs(value), initial=0.0)
+        error = jnp.where(size < info.tiny, info.tiny, eps / 2 * size)
+        return jax.lax.stop_gradient(jnp.where(jnp.isfinite(error), error, 0))
+
+
+def _sites(jaxpr: Any, found: list, policy: _Policy) -> list:
+    """The float values :func:`_evaluate` rounds, in evaluation order: inputs of functions, outputs of operations."""
     for eqn in jaxpr.eqns:
         inner = _inline(eqn)
         if inner is not None:
-            _sites(inner.jaxpr, found)
-        elif eqn.primitive.name not in EXACT:
+            _sites(inner.jaxpr, found, policy)
+            continue
+        name = eqn.primitive.name
+        if policy.inputs(name):
+            found += [v.aval for v in eqn.invars if _floating(v.aval)]
+        if policy.outputs(name):
             found += [v.aval for v in eqn.outvars if _floating(v.aval)]
     return found
 
 
-def _evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: jax.Array, at: list[int]) -> list:
-    """The jaxpr evaluated with ``rounding[site]`` times a rounding error added to each inexact operation's
-    float outputs: half an ulp of each entry for an elementwise operation, of the largest entry for any
-    other, in a fixed pattern of signs (the roundings of different entries are independent); an entry
-    below the smallest normal number may be flushed to zero."""
+def _evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: jax.Array, at: list[int],
+              policy: _Policy) -> list:
+    """The jaxpr evaluated with ``rounding[site]`` times a rounding error added at each site of :func:`_sites`:
+    half an ulp of each entry for an elementwise operation (and a function's inputs), of the largest entry
+    for any other, in a fixed pattern of signs (the roundings of different entries are independent); an
+    entry below the smallest normal number may be flushed to zero."""
     env: dict = {}
     read = lambda v: v.val if isinstance(v, Literal) else env[v]  # noqa: E731
+
+    def rounded(value: jax.Array, aval: Any, relative: bool) -> jax.Array:
+        error = policy.error(value, aval.dtype, relative) * _signs(aval.shape, aval.dtype, at[0])
+        at[0] += 1
+        return value + rounding[at[0] - 1].astype(aval.dtype) * error
+
     env.update(zip(jaxpr.constvars, consts, strict=True))
     env.update(zip(jaxpr.invars, args, strict=True))
     for eqn in jaxpr.eqns:
         values = [read(v) for v in eqn.invars]
         inner = _inline(eqn)
         if inner is not None:
-            outs = _evaluate(inner.jaxpr, inner.consts, values, rounding, at)
+            outs = _evaluate(inner.jaxpr, inner.consts, values, rounding, at, policy)
         else:
+            name = eqn.primitive.name
+            if policy.inputs(name):
+                values = [rounded(x, v.aval, True) if _floating(v.aval) else x for x, v in zip(values, eqn.invars,
+                                                                                             strict=True)]
             with eqn.ctx.manager:
                 outs = eqn.primitive.bind(*values, **eqn.primitive.get_bind_params(eqn.params))
             outs = list(outs) if eqn.primitive.multiple_results else [outs]
-            if eqn.primitive.name not in EXACT:
-                for j, v in enumerate(eqn.outvars):
-                    if _floating(v.aval):
-                        info = jnp.finfo(v.aval.dtype)
-                        size = (jnp.abs(outs[j]) if eqn.primitive.name in ELEMENTWISE
-                                else jnp.max(jnp.abs(outs[j]), initial=0.0))
-                        error = jnp.where(size < info.tiny, info.tiny, info.eps / 2 * size)
-                        error = jnp.where(jnp.isfinite(error), error, 0) * _signs(v.aval.shape, v.aval.dtype, at[0])
-                        outs[j] = outs[j] + rounding[at[0]].astype(v.aval.dtype) * jax.lax.stop_gradient(error)
-                        at[0] += 1
+            if policy.outputs(name):
+                outs = [rounded(o, v.aval, name in ELEMENTWISE) if _floating(v.aval) else o
+                        for o, v in zip(outs, eqn.outvars, strict=True)]
         env.update(zip(eqn.outvars, outs, strict=True))
     return [read(v) for v in jaxpr.outvars]
 
@@ -152,12 +198,12 @@ def _magnitude(t: jax.Array) -> jax.Array:
     return jnp.abs(t.real) + 1j * jnp.abs(t.imag) if jnp.iscomplexobj(t) else jnp.abs(t)
 
 
-def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list,
-                     context: Callable[[], Any]) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
-    """First-order bounds on how far rounding in fn's forward moves its outputs and its VJP for ``cotangent``:
-    ``Σ_ops |∂/∂v (outputs, VJP) · δv|`` over the float output ``v`` of every inexact operation of the
-    forward, with ``δv`` a rounding error (see :func:`_evaluate`). None when fn cannot be traced (it reads
-    values) or differentiated."""
+def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list, context: Callable[[], Any],
+                     backward_eps: float | None = None) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    """First-order bounds on how far rounding moves fn's outputs and its VJP for ``cotangent``:
+    ``Σ_sites |∂/∂v (outputs, VJP) · δv|`` over every site ``v`` of the forward (see :func:`_evaluate`), and,
+    with ``backward_eps``, of the backward (its functions and reductions, at that precision). None when fn
+    cannot be traced (it reads values) or differentiated."""
     leaves = list(leaves)
     with context():
         structure: list = []  # the VJP's pytree structure and the number of outputs, learnt while tracing
@@ -166,33 +212,42 @@ def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list,
             out, vjp = jax.vjp(fn, *xs)
             structure[:] = [jax.tree_util.tree_structure(vjp), len(out)]
             return [*out, *jax.tree_util.tree_leaves(vjp)]
+        ct = [jnp.asarray(c) for c in cotangent]
         try:
             closed = jax.make_jaxpr(forward)(*leaves)
-        except Exception:  # concretization and the like: fn branches on values
+            pull_def, n_out = structure
+            back = jax.make_jaxpr(lambda saved, c: list(jax.tree_util.tree_unflatten(pull_def, saved)(c)))(
+                [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.out_avals[n_out:]], ct)
+        except _UNTRACEABLE:  # fn branches on values, or JAX cannot differentiate it
             return None
-        pull_def, n_out = structure
-        sites = _sites(closed.jaxpr, [])
+        forward_policy, backward_policy = _Policy(), _Policy(backward=True, eps=backward_eps)
+        sites = _sites(closed.jaxpr, [], forward_policy)
+        if backward_eps is not None:
+            sites = _sites(back.jaxpr, sites, backward_policy)
         if not sites:
             return None
 
         def effect(unit: jax.Array, xs: list, ct: list) -> tuple:  # one site's rounding (unit picks it), in magnitude
             def rounded(rounding: jax.Array) -> tuple:
-                values = _evaluate(closed.jaxpr, closed.consts, xs, rounding, [0])
-                vjp = jax.tree_util.tree_unflatten(pull_def, values[n_out:])
-                return values[:n_out], list(vjp(ct))
+                at = [0]
+                values = _evaluate(closed.jaxpr, closed.consts, xs, rounding, at, forward_policy)
+                if backward_eps is None:
+                    vjp = jax.tree_util.tree_unflatten(pull_def, values[n_out:])(ct)
+                else:
+                    vjp = _evaluate(back.jaxpr, back.consts, [*values[n_out:], *ct], rounding, at, backward_policy)
+                return values[:n_out], list(vjp)
             return jax.tree_util.tree_map(_magnitude, jax.jvp(rounded, (jnp.zeros(len(sites)),), (unit,))[1])
 
         total: Any = None
+        units = np.eye(len(sites))
         try:
-            units = np.eye(len(sites))
-            ct = [jnp.asarray(c) for c in cotangent]
             # Inputs and cotangent are arguments, never constants XLA would fold; and a program the size of the
             # forward and backward differentiated once more, run a few times, is compiled quickly.
             one = jax.jit(effect).lower(units[0], leaves, ct).compile(QUICK_COMPILE)
-            for unit in units:
-                part = jax.tree_util.tree_map(lambda t: np.asarray(t).astype(
-                    np.complex128 if np.iscomplexobj(t) else np.float64), one(unit, leaves, ct))
-                total = part if total is None else jax.tree_util.tree_map(np.add, total, part)
-        except Exception:  # a forward JAX cannot differentiate (a primitive with no JVP rule)
+        except _UNTRACEABLE:  # a primitive with no JVP rule on the way
             return None
+        for unit in units:
+            part = jax.tree_util.tree_map(lambda t: np.asarray(t).astype(
+                np.complex128 if np.iscomplexobj(t) else np.float64), one(unit, leaves, ct))
+            total = part if total is None else jax.tree_util.tree_map(np.add, total, part)
     return total[0], total[1]

@@ -10,11 +10,14 @@ Each block is judged once and meets one :class:`Fate`:
 * ``PASSED``: its change agrees with the analytic one to the search's sharpness;
 * ``FAILED``: it is off by more than the rule's own tolerance summed over its entries (and
   more than the differences' uncertainty): the rule is wrong there, narrowed down or not;
-* ``SUSPECT``: off by more than the sharpness, within the tolerance: a needle may hide there;
+* ``SUSPECT``: off by more than the sharpness, within the tolerance: a needle may hide there (or
+  it straddles a kink, where only its entries can say which side is right);
 * ``UNCHECKED``: no step gives consistent differences (a jump, a NaN in reach).
 
-Failing, suspect and unchecked blocks are split and their halves queued, the worst first, down
-to :data:`SUSPECT` entries, which are handed over to be judged one by one. The search stops
+Suspect and unchecked blocks are split and their halves queued, the worst first, down to
+:data:`SUSPECT` entries, which are handed over to be judged one by one. A failed block needs no
+narrowing to fail the leaf: the :data:`EXAMPLES` worst hand over their :data:`SAMPLE` entries of
+largest contribution, to name examples, and stay reported as blocks. The search stops
 when the queue is empty or the budget is spent; the leaf's verdict is a fold over the blocks
 that were not split (:class:`LeafSearch`): a failed block is a failure whether or not it was
 narrowed down, and a suspect or unchecked block left is counted as unchecked entries, never
@@ -34,7 +37,8 @@ from reference.oracle.verdict import CONFIDENT, Verdict, first_pass, judge
 
 BLOCKS = 16  # the first cut of a large leaf
 PATHS = 8  # suspect blocks followed per round, the worst first: how many needles can be told apart
-EXAMPLES = 2  # failed blocks followed per round: the leaf fails already, narrowing only names entries
+EXAMPLES = 2  # failed blocks whose entries are sampled: the leaf fails already, entries only name examples
+SAMPLE = 4  # entries handed over from each of them, those that move its analytic change most
 BUDGET = 1024  # block probes (each 4 evaluations of fn per level) one leaf may spend
 SUSPECT = 4  # a block of this many entries or fewer is handed over entry by entry
 # How sharply a block's float64 rule must match its float64 differences, relative to Σ(|a| + scale)|Δ|:
@@ -79,7 +83,8 @@ class Block:
 @dataclasses.dataclass(frozen=True)
 class LeafSearch:
     """The fold over a leaf's search: ``blocks`` are the judged blocks that were not split (those handed over
-    entry by entry excluded), ``entries`` the entries handed over, ``probes`` what it spent."""
+    entry by entry excluded; failed ones whose entries were sampled included), ``entries`` the entries handed
+    over, ``probes`` what it spent."""
 
     blocks: tuple[Block, ...]
     entries: np.ndarray
@@ -104,8 +109,9 @@ class LeafSearch:
 
 
 def search(diffs: Differences, lo: int, hi: int, device: BlockDevice, step: float, sharpness: float,
-           levels: int) -> LeafSearch:
-    """Judges ``[lo, hi)`` block by block (module docstring) and folds the verdicts."""
+           levels: int, loosest: float) -> LeafSearch:
+    """Judges ``[lo, hi)`` block by block (module docstring) and folds the verdicts. A block passes only where the
+    differences' uncertainty is at most ``loosest`` of its scale (else it is followed like a suspect one)."""
     edges = np.unique(np.linspace(lo, hi, min(BLOCKS, hi - lo) + 1).astype(np.int64))
     queue: list[tuple[int, int, Block | None]] = [(a, b, None) for a, b in zip(edges[:-1], edges[1:], strict=True)]
     kept: list[Block] = []
@@ -115,21 +121,24 @@ def search(diffs: Differences, lo: int, hi: int, device: BlockDevice, step: floa
         if spent + len(queue) * levels > BUDGET:  # spent: each parent stands as judged
             parents = {id(p): p for *_, p in queue if p is not None}
             kept += parents.values()
-            return LeafSearch(tuple(kept), np.array(sorted(entries), np.int64), spent, exhausted=True)
-        judged, cost = _judge_blocks(diffs, queue, step, start, levels, device, sharpness)
+            return LeafSearch(tuple(kept), np.array(sorted(set(entries)), np.int64), spent, exhausted=True)
+        judged, cost = _judge_blocks(diffs, queue, step, start, levels, device, sharpness, loosest)
         spent += cost
         start = min(int(np.median([b.level for b in judged])), levels - 2)
         follow = _to_follow(judged)
         queue = []
         for b in judged:
-            if b.fate is Fate.PASSED or id(b) not in follow:
+            if b.fate is Fate.FAILED and id(b) in follow:
+                kept.append(b)
+                entries.extend(b.lo + np.argsort(-device.contribution[b.lo:b.hi])[:SAMPLE])
+            elif b.fate is Fate.PASSED or id(b) not in follow:
                 kept.append(b)
             elif b.entries <= SUSPECT:
                 entries.extend(range(b.lo, b.hi))
             else:
                 mid = (b.lo + b.hi) // 2
                 queue += [(b.lo, mid, b), (mid, b.hi, b)]
-    return LeafSearch(tuple(kept), np.array(sorted(entries), np.int64), spent, exhausted=False)
+    return LeafSearch(tuple(kept), np.array(sorted(set(entries)), np.int64), spent, exhausted=False)
 
 
 def _to_follow(judged: Sequence[Block]) -> set[int]:
@@ -141,9 +150,10 @@ def _to_follow(judged: Sequence[Block]) -> set[int]:
 
 
 def _judge_blocks(diffs: Differences, queue: Sequence[tuple[int, int, Block | None]], step: float, start: int,
-                  levels: int, device: BlockDevice, sharpness: float) -> tuple[list[Block], int]:
+                  levels: int, device: BlockDevice, sharpness: float, loosest: float) -> tuple[list[Block], int]:
     """Every queued block judged once: quickly at the leaf's level where that settles it, at that level and the next
-    finer one where that does, else at every level (the pair of levels most consistent with each other decides)."""
+    finer one where they pass it, else at every level (the pair of levels most consistent with each other, and
+    with every finer level, decides)."""
     lo = np.array([q[0] for q in queue], np.int64)
     hi = np.array([q[1] for q in queue], np.int64)
     probes, weighted = diffs.block_probes(lo, hi, step, [start], device)
@@ -160,10 +170,15 @@ def _judge_blocks(diffs: Differences, queue: Sequence[tuple[int, int, Block | No
         again = dataclasses.replace(again, level=np.asarray(tried)[again.level])
         verdict = verdict.replaced(rest, again)
         spent += len(rest) * len(tried)
-        settled = again.confident | _beyond(again, weighted[ALLOWANCE][rest]) | (len(tried) == levels)
+        # A pass at two levels settles a block; a failure is settled only at every level, where the finer steps
+        # can show that the two coarse ones agreed by chance (sin at 10⁶).
+        settled = (again.confident & again.ok) | (len(tried) == levels)
         rest = rest[~settled]
     verdict = dataclasses.replace(verdict, ok=verdict.ok | quick, unchecked=verdict.unchecked & ~quick)
-    blocks = [Block(int(lo[j]), int(hi[j]), _fate(verdict, j, weighted[ALLOWANCE][j]), float(verdict.analytic[j]),
+    with np.errstate(invalid="ignore"):
+        vague = verdict.kink | ~(verdict.error <= loosest * weighted[SCALE])  # only its entries can tell
+    blocks = [Block(int(lo[j]), int(hi[j]), _fate(verdict, j, weighted[ALLOWANCE][j], bool(vague[j])),
+                    float(verdict.analytic[j]),
                     float(verdict.numerical[j]), float(weighted[ALLOWANCE][j] + verdict.error[j]),
                     float(weighted[SCALE][j]), float(weighted[SIZE][j]), int(verdict.level[j]),
                     float(verdict.badness[j])) for j in range(len(queue))]
@@ -172,15 +187,18 @@ def _judge_blocks(diffs: Differences, queue: Sequence[tuple[int, int, Block | No
 
 def _beyond(v: Verdict, allowance: np.ndarray) -> np.ndarray:
     """Off by more than the rule's allowance and the differences' uncertainty, and by CONFIDENT times the latter:
-    no finer step and no rounding the rule is allowed could explain it."""
+    no finer step and no rounding the rule is allowed could explain it. A NaN or inf analytic change against
+    finite differences is beyond anything."""
     with np.errstate(invalid="ignore"):
-        off = np.abs(v.analytic - v.numerical)
-        return ~v.ok & ~v.unchecked & (off > allowance + v.error) & (off >= CONFIDENT * v.error)
+        off = np.where(np.isfinite(v.analytic), np.abs(v.analytic - v.numerical), np.inf)
+        return ~v.ok & ~v.unchecked & ~(off <= allowance + v.error) & (off >= CONFIDENT * v.error)
 
 
-def _fate(v: Verdict, j: int, allowance: float) -> Fate:
+def _fate(v: Verdict, j: int, allowance: float, vague: bool) -> Fate:
+    """A block that passes only as a kink (it straddles kinks, and only its entries can say which side is right)
+    or with too uncertain differences is suspect: followed, never passed."""
     if v.unchecked[j]:
         return Fate.UNCHECKED
     if v.ok[j]:
-        return Fate.PASSED
+        return Fate.SUSPECT if vague else Fate.PASSED
     return Fate.FAILED if _beyond(v.take(np.array([j])), np.array([allowance]))[0] else Fate.SUSPECT

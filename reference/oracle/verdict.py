@@ -26,7 +26,8 @@ RICHARDSON_LEFT = 0.05
 # A central difference alone carries its h² error, a third of the h-vs-2h gap: half of it, with room.
 CENTRAL_LEFT = 0.5
 # A smooth function's one-sided gap doubles with the step; a kink's stays. More than a tenth away from
-# doubling, beyond four round-off bounds, is a kink.
+# doubling, beyond four round-off bounds, is a kink; and at two levels in a row its one-sided slopes move by
+# at most a tenth of their gap (at steps too coarse for the function they are garbage, and move at random).
 KINK_GAP = 0.1
 KINK_ROUNDOFF = 4.0
 # No consistent difference: the best level's own error estimate is more than half the entry's scale.
@@ -35,6 +36,9 @@ UNCHECKABLE = 0.5
 # h-vs-2h gap at most this fraction of the coarser one's (h² predicts 1/16), beyond round-off. Two steps too
 # coarse for the function (sin at 10⁶ at steps of 100) each give garbage, and may agree on it by chance.
 ASYMPTOTIC = 0.25
+# And every finer level's estimate must agree with the pair's, to this many times the pair's spread and its own
+# round-off: a plateau that the finer steps leave is a coincidence of the coarse ones.
+FINER_AGREE = 4.0
 # A failure is settled when it exceeds the differences' own uncertainty this many times over: a finer step
 # could not turn it into a pass.
 CONFIDENT = 4.0
@@ -117,6 +121,20 @@ def _one_level(p: Probes, noise: np.ndarray) -> dict[str, np.ndarray]:
                 low=low, high=high, inside=(low <= tol_1) & (high >= -tol_1), usable=p.finite & ~p.jump)
 
 
+@np.errstate(invalid="ignore")
+def _finer_agree(numerical: np.ndarray, spread: np.ndarray, round_r: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """Per pair of levels (k, k+1): whether every finer usable level's estimate is within FINER_AGREE times the
+    pair's spread and its own round-off of level k+1's. Steps too coarse for fn can agree with each other by
+    chance (sin at 10⁶: steps of 100, 25 and 6.26 all lie near multiples of 2π); finer steps then disagree."""
+    pairs = spread.shape[0]
+    agree = np.ones(spread.shape, bool)
+    for k in range(pairs):
+        for j in range(k + 2, numerical.shape[0]):
+            off = np.abs(numerical[j] - numerical[k + 1])
+            agree[k] &= ~usable[j] | (off <= FINER_AGREE * (spread[k] + round_r[j]))
+    return agree
+
+
 @np.errstate(invalid="ignore", divide="ignore", over="ignore")  # NaN and inf are judged, not warned of
 def first_pass(p: Probes, noise: np.ndarray) -> np.ndarray:
     """Probes (judged at their first level only) whose Richardson estimate agrees within its own error
@@ -144,8 +162,9 @@ def judge(p: Probes, noise: np.ndarray) -> Verdict:
     else:  # the uncertainty of level k+1's estimate: how far it is from level k's, and both round-offs
         spread = np.abs(numerical[:-1] - numerical[1:]) + v["round_r"][:-1] + v["round_r"][1:]
         asymptotic = v["trunc"][1:] <= ASYMPTOTIC * v["trunc"][:-1] + 4 * ROUNDOFF_MARGIN * (
-            v["round1"][1:] + v["round2"][1:]) + np.where(np.isfinite(noise), noise, 0.0)  # a NaN VJP: judged below
+            v["round1"][1:] + v["round2"][1:])
         spread = np.where(v["usable"][:-1] & v["usable"][1:] & asymptotic, spread, np.inf)
+        spread = np.where(_finer_agree(numerical, spread, v["round_r"], v["usable"]), spread, np.inf)
         best = np.argmin(spread, axis=0) + 1
         error = spread[best - 1, columns]
     value, analytic = numerical[best, columns], p.a1[best, columns]
@@ -155,7 +174,13 @@ def judge(p: Probes, noise: np.ndarray) -> Verdict:
         smooth_ok |= v["smooth"][0]
     # A kink: seen at two levels in a row (the gap does not shrink), the analytic value inside the finer interval.
     seen = v["kink"] & v["usable"]
-    pair, finer = (seen, 0) if n_levels == 1 else (seen[:-1] & seen[1:], 1)
+    if n_levels == 1:
+        pair, finer = seen, 0
+    else:  # a kink's one-sided slopes stay put as the step shrinks; slopes at steps too coarse for fn jump about
+        moved = np.abs(p.fwd[1:] - p.fwd[:-1]) + np.abs(p.bwd[1:] - p.bwd[:-1])
+        steady = moved <= KINK_GAP * np.abs(p.fwd[1:] - p.bwd[1:]) + KINK_ROUNDOFF * (
+            p.side_round[1:] + p.side_round[:-1]) + np.where(np.isfinite(noise), noise, 0.0)
+        pair, finer = seen[:-1] & seen[1:] & steady, 1
     kink = np.any(pair, axis=0)
     kink_ok = kink & np.any(pair & v["inside"][finer:], axis=0)
     level = np.where(kink & ~smooth_ok, np.argmax(pair, axis=0) + finer, best)

@@ -144,9 +144,13 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     paths = split.diff_paths()
     a_user, a_main = flat.real(a_call[0], conjugate=True), flat.real(chosen.vjps[0], conjugate=True)
     natural = natural_scale(flat, [flat.real(a, conjugate=True) for a in chosen.vjps])
-    spread = capped(INPUT_SPREAD * input_spread(evaluate, chosen.cotangents, flat,
-                                                [flat.real(a, conjugate=True) for a in chosen.vjps],
-                                                call.precision.eps, rng), np.abs(a_main) + natural)
+    vjps = [flat.real(a, conjugate=True) for a in chosen.vjps]
+    # How far each entry moves when the inputs move by one unit of round-off: of the call's precision for the call's
+    # own VJP (compared with the float64 one below), of the version's for the version's VJP against its differences.
+    spread_call = capped(INPUT_SPREAD * input_spread(evaluate, chosen.cotangents, flat, vjps, call.precision.eps, rng),
+                         np.abs(a_main) + natural)
+    spread = spread_call if evaluate is call else capped(INPUT_SPREAD * input_spread(
+        evaluate, chosen.cotangents, flat, vjps, evaluate.precision.eps, rng), np.abs(a_main) + natural)
     r_user = rtol if rtol is not None else call.precision.rtol
     extra = atol or 0.0
     step = eps if eps is not None else evaluate.precision.step
@@ -197,7 +201,7 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
 
     too_uncertain: list[int] = []  # entries judge_entries made unchecked for want of sharp differences
     index, methods, searches = _entries_to_judge(diffs, flat, a_main, natural, spread + extra, relative, step,
-                                                 evaluate is call, r_user, levels)
+                                                 evaluate is call, r_user, levels, loosest)
     stats = [_LeafStats() for _ in paths]
     unchecked_why: str | None = None
     verdict = None
@@ -215,11 +219,11 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
         for i, s in enumerate(stats):
             s.add(verdict.take(leaf == i), natural[index][leaf == i])
         problems += _value_problems(flat, paths, index, verdict, r_user)
-    for i, found in searches.items():
-        stats[i].add_blocks(found)
-        problems += [_block_problem(flat, paths, i, b, r_user) for b in found.failed[:REPORTED]]
-        if found.unresolved:
-            unchecked_why = _also(unchecked_why, _unresolved_why(found, paths[i]))
+    for i, leaf_search in searches.items():
+        stats[i].add_blocks(leaf_search)
+        problems += [_block_problem(flat, paths, i, b, r_user) for b in leaf_search.failed[:REPORTED]]
+        if leaf_search.unresolved:
+            unchecked_why = _also(unchecked_why, _unresolved_why(leaf_search, paths[i]))
     if not any(s.judged for s in stats) and any(m is not Method.EMPTY for m in methods):
         raise RefusedValue("check_vjp: nothing could be checked: " + (unchecked_why or (
             f"{name} jumps, or is not finite, a step away from every entry of its arguments, or no step gives "
@@ -227,7 +231,7 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     notes: list[Mismatch] = []
     if evaluate is not call:
         failed = set(index[~verdict.ok].tolist()) if verdict is not None else set()
-        found, notes = against_float64(call, flat, paths, a_user, a_main, natural, spread, r_user, extra,
+        found, notes = against_float64(call, flat, paths, a_user, a_main, natural, spread_call, r_user, extra,
                                            cts[0], skip=failed)
         problems += found + (notes if strict else [])
         notes = [] if strict else notes
@@ -326,7 +330,7 @@ def _cotangent_types(split: Split, vjp: list) -> list[Mismatch]:
 
 def _entries_to_judge(diffs: Differences, flat: Flat, a_main: np.ndarray, natural: np.ndarray,
                       allowed: np.ndarray, scale: np.ndarray, step: float, as_called: bool, r_user: float,
-                      levels: int) -> tuple[np.ndarray, list[Method], dict[int, large.LeafSearch]]:
+                      levels: int, loosest: float) -> tuple[np.ndarray, list[Method], dict[int, large.LeafSearch]]:
     """Small leaves: every entry. Large ones: searched block by block (:mod:`.search`); the entries it narrows
     down to are judged one by one, and its verdicts on the blocks are returned per leaf."""
     elementwise = min(ELEMENTWISE, 2**26 // max(1, flat.size + diffs.outputs))
@@ -345,7 +349,7 @@ def _entries_to_judge(diffs: Differences, flat: Flat, a_main: np.ndarray, natura
                 device = diffs.block_device(a_main, [magnitude, r_user * magnitude + allowed, np.ones(flat.size)],
                                             scale)
             sharpness = large.SHARPNESS_OF_RTOL * r_user if as_called else large.SHARPNESS_FLOAT64
-            searches[i] = large.search(diffs, lo, hi, device, step, sharpness, levels)
+            searches[i] = large.search(diffs, lo, hi, device, step, sharpness, levels, loosest)
             methods.append(Method.FAILING_BLOCKS if searches[i].failed else Method.BLOCKS)
             picked.append(searches[i].entries)
     return (np.concatenate(picked) if picked else np.zeros(0, np.int64)), methods, searches

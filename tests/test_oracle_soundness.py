@@ -1,0 +1,295 @@
+"""The oracle's own properties: every wrong rule is flagged and every correct one passes.
+
+A correct rule is drawn from a family (elementwise functions, ``x @ W``, a row-wise softmax
+cross-entropy, a reduction, a pytree of two leaves), at a leaf size drawn around every internal
+switch of the oracle and at a drawn magnitude; a wrong one is the same rule with an error of a
+drawn kind. Both are written the way users write them: a ``jax.custom_vjp`` whose backward pulls
+the cotangent back through ``jax.vjp`` of the plain function, then gets it wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from reference import Method, VJPMismatch, check_vjp
+from reference.oracle import differences, search, vjp
+
+# Sizes at and around every switch: one entry, the per-entry limit, BLOCKS·SUSPECT, CHEAP, powers of two ± 1,
+# a few blocks of the chunk size, and a leaf of a few 10⁵.
+SWITCHES = sorted({1, 2, search.BLOCKS * search.SUSPECT - 1, search.BLOCKS * search.SUSPECT,
+                   search.BLOCKS * search.SUSPECT + 1, vjp.ELEMENTWISE - 1, vjp.ELEMENTWISE, vjp.ELEMENTWISE + 1,
+                   2048, differences.CHEAP - 1, differences.CHEAP + 1, 65536, 200_003})
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A correct rule's function and how its arguments are drawn at a size and a magnitude."""
+
+    name: str
+    fn: Callable
+    args: Callable[[np.random.Generator, int, float], tuple]
+    magnitudes: tuple[float, ...] = (1.0,)
+    leaves: int = 1
+
+
+def _vector(rng, n, m):
+    return (jnp.asarray(m * rng.standard_normal(n), jnp.float32),)
+
+
+def _square(n):
+    return max(1, int(round(np.sqrt(n))))
+
+
+FAMILIES = {
+    "sin": Family("sin", jnp.sin, _vector, (1.0, 1e3, 1e6)),
+    "tanh": Family("tanh", jnp.tanh, _vector, (1.0, 3.0)),
+    "exp": Family("exp", jnp.exp, _vector, (1.0, 5.0)),
+    "softplus": Family("softplus", jax.nn.softplus, _vector, (1.0, 30.0)),
+    "log": Family("log", jnp.log, lambda rng, n, m: (jnp.asarray(m * (0.05 + rng.random(n)), jnp.float32),),
+                  (1.0, 1e6)),
+    "matmul": Family("matmul", lambda x, W: x @ W, lambda rng, n, m: (
+        jnp.asarray(m * rng.standard_normal((4, _square(n))), jnp.float32),
+        jnp.asarray(rng.standard_normal((_square(n), _square(n))), jnp.float32)), (1.0, 1e3), leaves=2),
+    "softmax_ce": Family("softmax_ce", lambda z: -jax.nn.log_softmax(z, axis=-1)[:, 0], lambda rng, n, m: (
+        jnp.asarray(m * rng.standard_normal((max(1, n // 8), 8)), jnp.float32),), (1.0, 10.0)),
+    "reduction": Family("reduction", lambda x: jax.nn.logsumexp(x, axis=-1), lambda rng, n, m: (
+        jnp.asarray(m * rng.standard_normal((max(1, n // 16), 16)), jnp.float32),), (1.0, 10.0)),
+    "pytree": Family("pytree", lambda t: (jnp.sin(t["a"]), jnp.tanh(t["b"]).sum()), lambda rng, n, m: ({
+        "a": jnp.asarray(m * rng.standard_normal(n), jnp.float32),
+        "b": jnp.asarray(rng.standard_normal(max(1, n // 3 + 5)), jnp.float32)},), (1.0,), leaves=2),
+}
+
+
+def _noise(g, rel):  # a fixed pseudo-random relative error per entry
+    return g * (1 + rel * jax.random.normal(jax.random.key(7), g.shape, jnp.float32).astype(g.dtype))
+
+
+def _flat_edit(g, edit):
+    return edit(g.ravel()).reshape(g.shape)
+
+
+def _needle(g):  # one entry off by 1% of the leaf's RMS or of itself, whichever is larger
+    rms = jnp.sqrt(jnp.mean(jnp.abs(g) ** 2))
+    k = (g.size * 5) // 7
+    return _flat_edit(g, lambda v: v.at[k].add(0.01 * jnp.maximum(jnp.abs(v[k]), rms)))
+
+
+def _run(g):  # 100 consecutive entries (or all of a smaller leaf) 10% off
+    start = g.size // 3
+    return _flat_edit(g, lambda v: v.at[start:start + 100].multiply(1.1))
+
+
+def _stride(g):  # every 7th entry 3% off
+    return _flat_edit(g, lambda v: v * jnp.where(jnp.arange(v.size) % 7 == 3, 1.03, 1.0).astype(v.dtype))
+
+
+def _transposed(g):
+    return g.T if g.ndim == 2 and g.shape[0] == g.shape[1] else jnp.roll(g, 1)
+
+
+def _rolled(g):
+    return jnp.roll(g, 1, axis=-1) if g.ndim == 2 else jnp.roll(g, 1)
+
+
+# Errors applied to each leaf's correct cotangent (``one leaf`` to the first only). A cotangent of a leaf of one
+# entry cannot be transposed or rolled wrong; those kinds are drawn for larger leaves only.
+KINDS: dict[str, Callable] = {
+    "scale 1e-3": lambda g: g * (1 + 1e-3),
+    "scale 1e-2": lambda g: g * 1.01,
+    "doubled": lambda g: 2 * g,
+    "sign": lambda g: -g,
+    "noise 5%": lambda g: _noise(g, 0.05),
+    "noise 0.5%": lambda g: _noise(g, 0.005),
+    "run": _run,
+    "stride": _stride,
+    "zeros": jnp.zeros_like,
+    "needle": _needle,
+    "transposed": _transposed,
+    "rolled": _rolled,
+}
+AT_INPUTS = {  # errors in how the rule is evaluated: at its inputs rounded to float16, or in bfloat16 throughout
+    "float16 inputs": lambda a: a.astype(jnp.float16).astype(a.dtype),
+    "bfloat16 backward": lambda a: a.astype(jnp.bfloat16),
+}
+
+
+def rule(family: Family, kind: str | None) -> Callable:
+    """``family.fn`` as a custom_vjp whose backward is jax.vjp of the plain function, with the error ``kind``."""
+    fn = family.fn
+
+    @jax.custom_vjp
+    def f(*args):
+        return fn(*args)
+
+    def fwd(*args):
+        return fn(*args), args
+
+    def bwd(args, g):
+        if kind in AT_INPUTS:
+            moved = jax.tree_util.tree_map(AT_INPUTS[kind], args)
+            out, pull = jax.vjp(fn, *moved)
+            got = pull(jax.tree_util.tree_map(lambda c, o: c.astype(o.dtype), g, out))
+            return jax.tree_util.tree_map(lambda c, a: c.astype(a.dtype), got, args)
+        grads = jax.vjp(fn, *args)[1](g)
+        if kind is None:
+            return grads
+        return jax.tree_util.tree_map(KINDS[kind], grads)
+
+    f.defvjp(fwd, bwd)
+    f.__name__ = f"{family.name}[{kind or 'correct'}]"
+    return f
+
+
+def one_leaf(family: Family) -> Callable:
+    """The rule wrong (1% off) in its first leaf only."""
+    fn = family.fn
+
+    @jax.custom_vjp
+    def f(*args):
+        return fn(*args)
+
+    def bwd(args, g):
+        leaves, tree = jax.tree_util.tree_flatten(jax.vjp(fn, *args)[1](g))
+        return jax.tree_util.tree_unflatten(tree, [leaves[0] * 1.01, *leaves[1:]])
+
+    f.defvjp(lambda *args: (fn(*args), args), bwd)
+    return f
+
+
+def draw_args(family: Family, size: int, magnitude: float, seed: int) -> tuple:
+    return family.args(np.random.default_rng(seed), size, magnitude)
+
+
+def flagged(fn: Callable, args: tuple) -> bool:
+    try:
+        report = check_vjp(fn, args)
+    except VJPMismatch:
+        return True
+    assert all(leaf.method is not Method.NOT_JUDGED for leaf in report.leaves), str(report)
+    return False
+
+
+def wrong_by(fn: Callable, family: Family, args: tuple) -> float:
+    """How far ``fn``'s VJP is from the correct one, at most over the entries, over each leaf's largest entry."""
+    out = family.fn(*args)
+    ct = jax.tree_util.tree_map(lambda o: jnp.asarray(np.random.default_rng(3).standard_normal(o.shape), o.dtype), out)
+    got, want = (jax.tree_util.tree_leaves(jax.vjp(f, *args)[1](ct)) for f in (fn, family.fn))
+    worst = 0.0
+    for g, w in zip(got, want, strict=True):
+        g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+        off = np.abs(g - w) / (np.abs(w) + 1e-3 * np.max(np.abs(w), initial=0.0) + 1e-30)
+        worst = max(worst, float(np.max(np.where(np.isfinite(off), off, np.inf), initial=0.0)))
+    return worst
+
+
+def _wrong(family: Family, kind: str) -> Callable:
+    return one_leaf(family) if kind == "one leaf" else rule(family, kind)
+
+
+EVERY_KIND = [*KINDS, *AT_INPUTS, "one leaf"]
+# A tenth of the active profile's examples: 10 under handgrad-ci, 100 under handgrad-thorough.
+EXAMPLES = max(5, settings().max_examples // 10)
+
+
+@settings(max_examples=2 * EXAMPLES)
+@given(family=st.sampled_from(sorted(FAMILIES)), size=st.sampled_from(SWITCHES),
+       kind=st.sampled_from(EVERY_KIND), data=st.data(), seed=st.integers(0, 2**16))
+def test_every_wrong_rule_is_flagged(family, size, kind, data, seed):
+    f = FAMILIES[family]
+    assume(kind != "one leaf" or f.leaves > 1)
+    args = draw_args(f, size, data.draw(st.sampled_from(f.magnitudes), label="magnitude"), seed)
+    fn = _wrong(f, kind)
+    assume(wrong_by(fn, f, args) > 1e-3)  # a roll of one entry, a stride past the end: no error to find
+    assert flagged(fn, args), f"{family} at {size} entries, {kind}: passed"
+
+
+@settings(max_examples=EXAMPLES)
+@given(family=st.sampled_from(sorted(FAMILIES)), size=st.sampled_from(SWITCHES), data=st.data(),
+       seed=st.integers(0, 2**16))
+def test_every_correct_rule_passes(family, size, data, seed):
+    f = FAMILIES[family]
+    args = draw_args(f, size, data.draw(st.sampled_from(f.magnitudes), label="magnitude"), seed)
+    report = check_vjp(rule(f, None), args)  # precision notes are allowed
+    assert all(leaf.method in (Method.ENTRIES, Method.BLOCKS) for leaf in report.leaves), str(report)
+
+
+# ------------------------------------------------------------------ regressions: each a plain test
+def _sin_rule(scale):
+    f = jax.custom_vjp(jnp.sin)
+    f.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (scale * g * jnp.cos(x),))
+    return f
+
+
+@pytest.mark.parametrize("n", [2048, 4097])
+@pytest.mark.parametrize("scale", [-1.0, 2.0, 1.01])
+def test_a_rule_wrong_in_every_entry_fails_past_the_per_entry_limit(scale, n):
+    x = jnp.asarray(np.random.default_rng(5).standard_normal(n), jnp.float32)
+    with pytest.raises(VJPMismatch) as info:
+        check_vjp(_sin_rule(scale), (x,))
+    assert info.value.report.leaves[0].method is Method.FAILING_BLOCKS
+    assert {"block", "value"} <= info.value.kinds  # the blocks reported, and entries named as examples
+
+
+@pytest.mark.parametrize("kind", EVERY_KIND)
+def test_every_kind_of_error_fails_in_a_leaf_of_blocks(kind):
+    f = FAMILIES["pytree" if kind == "one leaf" else "tanh"]
+    args = draw_args(f, differences.CHEAP + 1, 1.0, 11)
+    assert flagged(_wrong(f, kind), args)
+
+
+@pytest.mark.parametrize("kind", ["transposed", "rolled", "doubled", "scale 1e-3"])
+def test_a_wrong_weight_gradient_of_x_at_W_fails(kind):
+    args = draw_args(FAMILIES["matmul"], 64 * 64, 1.0, 2)
+    assert flagged(rule(FAMILIES["matmul"], kind), args)
+
+
+def test_a_correct_rule_that_recomputes_from_its_input_passes_with_notes():
+    recomputed = jax.custom_vjp(jnp.tanh)
+    recomputed.defvjp(lambda x: (jnp.tanh(x), x), lambda x, g: (g * (1 - jnp.tanh(x) ** 2),))
+    x = jnp.asarray(np.random.default_rng(0).uniform(2.0, 8.0, 2000), jnp.float32)  # 1 − tanh² cancels
+    report = check_vjp(recomputed, (x,))
+    assert report.notes and {n.kind for n in report.notes} == {"precision"}
+    with pytest.raises(VJPMismatch) as info:
+        check_vjp(recomputed, (x,), precision="strict")
+    assert info.value.kinds == {"precision"}
+
+
+@pytest.mark.parametrize("name, fn, x", [
+    ("gammaln at digamma's root", jax.scipy.special.gammaln, 1.4616321 + np.linspace(-3e-6, 3e-6, 61)),
+    ("digamma at its root", jax.scipy.special.digamma, 1.4616321 + np.linspace(-3e-6, 3e-6, 61)),
+    ("tan near pi/2", jnp.tan, np.pi / 2 - np.geomspace(1e-3, 1e-1, 61)),
+    ("log near 1", jnp.log, 1 + np.linspace(-1e-5, 1e-5, 61)),
+])
+def test_jax_functions_near_roots_and_poles_pass_with_at_most_notes(name, fn, x):
+    check_vjp(fn, (jnp.asarray(x, jnp.float32),))
+
+
+@pytest.mark.parametrize("n, seed", [(1000, 0), (1000, 1), (1025, 2), (4097, 3)])
+def test_sin_at_magnitude_1e6_passes_whatever_the_sample(n, seed):
+    x = jnp.asarray(np.random.default_rng(seed).uniform(-1e6, 1e6, n), jnp.float32)
+    check_vjp(jnp.sin, (x,))
+    assert flagged(_sin_rule(1.01), (x,))
+
+
+def test_order_2_of_i0_at_an_exact_zero_fails():
+    # I0''(0) = 1/2; JAX's custom_jvp has where(x == 0, 0, ...), whose derivative at 0 is 0.
+    with pytest.raises(VJPMismatch, match="flat index 0"):
+        check_vjp(jnp.i0, (jnp.asarray([0.0, 0.5, 0.5], jnp.float32),), order=2)
+    check_vjp(jnp.i0, (jnp.asarray([0.2, 0.5, 0.5], jnp.float32),), order=2)
+
+
+def test_an_error_in_the_oracles_float64_path_surfaces(monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("the oracle's own bug")
+
+    monkeypatch.setattr(vjp, "input_spread", broken)
+    with pytest.raises(KeyError, match="the oracle's own bug"):
+        check_vjp(jnp.sin, (jnp.ones(3, jnp.float32),))
