@@ -5,7 +5,8 @@ block of entries at once, each entry by its own step along the sign of its analy
 the change compared with the analytic VJP's prediction for the same move. An error that many
 entries share (a factor, a sign, a transpose, noise) adds up over the block.
 
-Each block is judged once and meets one :class:`Fate`:
+The whole leaf is judged first, as one block: a rule wrong all over fails there. Otherwise it
+is cut into :data:`BLOCKS` blocks, and each block is judged once and meets one :class:`Fate`:
 
 * ``PASSED``: its change agrees with the analytic one to the search's sharpness;
 * ``FAILED``: it is off by more than the rule's own tolerance summed over its entries (and
@@ -14,10 +15,12 @@ Each block is judged once and meets one :class:`Fate`:
   it straddles a kink, where only its entries can say which side is right);
 * ``UNCHECKED``: no step gives consistent differences (a jump, a NaN in reach).
 
-Suspect and unchecked blocks are split and their halves queued, the worst first, down to
+Blocks that do not pass are split and their halves queued, the worst first, down to
 :data:`SUSPECT` entries, which are handed over to be judged one by one. A failed block needs no
-narrowing to fail the leaf: the :data:`EXAMPLES` worst hand over their :data:`SAMPLE` entries of
-largest contribution, to name examples, and stay reported as blocks. The search stops
+narrowing to fail the leaf: it is reported as it is (the largest that failed, not its failing
+halves again), and narrowing only names examples. So once blocks fail, only the :data:`EXAMPLES`
+worst are followed, each also handing over its :data:`SAMPLE` entries of largest contribution
+(where an error all over the block shows most). The search stops
 when the queue is empty or the budget is spent; the leaf's verdict is a fold over the blocks
 that were not split (:class:`LeafSearch`): a failed block is a failure whether or not it was
 narrowed down, and a suspect or unchecked block left is counted as unchecked entries, never
@@ -38,7 +41,7 @@ from reference.oracle.verdict import CONFIDENT, Verdict, first_pass, judge
 BLOCKS = 16  # the first cut of a large leaf
 PATHS = 8  # suspect blocks followed per round, the worst first: how many needles can be told apart
 EXAMPLES = 2  # failed blocks whose entries are sampled: the leaf fails already, entries only name examples
-SAMPLE = 4  # entries handed over from each of them, those that move its analytic change most
+SAMPLE = 2  # entries handed over from each of them, those that move its analytic change most
 BUDGET = 1024  # block probes (each 4 evaluations of fn per level) one leaf may spend
 SUSPECT = 4  # a block of this many entries or fewer is handed over entry by entry
 # How sharply a block's float64 rule must match its float64 differences, relative to Σ(|a| + scale)|Δ|:
@@ -74,6 +77,7 @@ class Block:
     size: float  # Σ |Δ|
     level: int  # the step level that decided
     badness: float  # |analytic − numerical| over the sharp tolerance (what orders the queue)
+    verified: bool  # passed, or judged at every level (its parent's levels, if that was verified)
 
     @property
     def entries(self) -> int:
@@ -112,33 +116,44 @@ def search(diffs: Differences, lo: int, hi: int, device: BlockDevice, step: floa
            levels: int, loosest: float) -> LeafSearch:
     """Judges ``[lo, hi)`` block by block (module docstring) and folds the verdicts. A block passes only where the
     differences' uncertainty is at most ``loosest`` of its scale (else it is followed like a suspect one)."""
+    (whole,), spent = _judge_blocks(diffs, [(lo, hi, None)], step, 0, levels, device, sharpness, loosest)
+    if whole.fate is Fate.FAILED:  # wrong all over: the leaf fails, and a few entries name examples
+        return LeafSearch((whole,), np.sort(_sample(whole, device)), spent, exhausted=False)
     edges = np.unique(np.linspace(lo, hi, min(BLOCKS, hi - lo) + 1).astype(np.int64))
-    queue: list[tuple[int, int, Block | None]] = [(a, b, None) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    queue: list[tuple[int, int, Block | None]] = [(a, b, whole) for a, b in zip(edges[:-1], edges[1:], strict=True)]
     kept: list[Block] = []
     entries: list[int] = []
-    spent, start = 0, 0
+    start = whole.level
     while queue:
         if spent + len(queue) * levels > BUDGET:  # spent: each parent stands as judged
-            parents = {id(p): p for *_, p in queue if p is not None}
-            kept += parents.values()
+            parents = {id(p): p for *_, p in queue if p is not None and p.fate is not Fate.FAILED}
+            kept += parents.values()  # (a failed parent is kept already)
             return LeafSearch(tuple(kept), np.array(sorted(set(entries)), np.int64), spent, exhausted=True)
         judged, cost = _judge_blocks(diffs, queue, step, start, levels, device, sharpness, loosest)
         spent += cost
-        start = min(int(np.median([b.level for b in judged])), levels - 2)
+        start = max(0, min(int(np.median([b.level for b in judged])), levels - 2))
         follow = _to_follow(judged)
+        failed_parent = [p is not None and p.fate is Fate.FAILED for *_, p in queue]
         queue = []
-        for b in judged:
+        for b, nested in zip(judged, failed_parent, strict=True):
+            if b.fate is Fate.FAILED and not nested:  # reported once, at the largest block that failed
+                kept.append(b)
             if b.fate is Fate.FAILED and id(b) in follow:
-                kept.append(b)
-                entries.extend(b.lo + np.argsort(-device.contribution[b.lo:b.hi])[:SAMPLE])
-            elif b.fate is Fate.PASSED or id(b) not in follow:
-                kept.append(b)
+                entries.extend(_sample(b, device))
+            if b.fate is Fate.PASSED or id(b) not in follow:
+                if b.fate is not Fate.FAILED:
+                    kept.append(b)
             elif b.entries <= SUSPECT:
                 entries.extend(range(b.lo, b.hi))
             else:
                 mid = (b.lo + b.hi) // 2
                 queue += [(b.lo, mid, b), (mid, b.hi, b)]
     return LeafSearch(tuple(kept), np.array(sorted(set(entries)), np.int64), spent, exhausted=False)
+
+
+def _sample(block: Block, device: BlockDevice) -> np.ndarray:
+    """The SAMPLE entries of a block that move its analytic change most: where a shared error shows most."""
+    return block.lo + np.argsort(-device.contribution[block.lo:block.hi])[:SAMPLE]
 
 
 def _to_follow(judged: Sequence[Block]) -> set[int]:
@@ -152,37 +167,59 @@ def _to_follow(judged: Sequence[Block]) -> set[int]:
 def _judge_blocks(diffs: Differences, queue: Sequence[tuple[int, int, Block | None]], step: float, start: int,
                   levels: int, device: BlockDevice, sharpness: float, loosest: float) -> tuple[list[Block], int]:
     """Every queued block judged once: quickly at the leaf's level where that settles it, at that level and the next
-    finer one where they pass it, else at every level (the pair of levels most consistent with each other, and
-    with every finer level, decides)."""
+    finer one where they pass it. A block that does not pass there is judged at every level (the pair of levels
+    most consistent with each other, and with every finer level, decides: two coarse steps can agree by chance,
+    sin at 10⁶; see :func:`_verify_levels`), the worst first: once one of those fails, the rest are left suspect,
+    unverified."""
     lo = np.array([q[0] for q in queue], np.int64)
     hi = np.array([q[1] for q in queue], np.int64)
     probes, weighted = diffs.block_probes(lo, hi, step, [start], device)
     sharp = sharpness * weighted[SCALE]
     quick = first_pass(probes, sharp)
     verdict = dataclasses.replace(judge(probes, sharp), level=np.full(len(queue), start))
+    verified = quick.copy()
     spent = len(queue)
-    rest = np.flatnonzero(~quick)
-    for tried in ([start, start + 1], range(levels)):
-        if not rest.size:
-            break
-        deeper, _ = diffs.block_probes(lo[rest], hi[rest], step, tried, device)
-        again = judge(deeper, sharp[rest])
+
+    def deeper(rows: np.ndarray, tried: Sequence[int]) -> Verdict:
+        nonlocal verdict, spent
+        found, _ = diffs.block_probes(lo[rows], hi[rows], step, tried, device)
+        again = judge(found, sharp[rows])
         again = dataclasses.replace(again, level=np.asarray(tried)[again.level])
-        verdict = verdict.replaced(rest, again)
-        spent += len(rest) * len(tried)
-        # A pass at two levels settles a block; a failure is settled only at every level, where the finer steps
-        # can show that the two coarse ones agreed by chance (sin at 10⁶).
-        settled = (again.confident & again.ok) | (len(tried) == levels)
-        rest = rest[~settled]
+        verdict, spent = verdict.replaced(rows, again), spent + len(rows) * len(tried)
+        return again
+
+    rest = np.flatnonzero(~quick)
+    if rest.size and start + 1 < levels:
+        again = deeper(rest, [start, start + 1])
+        passed = again.confident & again.ok
+        verified[rest[passed]] = True
+        rest = rest[~passed]
+    rest = rest[np.argsort(-verdict.badness[rest], kind="stable")]
+    verify = [_verify_levels(q[2], levels) for q in queue]
+    for batch in (rest[:EXAMPLES], rest[EXAMPLES:]):
+        for tried in sorted({verify[j] for j in batch}):
+            deeper(np.array([j for j in batch if verify[j] == tried], np.int64), tried)
+        verified[batch] = True
+        if batch.size and np.any(_beyond(verdict.take(batch), weighted[ALLOWANCE][batch])):
+            break
     verdict = dataclasses.replace(verdict, ok=verdict.ok | quick, unchecked=verdict.unchecked & ~quick)
     with np.errstate(invalid="ignore"):
         vague = verdict.kink | ~(verdict.error <= loosest * weighted[SCALE])  # only its entries can tell
-    blocks = [Block(int(lo[j]), int(hi[j]), _fate(verdict, j, weighted[ALLOWANCE][j], bool(vague[j])),
+    blocks = [Block(int(lo[j]), int(hi[j]), _fate(verdict, j, weighted[ALLOWANCE][j], bool(vague[j]),
+                                                  bool(verified[j])),
                     float(verdict.analytic[j]),
                     float(verdict.numerical[j]), float(weighted[ALLOWANCE][j] + verdict.error[j]),
                     float(weighted[SCALE][j]), float(weighted[SIZE][j]), int(verdict.level[j]),
-                    float(verdict.badness[j])) for j in range(len(queue))]
+                    float(verdict.badness[j]), bool(verified[j])) for j in range(len(queue))]
     return blocks, spent
+
+
+def _verify_levels(parent: Block | None, levels: int) -> tuple[int, ...]:
+    """The levels a block that did not pass is judged at: every level; or, below a parent judged at every level,
+    the parent's deciding pair and the finest level (which a coincidence of the pair would leave)."""
+    if parent is None or not parent.verified:
+        return tuple(range(levels))
+    return tuple(sorted({max(0, parent.level - 1), parent.level, levels - 1}))
 
 
 def _beyond(v: Verdict, allowance: np.ndarray) -> np.ndarray:
@@ -194,11 +231,14 @@ def _beyond(v: Verdict, allowance: np.ndarray) -> np.ndarray:
         return ~v.ok & ~v.unchecked & ~(off <= allowance + v.error) & (off >= CONFIDENT * v.error)
 
 
-def _fate(v: Verdict, j: int, allowance: float, vague: bool) -> Fate:
+def _fate(v: Verdict, j: int, allowance: float, vague: bool, verified: bool) -> Fate:
     """A block that passes only as a kink (it straddles kinks, and only its entries can say which side is right)
-    or with too uncertain differences is suspect: followed, never passed."""
+    or with too uncertain differences is suspect, never passed; one that failed at two levels, unverified at
+    every level, is suspect, never failed on that evidence alone."""
     if v.unchecked[j]:
         return Fate.UNCHECKED
     if v.ok[j]:
         return Fate.SUSPECT if vague else Fate.PASSED
+    if not verified:
+        return Fate.SUSPECT
     return Fate.FAILED if _beyond(v.take(np.array([j])), np.array([allowance]))[0] else Fate.SUSPECT

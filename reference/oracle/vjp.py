@@ -173,8 +173,8 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
         only because its differences are too uncertain to tell (a tolerance above ``loosest`` of its scale,
         :mod:`.tolerance`) is tried
         at coarser steps, and unchecked if they do no better: a tolerance of the order of the entry passes
-        anything; one whose analytic value is 0 within that tolerance stays judged (a second derivative that is 0
-        everywhere, differenced down to round-off)."""
+        anything; an exact 0 that the differences find 0 within their noise stays judged (a second derivative that
+        is 0 everywhere, differenced down to round-off)."""
         noise = r_user * (natural[index] + np.abs(a_main[index])) + spread[index] + extra
         first = diffs.entry_probes(index, a_main, step, floored, [0])
         verdict, slow = judge(first, noise), np.flatnonzero(~first_pass(first, noise))
@@ -192,8 +192,8 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
                            noise[loose])
             verdict = verdict.replaced(loose[_better(coarse, verdict.take(loose))],
                                        coarse.take(_better(coarse, verdict.take(loose))))
-            again = verdict.take(loose)  # still loose, and a value the rule claims is no zero within the noise
-            still = loose[_loose(again, natural[index][loose], extra, loosest) & ~(np.abs(again.analytic) <= again.tol)]
+            again = verdict.take(loose)  # still loose, and not an exact 0 the differences find 0 within their noise
+            still = loose[_loose(again, natural[index][loose], extra, loosest) & ~_zero(again)]
             too_uncertain.append(len(still))
             verdict = verdict.replaced(still, dataclasses.replace(verdict.take(still), unchecked=np.ones(len(still),
                                                                                                        bool)))
@@ -297,6 +297,12 @@ def _loose(v: Verdict, natural: np.ndarray, extra: float, loosest: float) -> np.
         return v.ok & ~v.unchecked & ~v.kink & ~(v.tol - extra <= loosest * (np.abs(v.numerical) + natural))
 
 
+def _zero(v: Verdict) -> np.ndarray:
+    """An analytic value of exactly 0 that the differences find 0 within their tolerance: judged on that tolerance
+    alone (an entry's scale, and so a relative tolerance, means nothing there)."""
+    return (v.analytic == 0) & (np.abs(v.numerical) <= v.tol)
+
+
 def _also(why: str | None, more: str) -> str:
     return f"{why}; {more}" if why else more
 
@@ -369,11 +375,13 @@ class _LeafStats:
         err = np.abs(v.analytic - v.numerical)[judged]
         floor = 1e-6 * float(np.max(natural, initial=0.0)) + 1e-300  # an entry that is 0 for every cotangent
         scale = np.maximum(np.abs(v.numerical[judged]) + natural[judged], floor)
-        self._judged(err, err / scale, v.tol[judged] / scale)
+        relative = ~_zero(v)[judged]  # exact zeros: absolute errors only
+        self._judged(err, (err / scale)[relative], (v.tol[judged] / scale)[relative])
         self.kinks += int(np.sum(v.kink & v.ok))
         self.judged += int(np.sum(v.kink & v.ok))
         self.unchecked += int(np.sum(v.unchecked))
 
+    @np.errstate(over="ignore", invalid="ignore")  # a NaN or inf analytic change shows as such
     def add_blocks(self, found: large.LeafSearch) -> None:
         """The search's blocks that were not split: a block's errors are per unit moved (abs) and over its scale."""
         judged = [b for b in found.blocks if b.fate in (large.Fate.PASSED, large.Fate.FAILED)]
@@ -384,6 +392,7 @@ class _LeafStats:
         self.unchecked += sum(b.entries for b in found.unresolved)
 
     def _judged(self, err: np.ndarray, rel: np.ndarray, tolerance_rel: np.ndarray) -> None:
+        """``err``: every judged entry's; ``rel`` and ``tolerance_rel``: those with a scale to be relative to."""
         self.max_abs = max(self.max_abs, float(np.max(err, initial=0.0)))
         self.max_rel = max(self.max_rel, float(np.max(rel, initial=0.0)))
         self.tolerance_rel = max(self.tolerance_rel, float(np.max(tolerance_rel, initial=0.0)))
