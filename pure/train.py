@@ -58,8 +58,13 @@ def make_train_step(loss_fn: LossFn, optimizer: GradientTransformation, *, proje
 
     ``jax.value_and_grad(loss_fn)`` supplies the gradient; when ``loss_fn`` is built from
     pure ops that gradient is their hand-written backprop. The step has no Python side
-    effects, donates the ``params`` and ``opt_state`` buffers (do not reuse the ones you
-    pass in), and runs unchanged on CPU, GPU and TPU.
+    effects and runs unchanged on CPU, GPU and TPU.
+
+    It donates ``params`` and ``opt_state``: their buffers become the results', and the arrays
+    passed in are deleted (CPU included), so rebind the names to what it returns,
+    ``params, opt_state, metrics = step(params, opt_state, batch, key)``, and pass
+    ``jax.tree_util.tree_map(jnp.copy, params)`` to keep the originals. Using a donated
+    array raises an error saying that it has been deleted.
 
     Args:
       loss_fn: ``(params, batch, key) -> scalar``; ``key`` feeds dropout.
@@ -118,7 +123,8 @@ def make_epoch(loss_fn: LossFn, optimizer: GradientTransformation, batch_size: i
     and scans the train step over batches ``start, …, start + steps − 1`` with step key
     ``fold_in(key, batch index)``. So running an epoch in stretches (to checkpoint in
     the middle of one) takes exactly the steps of running it whole. ``metrics`` are
-    stacked per step. ``params`` and ``opt_state`` are donated.
+    stacked per step. ``params`` and ``opt_state`` are donated, as in :func:`make_train_step`:
+    rebind them to what it returns.
 
     Scan removes the per-step dispatch and host-to-device copies (docs/performance.md
     has the measurement).

@@ -29,9 +29,18 @@ def test_order_2_through_a_primitive_without_a_rule_is_a_refusal():
     check_vjp(gammainc_a, (X,))  # order 1 holds
 
 
+def _expn2(x):
+    return special.expn(2, x)
+
+
 def test_expn_and_owens_t_at_order_2():
-    with pytest.raises(NotDifferentiable, match="order 2"):  # JAX's own expn cannot be differentiated twice
-        check_vjp(lambda x: special.expn(2, x), (X,), order=2)
+    try:  # JAX 0.10 cannot differentiate its own expn twice (a TypeError inside its rule); 0.12 can
+        jax.grad(jax.grad(_expn2))(X[0])
+    except TypeError:
+        with pytest.raises(NotDifferentiable, match="order 2: JAX cannot differentiate the VJP of _expn2 again"):
+            check_vjp(_expn2, (X,), order=2)
+    else:  # where JAX can, the oracle judges order 2, and JAX's rule passes
+        assert check_vjp(_expn2, (X,), order=2).order == 2
     check_vjp(special.owens_t, (X, X), order=2)  # float32 constants of the module meet float64 programs
 
 

@@ -302,6 +302,7 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(tmp_path, restore_lat
 
 
 @pytest.mark.subprocess
+@pytest.mark.cpu_numerics("two processes of two forced host devices each, compared with a run on the default backend")
 def test_two_processes_of_two_devices_match_one_process(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
