@@ -1,5 +1,6 @@
-"""The oracle at scale on JAX's own elementwise functions: no false alarm at 10⁵ float32 entries (10⁶ with
---scale), x64 off, each function in its domain. Where a float32 VJP is further from its float64 version
+"""The oracle at scale on JAX's own elementwise functions (every single-array float one of jax.nn, jax.numpy
+and jax.scipy.special): no false alarm at 10⁵ float32 entries (10⁶ and three seeds with --scale), x64 off,
+each function in its domain. Where a float32 VJP is further from its float64 version
 than rtol, by what rounding in its forward explains (tanh's 1 − y², sinc near 0), the entries are
 precision notes, listed in the report; they never fail."""
 
@@ -64,11 +65,37 @@ FUNCTIONS = {  # name: (function, domain)
     "jax.scipy.special.i0e": (jss.i0e, NORMAL),
     "jax.scipy.special.i1e": (jss.i1e, NORMAL),
     "jax.scipy.special.entr": (jss.entr, POSITIVE),
+    "jax.nn.relu": (jax.nn.relu, NORMAL),
+    "jax.nn.sparse_plus": (jax.nn.sparse_plus, NORMAL),
+    "jax.nn.sparse_sigmoid": (jax.nn.sparse_sigmoid, NORMAL),
+    "jax.nn.hard_sigmoid": (jax.nn.hard_sigmoid, NORMAL),
+    "jax.nn.hard_silu": (jax.nn.hard_silu, NORMAL),
+    "jax.nn.identity": (jax.nn.identity, NORMAL),
+    "jnp.abs": (jnp.abs, NORMAL),
+    "jnp.negative": (jnp.negative, NORMAL),
+    "jnp.log2": (jnp.log2, POSITIVE),
+    "jnp.deg2rad": (jnp.deg2rad, NORMAL),
+    "jnp.rad2deg": (jnp.rad2deg, NORMAL),
+    "jnp.i0": (jnp.i0, NORMAL),
+    "jnp.nan_to_num": (jnp.nan_to_num, NORMAL),
+    "jnp.sign": (jnp.sign, NORMAL),
+    "jnp.floor": (jnp.floor, NORMAL),
+    "jnp.ceil": (jnp.ceil, NORMAL),
+    "jnp.rint": (jnp.rint, NORMAL),
+    "jnp.trunc": (jnp.trunc, NORMAL),
+    "jax.scipy.special.i0": (jss.i0, NORMAL),
+    "jax.scipy.special.i1": (jss.i1, NORMAL),
+    "jax.scipy.special.expi": (jss.expi, POSITIVE),
+    "jax.scipy.special.exp1": (jss.exp1, POSITIVE),
+    "jax.scipy.special.spence": (jss.spence, POSITIVE),
+    "jax.scipy.special.gamma": (jss.gamma, POSITIVE),
+    "jax.scipy.special.loggamma": (jss.loggamma, POSITIVE),
+    "jax.scipy.special.erfcx": (jss.erfcx, NORMAL),
 }
 
 
-def draw(domain: str, n: int) -> jax.Array:
-    rng = np.random.default_rng(n)
+def draw(domain: str, n: int, seed: int = 0) -> jax.Array:
+    rng = np.random.default_rng([n, seed])
     x = {NORMAL: lambda: rng.standard_normal(n), POSITIVE: lambda: rng.uniform(0.05, 5.0, n),
          UNIT: lambda: rng.uniform(-0.95, 0.95, n), OPEN_UNIT: lambda: rng.uniform(0.02, 0.98, n)}[domain]()
     return jnp.asarray(x, jnp.float32)
@@ -82,10 +109,12 @@ def test_jax_elementwise_functions_pass_at_1e5_float32_entries(name):
 
 
 @pytest.mark.scale
+@pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("name", list(FUNCTIONS))
-def test_jax_elementwise_functions_pass_at_1e6_float32_entries(name):
+def test_jax_elementwise_functions_pass_at_1e6_float32_entries(name, seed):
     fn, domain = FUNCTIONS[name]
-    check_vjp(fn, (draw(domain, 10**6),))
+    report = check_vjp(fn, (draw(domain, 10**6, seed),))
+    print(f"{name} seed {seed}: {len(report.notes)} notes, {report.unchecked} unchecked")
 
 
 @pytest.mark.parametrize("name, fn, x", [

@@ -293,3 +293,19 @@ def test_an_error_in_the_oracles_float64_path_surfaces(monkeypatch):
     monkeypatch.setattr(vjp, "input_spread", broken)
     with pytest.raises(KeyError, match="the oracle's own bug"):
         check_vjp(jnp.sin, (jnp.ones(3, jnp.float32),))
+
+
+# ------------------------------------------------------------------ at scale: pytest --scale
+SCALE = [("sin", 10**6), ("matmul", 256**2), ("matmul", 1024**2)]
+
+
+@pytest.mark.scale
+@pytest.mark.parametrize("kind", [None, *EVERY_KIND])
+@pytest.mark.parametrize("family, size", SCALE)
+def test_every_kind_at_scale(family, size, kind):
+    f = FAMILIES["pytree" if kind == "one leaf" else family]
+    args = draw_args(f, size, 1.0, 5)
+    if kind is None:
+        check_vjp(rule(f, None), args)
+    else:
+        assert flagged(_wrong(f, kind), args)

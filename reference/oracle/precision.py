@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reference.oracle import tolerance
-from reference.oracle.rounding import ROUNDING_FACTOR, forward_rounding
+from reference.oracle.rounding import CALLS, ROUNDING_FACTOR, forward_rounding
 from reference.oracle.tolerance import Precision
 from reference.oracle.trees import Split, comparable
 from reference.oracle.versions import Version, to64
@@ -87,10 +87,9 @@ def _walk(jaxpr: Any, dependent: Sequence[bool], found: _Found) -> list[bool]:
     return [is_marked(v) for v in jaxpr.outvars]
 
 
-# Primitives that run their one jaxpr once on their own operands, in order (jit was pjit, remat2 checkpoint, and
-# custom_vjp_call custom_vjp_call_jaxpr in older JAX): an output depends on what that jaxpr's output does.
-_CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint", "custom_jvp_call",
-                    "custom_vjp_call", "custom_vjp_call_jaxpr", "shard_map"})
+# Primitives that run their one jaxpr once on their own operands (rounding.CALLS), and shard_map, which runs it
+# on shards of them: an output depends on what that jaxpr's output does.
+_CALLS = CALLS | {"shard_map"}
 
 
 def _leading(same: list[bool]) -> int | None:
@@ -144,14 +143,14 @@ def _walk_nested(eqn: Any, inner: list, ins: list[bool], found: _Found) -> list[
         n = len(body.outvars)
         bn, cn = len(body.invars) - n, len(cond.invars) - n
         if min(bn, cn) >= 0 and cn + bn + n == len(ins) and len(eqn.outvars) == n:
-            body_consts, carry = ins[cn:cn + bn], list(ins[cn + bn:])
-            for _ in range(n + 1):
-                outs = _walk(body, body_consts + carry, found)
-                new = [a or b for a, b in zip(carry, outs, strict=True)]
-                if new == carry:
+            body_consts, state = ins[cn:cn + bn], list(ins[cn + bn:])
+            for _ in range(n + 1):  # a carry becomes dependent once any iteration makes it so
+                outs = _walk(body, body_consts + state, found)
+                new = [a or b for a, b in zip(state, outs, strict=True)]
+                if new == state:
                     break
-                carry = new
-            return carry
+                state = new
+            return state
     branches = [b for n, b in inner if n == "branches"]
     if name == "cond" and branches and len(branches) == len(inner) and all(
             len(b.invars) == len(ins) - 1 and len(b.outvars) == len(eqn.outvars) for b in branches):

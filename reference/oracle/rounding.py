@@ -59,6 +59,10 @@ ELEMENTWISE = frozenset({
     "igamma_grad_a", "random_gamma_grad", "polygamma", "zeta", "bessel_i0e", "bessel_i1e", "nextafter",
     "reduce_precision", "reciprocal",
 })
+# Primitives that run their one jaxpr once on their own operands, in order (jit was pjit, remat2 checkpoint, and
+# custom_vjp_call custom_vjp_call_jaxpr in older JAX).
+CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint", "custom_jvp_call",
+                   "custom_vjp_call", "custom_vjp_call_jaxpr"})
 # Elementwise arithmetic: in the backward, its author's choice (no rounding excused there); everything else
 # elementwise is a function whose float result is accurate to its inputs' rounding (backward stable).
 ARITHMETIC = frozenset({"add", "add_any", "sub", "mul", "div", "rem", "integer_pow", "square", "reciprocal",
@@ -98,7 +102,10 @@ def capped(allowance: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- rounding injected into the forward (and backward)
 def _inline(eqn: Any) -> Any:
-    """The jaxpr an equation only wraps (jit, remat, a custom rule's primal), evaluated in line; else None."""
+    """The jaxpr an equation only wraps (jit, remat, a custom rule's primal), evaluated in line; else None (a scan's
+    body has the scan's arity, but runs on slices of its operands: the scan is bound as it is)."""
+    if eqn.primitive.name not in CALLS:
+        return None
     for name in ("jaxpr", "call_jaxpr"):
         inner = eqn.params.get(name)
         if (inner is not None and hasattr(inner, "jaxpr") and len(inner.jaxpr.invars) == len(eqn.invars)

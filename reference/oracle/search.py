@@ -204,7 +204,7 @@ def _judge_blocks(diffs: Differences, queue: Sequence[tuple[int, int, Block | No
             break
     verdict = dataclasses.replace(verdict, ok=verdict.ok | quick, unchecked=verdict.unchecked & ~quick)
     with np.errstate(invalid="ignore"):
-        vague = verdict.kink | ~(verdict.error <= loosest * weighted[SCALE])  # only its entries can tell
+        vague = verdict.kink | ~(verdict.error <= loosest * weighted[SCALE]) & ~verdict.zero  # its entries can tell
     blocks = [Block(int(lo[j]), int(hi[j]), _fate(verdict, j, weighted[ALLOWANCE][j], bool(vague[j]),
                                                   bool(verified[j])),
                     float(verdict.analytic[j]),

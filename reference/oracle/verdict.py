@@ -84,6 +84,13 @@ class Verdict:
         return ~self.ok & ~self.kink & ~self.unchecked & (gap <= SOLVER_GAP)
 
     @property
+    def zero(self) -> np.ndarray:
+        """An analytic value of exactly 0 that the differences find 0 within their tolerance: judged on that
+        tolerance alone (an entry's scale, and so a relative tolerance, means nothing there: sign, floor)."""
+        with np.errstate(invalid="ignore"):
+            return (self.analytic == 0) & (np.abs(self.numerical) <= self.tol)
+
+    @property
     def confident(self) -> np.ndarray:
         """Settled by these levels: it holds with differences sharper than the allowance (a finer step could not
         show it off), or it fails by more than CONFIDENT times the differences' own uncertainty."""

@@ -193,7 +193,7 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
             verdict = verdict.replaced(loose[_better(coarse, verdict.take(loose))],
                                        coarse.take(_better(coarse, verdict.take(loose))))
             again = verdict.take(loose)  # still loose, and not an exact 0 the differences find 0 within their noise
-            still = loose[_loose(again, natural[index][loose], extra, loosest) & ~_zero(again)]
+            still = loose[_loose(again, natural[index][loose], extra, loosest) & ~again.zero]
             too_uncertain.append(len(still))
             verdict = verdict.replaced(still, dataclasses.replace(verdict.take(still), unchecked=np.ones(len(still),
                                                                                                        bool)))
@@ -297,12 +297,6 @@ def _loose(v: Verdict, natural: np.ndarray, extra: float, loosest: float) -> np.
         return v.ok & ~v.unchecked & ~v.kink & ~(v.tol - extra <= loosest * (np.abs(v.numerical) + natural))
 
 
-def _zero(v: Verdict) -> np.ndarray:
-    """An analytic value of exactly 0 that the differences find 0 within their tolerance: judged on that tolerance
-    alone (an entry's scale, and so a relative tolerance, means nothing there)."""
-    return (v.analytic == 0) & (np.abs(v.numerical) <= v.tol)
-
-
 def _also(why: str | None, more: str) -> str:
     return f"{why}; {more}" if why else more
 
@@ -375,7 +369,7 @@ class _LeafStats:
         err = np.abs(v.analytic - v.numerical)[judged]
         floor = 1e-6 * float(np.max(natural, initial=0.0)) + 1e-300  # an entry that is 0 for every cotangent
         scale = np.maximum(np.abs(v.numerical[judged]) + natural[judged], floor)
-        relative = ~_zero(v)[judged]  # exact zeros: absolute errors only
+        relative = ~v.zero[judged]  # exact zeros: absolute errors only
         self._judged(err, (err / scale)[relative], (v.tol[judged] / scale)[relative])
         self.kinks += int(np.sum(v.kink & v.ok))
         self.judged += int(np.sum(v.kink & v.ok))
