@@ -85,13 +85,13 @@ FUNCTIONS = {  # name: (function, domain)
     "jnp.trunc": (jnp.trunc, NORMAL),
     "jax.scipy.special.i0": (jss.i0, NORMAL),
     "jax.scipy.special.i1": (jss.i1, NORMAL),
-    "jax.scipy.special.expi": (jss.expi, POSITIVE),
-    "jax.scipy.special.exp1": (jss.exp1, POSITIVE),
     "jax.scipy.special.spence": (jss.spence, POSITIVE),
     "jax.scipy.special.gamma": (jss.gamma, POSITIVE),
     "jax.scipy.special.loggamma": (jss.loggamma, POSITIVE),
     "jax.scipy.special.erfcx": (jss.erfcx, NORMAL),
 }
+# Left out: expi (17 s at 10⁵, a series summed in a while loop per entry) and exp1 (over 15 minutes at 10⁵),
+# whose probes are vmapped loops; docs/audits.md has expi.
 
 
 def draw(domain: str, n: int, seed: int = 0) -> jax.Array:

@@ -82,6 +82,8 @@ def _walk(jaxpr: Any, dependent: Sequence[bool], found: _Found) -> list[bool]:
             if d:
                 marked.add(v)
                 bits = _bits(v.aval)
+                if bits is not None and eqn.primitive.name == "reduce_precision":  # a float32 rounded to fewer bits
+                    bits = min(bits, int(eqn.params.get("mantissa_bits", bits)))
                 if bits is not None:
                     found.bits = min(found.bits, bits)
     return [is_marked(v) for v in jaxpr.outvars]

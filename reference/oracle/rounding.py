@@ -66,7 +66,7 @@ CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "remat2", "checkpo
 # Elementwise arithmetic: in the backward, its author's choice (no rounding excused there); everything else
 # elementwise is a function whose float result is accurate to its inputs' rounding (backward stable).
 ARITHMETIC = frozenset({"add", "add_any", "sub", "mul", "div", "rem", "integer_pow", "square", "reciprocal",
-                        "nextafter", "reduce_precision"})
+                        "nextafter"})
 
 # What tracing or differentiating a user's function can raise: it branches on values (a concretization error),
 # or JAX has no rule for a primitive on the way.
@@ -118,25 +118,54 @@ def _floating(aval: Any) -> bool:
     return hasattr(aval, "dtype") and jnp.issubdtype(aval.dtype, jnp.floating)
 
 
+TF32_EPS = 2.0**-10  # a float32 matmul run as TensorFloat-32 rounds its inputs to 10 mantissa bits
+
+
+def _backend() -> str:
+    return jax.default_backend()
+
+
+def runs_tf32(eqn: Any) -> bool:
+    """A float32 dot that the backend runs as TF32: on a GPU, at default precision, unless
+    ``jax_default_matmul_precision`` asks for more. Read through what JAX keeps public, with a safe fallback."""
+    if eqn.primitive.name != "dot_general" or not all(
+            getattr(v.aval, "dtype", None) == jnp.float32 for v in eqn.invars):
+        return False
+    try:
+        backend = _backend()
+        default = str(getattr(jax.config, "jax_default_matmul_precision", None) or "default").lower()
+    except RuntimeError:  # no backend: nothing runs as TF32
+        return False
+    asked = eqn.params.get("precision")
+    explicit = any(p is not None and "DEFAULT" not in str(p) for p in (asked if isinstance(asked, tuple) else (asked,)))
+    return backend == "gpu" and not explicit and default in ("default", "bfloat16", "tensorfloat32", "fastest")
+
+
 @dataclasses.dataclass(frozen=True)
 class _Policy:
-    """Where rounding is injected. The forward: every inexact operation at its own dtype's precision. The backward:
-    its functions and reductions only, at the call's precision ``eps`` (its elementwise arithmetic is its own)."""
+    """Where rounding is injected. The forward: every inexact operation at its own precision. The backward: its
+    functions, reductions and products only, at the call's precision ``eps`` (its elementwise arithmetic is its
+    author's). An operation whose precision is not its dtype's has it in both: ``reduce_precision`` (its mantissa
+    bits) and a dot run as TF32 (its inputs rounded to 10 bits)."""
 
     backward: bool = False
     eps: float | None = None
 
-    def outputs(self, name: str) -> bool:
+    def outputs(self, eqn: Any) -> bool:
+        name = eqn.primitive.name
         return name not in EXACT and not (self.backward and name in ARITHMETIC)
 
-    def inputs(self, name: str) -> bool:
+    def inputs(self, eqn: Any) -> bool:
         """A function whose result is accurate to its inputs' rounding: their rounding is injected too."""
-        return name in ELEMENTWISE and name not in ARITHMETIC
+        name = eqn.primitive.name
+        return name in ELEMENTWISE and name not in ARITHMETIC and name != "reduce_precision"
 
-    def error(self, value: jax.Array, dtype: Any, relative: bool) -> jax.Array:
+    def error(self, value: jax.Array, dtype: Any, relative: bool, eqn: Any) -> jax.Array:
         """A rounding error of ``value``: half an ulp of each entry (``relative``) or of the largest."""
         info = jnp.finfo(dtype)
-        eps = info.eps if self.eps is None else self.eps
+        eps = info.eps if self.eps is None else self.eps  # the backward: the call's, whatever its dtype
+        if eqn.primitive.name == "reduce_precision":
+            eps = max(eps, 2.0 ** -int(eqn.params.get("mantissa_bits", info.nmant)))
         size = jnp.abs(value) if relative else jnp.max(jnp.abs(value), initial=0.0)
         error = jnp.where(size < info.tiny, info.tiny, eps / 2 * size)
         return jax.lax.stop_gradient(jnp.where(jnp.isfinite(error), error, 0))
@@ -149,10 +178,9 @@ def _sites(jaxpr: Any, found: list, policy: _Policy) -> list:
         if inner is not None:
             _sites(inner.jaxpr, found, policy)
             continue
-        name = eqn.primitive.name
-        if policy.inputs(name):
+        if policy.inputs(eqn):
             found += [v.aval for v in eqn.invars if _floating(v.aval)]
-        if policy.outputs(name):
+        if policy.outputs(eqn):
             found += [v.aval for v in eqn.outvars if _floating(v.aval)]
     return found
 
@@ -166,8 +194,8 @@ def _evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: 
     env: dict = {}
     read = lambda v: v.val if isinstance(v, Literal) else env[v]  # noqa: E731
 
-    def rounded(value: jax.Array, aval: Any, relative: bool) -> jax.Array:
-        error = policy.error(value, aval.dtype, relative) * _signs(aval.shape, aval.dtype, at[0])
+    def rounded(value: jax.Array, aval: Any, error: jax.Array) -> jax.Array:
+        error = error * _signs(aval.shape, aval.dtype, at[0])
         at[0] += 1
         return value + rounding[at[0] - 1].astype(aval.dtype) * error
 
@@ -179,16 +207,19 @@ def _evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: 
         if inner is not None:
             outs = _evaluate(inner.jaxpr, inner.consts, values, rounding, at, policy)
         else:
-            name = eqn.primitive.name
-            if policy.inputs(name):
-                values = [rounded(x, v.aval, True) if _floating(v.aval) else x for x, v in zip(values, eqn.invars,
-                                                                                             strict=True)]
+            if policy.inputs(eqn):
+                values = [rounded(x, v.aval, policy.error(x, v.aval.dtype, True, eqn)) if _floating(v.aval) else x
+                          for x, v in zip(values, eqn.invars, strict=True)]
             with eqn.ctx.manager:
                 outs = eqn.primitive.bind(*values, **eqn.primitive.get_bind_params(eqn.params))
             outs = list(outs) if eqn.primitive.multiple_results else [outs]
-            if policy.outputs(name):
-                outs = [rounded(o, v.aval, name in ELEMENTWISE) if _floating(v.aval) else o
-                        for o, v in zip(outs, eqn.outvars, strict=True)]
+            if runs_tf32(eqn):  # inputs rounded to 10 bits: each output off by up to 2⁻¹⁰ Σ|a||b|, in closed form
+                with eqn.ctx.manager:
+                    size = eqn.primitive.bind(*map(jnp.abs, values), **eqn.params)
+                outs = [rounded(outs[0], eqn.outvars[0].aval, jax.lax.stop_gradient(TF32_EPS * size))]
+            elif policy.outputs(eqn):
+                outs = [rounded(o, v.aval, policy.error(o, v.aval.dtype, eqn.primitive.name in ELEMENTWISE, eqn))
+                        if _floating(v.aval) else o for o, v in zip(outs, eqn.outvars, strict=True)]
         env.update(zip(eqn.outvars, outs, strict=True))
     return [read(v) for v in jaxpr.outvars]
 
