@@ -215,11 +215,12 @@ def _judge_blocks(diffs: Differences, queue: Sequence[tuple[int, int, Block | No
 
 
 def _verify_levels(parent: Block | None, levels: int) -> tuple[int, ...]:
-    """The levels a block that did not pass is judged at: every level; or, below a parent judged at every level,
-    the parent's deciding pair and the finest level (which a coincidence of the pair would leave)."""
-    if parent is None or not parent.verified:
+    """The levels a block that did not pass is judged at: every level; or, below a parent that did not pass either
+    and was judged at every level, the parent's deciding pair, the next finer level and the finest (which a
+    coincidence of the pair would leave)."""
+    if parent is None or parent.fate is Fate.PASSED or not parent.verified:
         return tuple(range(levels))
-    return tuple(sorted({max(0, parent.level - 1), parent.level, levels - 1}))
+    return tuple(sorted({k for k in (parent.level - 1, parent.level, parent.level + 1, levels - 1) if 0 <= k < levels}))
 
 
 def _beyond(v: Verdict, allowance: np.ndarray) -> np.ndarray:

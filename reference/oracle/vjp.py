@@ -381,8 +381,9 @@ class _LeafStats:
         judged = [b for b in found.blocks if b.fate in (large.Fate.PASSED, large.Fate.FAILED)]
         err = np.array([abs(b.analytic - b.numerical) for b in judged])
         scale = np.array([max(b.scale, 1e-300) for b in judged])
-        self._judged(err / np.array([max(b.size, 1e-300) for b in judged]), err / scale,
-                     np.array([b.tolerance for b in judged]) / scale)
+        relative = np.array([not (b.analytic == 0 and abs(b.numerical) <= b.tolerance) for b in judged], bool)
+        self._judged(err / np.array([max(b.size, 1e-300) for b in judged]), (err / scale)[relative],
+                     (np.array([b.tolerance for b in judged]) / scale)[relative])
         self.unchecked += sum(b.entries for b in found.unresolved)
 
     def _judged(self, err: np.ndarray, rel: np.ndarray, tolerance_rel: np.ndarray) -> None:
