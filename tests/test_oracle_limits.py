@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from reference import CheckRefused, NotDifferentiable, VJPMismatch, check_transforms, check_vjp
-from reference.oracle.report import RefusedValue
 from reference.oracle import tolerance
+from reference.oracle.report import RefusedValue
 
 X = jnp.asarray([0.7, 1.2, 1.9], jnp.float32)
 
