@@ -20,7 +20,9 @@ Blocks that do not pass are split and their halves queued, the worst first, down
 narrowing to fail the leaf: it is reported as it is (the largest that failed, not its failing
 halves again), and narrowing only names examples. So once blocks fail, only the :data:`EXAMPLES`
 worst are followed, each also handing over its :data:`SAMPLE` entries of largest contribution
-(where an error all over the block shows most). The search stops
+(where an error all over the block shows most); each followed block of the first cut hands over
+one, so that an error spread over many blocks (noise, a rule at rounded inputs) is named even
+where halving every suspect block down to its entries would outrun the budget. The search stops
 when the queue is empty or the budget is spent; the leaf's verdict is a fold over the blocks
 that were not split (:class:`LeafSearch`): a failed block is a failure whether or not it was
 narrowed down, and a suspect or unchecked block left is counted as unchecked entries, never
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -78,6 +80,7 @@ class Block:
     level: int  # the step level that decided
     badness: float  # |analytic − numerical| over the sharp tolerance (what orders the queue)
     verified: bool  # passed, or judged at every level (its parent's levels, if that was verified)
+    parent_is_whole: bool = False  # one of the first cut, whose entries a spread-out error shows in directly
 
     @property
     def entries(self) -> int:
@@ -113,12 +116,14 @@ class LeafSearch:
 
 
 def search(diffs: Differences, lo: int, hi: int, device: BlockDevice, step: float, sharpness: float,
-           levels: int, loosest: float) -> LeafSearch:
+           levels: int, loosest: float, failing: Callable[[np.ndarray], np.ndarray]) -> LeafSearch:
     """Judges ``[lo, hi)`` block by block (module docstring) and folds the verdicts. A block passes only where the
-    differences' uncertainty is at most ``loosest`` of its scale (else it is followed like a suspect one)."""
+    differences' uncertainty is at most ``loosest`` of its scale (else it is followed like a suspect one).
+    ``failing(entries)`` judges sampled entries one by one: once one fails, the leaf fails, and the search stops
+    (what it has not narrowed down stands as judged)."""
     (whole,), spent = _judge_blocks(diffs, [(lo, hi, None)], step, 0, levels, device, sharpness, loosest)
     if whole.fate is Fate.FAILED:  # wrong all over: the leaf fails, and a few entries name examples
-        return LeafSearch((whole,), np.sort(_sample(whole, device)), spent, exhausted=False)
+        return LeafSearch((whole,), np.sort(_sample(whole, device, SAMPLE)), spent, exhausted=False)
     edges = np.unique(np.linspace(lo, hi, min(BLOCKS, hi - lo) + 1).astype(np.int64))
     queue: list[tuple[int, int, Block | None]] = [(a, b, whole) for a, b in zip(edges[:-1], edges[1:], strict=True)]
     kept: list[Block] = []
@@ -126,20 +131,19 @@ def search(diffs: Differences, lo: int, hi: int, device: BlockDevice, step: floa
     start = whole.level
     while queue:
         if spent + len(queue) * levels > BUDGET:  # spent: each parent stands as judged
-            parents = {id(p): p for *_, p in queue if p is not None and p.fate is not Fate.FAILED}
-            kept += parents.values()  # (a failed parent is kept already)
-            return LeafSearch(tuple(kept), np.array(sorted(set(entries)), np.int64), spent, exhausted=True)
+            return _stopped(kept, queue, entries, spent, exhausted=True)
         judged, cost = _judge_blocks(diffs, queue, step, start, levels, device, sharpness, loosest)
         spent += cost
         start = max(0, min(int(np.median([b.level for b in judged])), levels - 2))
+        judged = [dataclasses.replace(b, parent_is_whole=p is whole) for b, (*_, p) in zip(judged, queue, strict=True)]
         follow = _to_follow(judged)
         failed_parent = [p is not None and p.fate is Fate.FAILED for *_, p in queue]
-        queue = []
+        queue, sampled = [], list[int]()
         for b, nested in zip(judged, failed_parent, strict=True):
             if b.fate is Fate.FAILED and not nested:  # reported once, at the largest block that failed
                 kept.append(b)
-            if b.fate is Fate.FAILED and id(b) in follow:
-                entries.extend(_sample(b, device))
+            if id(b) in follow and (b.fate is Fate.FAILED or b.parent_is_whole):
+                sampled.extend(_sample(b, device, SAMPLE if b.fate is Fate.FAILED else 1))
             if b.fate is Fate.PASSED or id(b) not in follow:
                 if b.fate is not Fate.FAILED:
                     kept.append(b)
@@ -148,12 +152,23 @@ def search(diffs: Differences, lo: int, hi: int, device: BlockDevice, step: floa
             else:
                 mid = (b.lo + b.hi) // 2
                 queue += [(b.lo, mid, b), (mid, b.hi, b)]
+        entries.extend(sampled)
+        if sampled and queue and np.any(failing(np.array(sampled, np.int64))):  # examples named: enough
+            return _stopped(kept, queue, entries, spent, exhausted=False)
     return LeafSearch(tuple(kept), np.array(sorted(set(entries)), np.int64), spent, exhausted=False)
 
 
-def _sample(block: Block, device: BlockDevice) -> np.ndarray:
-    """The SAMPLE entries of a block that move its analytic change most: where a shared error shows most."""
-    return block.lo + np.argsort(-device.contribution[block.lo:block.hi])[:SAMPLE]
+def _stopped(kept: list[Block], queue: list[tuple[int, int, Block | None]], entries: list[int], spent: int,
+             exhausted: bool) -> LeafSearch:
+    """The search stopped with blocks queued: each queued block's parent stands as judged (a failed one is kept)."""
+    parents = {id(p): p for *_, p in queue if p is not None and p.fate is not Fate.FAILED}
+    return LeafSearch(tuple(kept + list(parents.values())), np.array(sorted(set(entries)), np.int64), spent,
+                      exhausted)
+
+
+def _sample(block: Block, device: BlockDevice, count: int) -> np.ndarray:
+    """The ``count`` entries of a block that move its analytic change most: where a shared error shows most."""
+    return block.lo + np.argsort(-device.contribution[block.lo:block.hi])[:count]
 
 
 def _to_follow(judged: Sequence[Block]) -> set[int]:

@@ -201,7 +201,8 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
 
     too_uncertain: list[int] = []  # entries judge_entries made unchecked for want of sharp differences
     index, methods, searches = _entries_to_judge(diffs, flat, a_main, natural, spread + extra, relative, step,
-                                                 evaluate is call, r_user, levels, loosest)
+                                                 evaluate is call, r_user, levels, loosest,
+                                                 lambda entries: ~judge_entries(entries).ok)
     stats = [_LeafStats() for _ in paths]
     unchecked_why: str | None = None
     verdict = None
@@ -330,7 +331,8 @@ def _cotangent_types(split: Split, vjp: list) -> list[Mismatch]:
 
 def _entries_to_judge(diffs: Differences, flat: Flat, a_main: np.ndarray, natural: np.ndarray,
                       allowed: np.ndarray, scale: np.ndarray, step: float, as_called: bool, r_user: float,
-                      levels: int, loosest: float) -> tuple[np.ndarray, list[Method], dict[int, large.LeafSearch]]:
+                      levels: int, loosest: float, failing: Callable[[np.ndarray], np.ndarray]
+                      ) -> tuple[np.ndarray, list[Method], dict[int, large.LeafSearch]]:
     """Small leaves: every entry. Large ones: searched block by block (:mod:`.search`); the entries it narrows
     down to are judged one by one, and its verdicts on the blocks are returned per leaf."""
     elementwise = min(ELEMENTWISE, 2**26 // max(1, flat.size + diffs.outputs))
@@ -349,7 +351,7 @@ def _entries_to_judge(diffs: Differences, flat: Flat, a_main: np.ndarray, natura
                 device = diffs.block_device(a_main, [magnitude, r_user * magnitude + allowed, np.ones(flat.size)],
                                             scale)
             sharpness = large.SHARPNESS_OF_RTOL * r_user if as_called else large.SHARPNESS_FLOAT64
-            searches[i] = large.search(diffs, lo, hi, device, step, sharpness, levels, loosest)
+            searches[i] = large.search(diffs, lo, hi, device, step, sharpness, levels, loosest, failing)
             methods.append(Method.FAILING_BLOCKS if searches[i].failed else Method.BLOCKS)
             picked.append(searches[i].entries)
     return (np.concatenate(picked) if picked else np.zeros(0, np.int64)), methods, searches
