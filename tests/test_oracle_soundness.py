@@ -288,6 +288,14 @@ def test_sin_at_magnitude_1e6_passes_whatever_the_sample(n, seed):
     assert flagged(_sin_rule(1.01), (x,))
 
 
+def test_steps_near_multiples_of_2pi_do_not_agree_on_a_plateau():
+    # At |x| ≈ 1.005e6 the steps 1e-4·|x| / 4^k = 100, 25 and 6.3 lie near 16·2π, 4·2π and 2π: three coarse levels
+    # agree on ≈ 0.003 where sin' is 0.9, and only the finer levels show it (verdict.FINER_AGREE).
+    x = draw_args(FAMILIES["sin"], 1000, 1e6, 1)[0]
+    assert abs(float(x[482]) - 1.0019e6) < 1e3
+    check_vjp(jnp.sin, (x,))
+
+
 def test_order_2_of_i0_at_an_exact_zero_fails():
     # I0''(0) = 1/2; JAX's custom_jvp has where(x == 0, 0, ...), whose derivative at 0 is 0.
     with pytest.raises(VJPMismatch, match="flat index 0"):
