@@ -82,3 +82,17 @@ def test_loops_are_read_from_their_jaxprs_not_their_params(name):
     assert {"scan", "while"} & {e.primitive.name for e in closed.jaxpr.eqns}
     assert _walk(closed, dependent)[0] == expected
     assert _walk(_strip(closed), dependent)[0] == expected  # as on a JAX that names its params otherwise
+
+
+def test_laws_run_their_products_at_full_float32():
+    # On a GPU float32 matmuls default to TF32; inside a law they must not (its tolerance is a few float32 ulps).
+    from properties.law import Law, OptimizerLaw
+
+    seen = []
+
+    def record(*_):
+        seen.append(jax.config.jax_default_matmul_precision)
+
+    Law("probe", draw=lambda op, data: (), check=record)(None, None)
+    OptimizerLaw("probe", "nothing", draw=lambda data: (), check=record)(None)
+    assert seen == ["float32", "float32"] and jax.config.jax_default_matmul_precision in (None, "default")
