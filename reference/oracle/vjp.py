@@ -184,14 +184,13 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
             if small.size:  # the steps that fit a function whose length scale is |x|: the better estimate wins
                 own = judge(diffs.entry_probes(index[slow][small], a_main, step, relative, range(levels)),
                             noise[slow][small])
-                deep = deep.replaced(small[_better(own, deep.take(small))], own.take(_better(own, deep.take(small))))
+                deep = _keep_better(deep, small, own)
             verdict = _merge(verdict, slow, deep)
         loose = np.flatnonzero(_loose(verdict, natural[index], extra, loosest))
         if loose.size:
             coarse = judge(diffs.entry_probes(index[loose], a_main, step * LEVEL_RATIO**2, floored, range(levels)),
                            noise[loose])
-            verdict = verdict.replaced(loose[_better(coarse, verdict.take(loose))],
-                                       coarse.take(_better(coarse, verdict.take(loose))))
+            verdict = _keep_better(verdict, loose, coarse)
             again = verdict.take(loose)  # still loose, and not an exact 0 the differences find 0 within their noise
             still = loose[_loose(again, natural[index][loose], extra, loosest) & ~again.zero]
             too_uncertain.append(len(still))
@@ -285,9 +284,12 @@ def _merge(verdict: Verdict, rows: np.ndarray, other: Verdict) -> Verdict:
     return passed.replaced(rows, other)
 
 
-def _better(new: Verdict, old: Verdict) -> np.ndarray:
-    """Where ``new`` is the better estimate of the same probes: fewer unchecked, then the smaller error."""
-    return (new.unchecked < old.unchecked) | ((new.unchecked == old.unchecked) & (new.error < old.error))
+def _keep_better(verdict: Verdict, rows: np.ndarray, new: Verdict) -> Verdict:
+    """``verdict`` with its probes ``rows`` replaced by ``new``'s where those are the better estimate: fewer
+    unchecked, then the smaller error."""
+    old = verdict.take(rows)
+    better = (new.unchecked < old.unchecked) | ((new.unchecked == old.unchecked) & (new.error < old.error))
+    return verdict.replaced(rows[better], new.take(better))
 
 
 def _loose(v: Verdict, natural: np.ndarray, extra: float, loosest: float) -> np.ndarray:
