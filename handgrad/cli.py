@@ -97,8 +97,12 @@ def _check(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     from handgrad.audit import ConfigError, TargetError, config, discover, runner
-    from handgrad.audit import report as audit_report
 
+    if args.record is not None:
+        return _audit_recorded(args)
+    if args.target is None:
+        print("handgrad audit: give a TARGET, or --record CMD", file=sys.stderr)
+        return 2
     try:
         found_config = config.load(args.config, config.location(args.target))
         if not args.no_known:
@@ -119,17 +123,58 @@ def _audit(args: argparse.Namespace) -> int:
     with _progress(len(found.rules) * len(options.checks), "checks") as step:
         for row in runner.run(found, options, progress=step):
             rows.append(row)
+    return _audit_report(args, found, rows, time.perf_counter() - start, f"config {options.config.path or 'none'}")
+
+
+def _audit_recorded(args: argparse.Namespace) -> int:
+    """``handgrad audit --record CMD``: the command runs with a recorder in each of its Python processes."""
+    import subprocess
+    import tempfile
+
+    from handgrad.audit import Discovery, record
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="handgrad-record-") as directory:
+        env = record.prepare(directory, args.checks, args.seed)
+        print(f"handgrad audit --record: running {args.record}", file=sys.stderr)
+        status = subprocess.run(args.record, shell=True, env=env).returncode
+        recording = record.collected(directory)
     seconds = time.perf_counter() - start
+    print(f"the command exited {status}; {recording.processes} Python processes recorded, "
+          f"{recording.seconds:.2f} s spent recording; {len(recording.jax_rules)} of JAX's own rules called "
+          f"(not checked)")
+    found = Discovery(f"--record {args.record!r}", tuple(sorted({r.rule.partition(":")[0] for r in recording.rows})),
+                      (), ())
+    return _audit_report(args, found, recording.rows, seconds, "recorded")
+
+
+def _audit_report(args: argparse.Namespace, found: Any, rows: list, seconds: float, where: str) -> int:
+    """The table, the files asked for, and the exit code: 1 on a FAIL or an oracle error, or with --baseline
+    on what got worse than it."""
     import jax
 
-    print(f"handgrad audit {args.target} (jax {jax.__version__}, {'float64' if args.x64 else 'float32'}, "
-          f"seed {args.seed}, config {options.config.path or 'none'})")
+    from handgrad.audit import baseline
+    from handgrad.audit import report as audit_report
+
+    print(f"handgrad audit {found.target} (jax {jax.__version__}, {'float64' if args.x64 else 'float32'}, "
+          f"seed {args.seed}, {where})")
     audit_report.print_table(found, rows, seconds, sys.stdout)
     if args.json:
         audit_report.write_json(found, rows, seconds, args.json, jax=jax.__version__, seed=args.seed, x64=args.x64)
     if args.junit_xml:
         audit_report.write_junit(found, rows, seconds, args.junit_xml)
-    return audit_report.exit_code(rows)
+    if args.write_baseline:
+        baseline.write(rows, args.write_baseline)
+    if args.baseline is None:
+        return audit_report.exit_code(rows)
+    try:
+        worse = baseline.load(args.baseline).worse(rows)
+    except baseline.BaselineError as e:
+        print(f"handgrad audit: {e}", file=sys.stderr)
+        return 2
+    for r in worse:
+        print(f"worse than the baseline: {r.rule} [{r.check}] {r.status}", file=sys.stderr)
+    return 1 if worse else 0
 
 
 def _checks(text: str) -> tuple[str, ...]:
@@ -282,7 +327,10 @@ def main(argv: list[str] | None = None) -> int:
                                    "and expected differences go in [tool.handgrad.audit] of the target's "
                                    "pyproject.toml, or in a TOML file given with --config. Exit 0 when every "
                                    "checked rule holds, 1 on a FAIL or an oracle error, 2 on bad usage.")
-    a.add_argument("target", metavar="TARGET", help="a dotted package or module, or a path to a .py file")
+    a.add_argument("target", metavar="TARGET", nargs="?", help="a dotted package or module, or a path to a .py file")
+    a.add_argument("--record", metavar="CMD", help="instead of a target: run the shell command CMD (a test suite, "
+                                                   "examples) and check every custom_vjp and custom_jvp rule its "
+                                                   "Python processes call, at the inputs they call it with")
     a.add_argument("--include", action="append", default=[], metavar="PATTERN",
                    help="only rules whose module:qualname (or qualname) matches; repeatable")
     a.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="skip these; repeatable")
@@ -297,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--x64", action="store_true", help="float64 inputs, x64 on (default float32, x64 off)")
     a.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     a.add_argument("--junit-xml", metavar="PATH", help="also write JUnit XML: one test case per rule and check")
+    a.add_argument("--baseline", metavar="FILE", help="exit 1 only on what got worse than FILE: a new FAIL, oracle "
+                                                      "error or timeout of a rule and check")
+    a.add_argument("--write-baseline", metavar="FILE", help="write this audit's outcomes to FILE, for --baseline")
     a.set_defaults(run=_audit)
     b = sub.add_parser("bench", help="time the MLP training step: hand-written VJPs vs jax.grad vs jax.grad + optax")
     b.add_argument("--sizes", type=positive_ints, default=(784, 512, 512, 10),

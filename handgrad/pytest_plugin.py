@@ -10,6 +10,13 @@ when ``--handgrad-audit`` is given or a test asks for the fixture.
   and 2 and ``check_transforms`` on three draws of inputs, as ``handgrad audit`` does, with the
   same configuration (``[tool.handgrad.audit]``). A FAIL or an oracle error fails the item; a
   rule skipped or refused at every check is a skipped test, with the reason.
+* ``--handgrad-record`` records every call of a ``custom_vjp`` or ``custom_jvp`` rule that the session's
+  tests make (:mod:`handgrad.audit.record`), and checks each distinct rule, shapes and dtypes at the session's
+  end, at the recorded arguments (or at draws of their shapes, where the call was under ``jit``). The results
+  are a ``handgrad record`` section of the summary; a FAIL or an oracle error fails the session. Under
+  pytest-xdist each worker checks what it recorded and sends the rows to the controller.
+* ``--handgrad-baseline FILE`` (written by ``handgrad audit --write-baseline``) fails the audit's items and
+  the recording only on what got worse than FILE.
 * The ``check_vjp`` fixture is :func:`reference.check_vjp` with a seed of its own per test
   (from the test's id and ``--handgrad-seed``), named in the failure so the run can be repeated.
 """
@@ -28,8 +35,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--handgrad-audit", action="append", default=[], metavar="PACKAGE",
                     help="add one test per hand-written rule (custom_vjp, custom_jvp, jaxtyping-annotated function) "
                          "found in PACKAGE, checked as `handgrad audit` does; repeatable")
-    group.addoption("--handgrad-checks", default="vjp,order2,transforms", metavar="NAMES",
-                    help="the audit's checks, comma-separated: vjp, order2, transforms (default all three)")
+    group.addoption("--handgrad-checks", default=None, metavar="NAMES",
+                    help="the checks, comma-separated: vjp, order2, transforms (default all three for "
+                         "--handgrad-audit, vjp for --handgrad-record)")
+    group.addoption("--handgrad-record", action="store_true",
+                    help="record every custom_vjp and custom_jvp rule the tests call, and check each at the session's "
+                         "end at the arguments it was called with")
+    group.addoption("--handgrad-baseline", metavar="FILE",
+                    help="fail only on what got worse than FILE (written by handgrad audit --write-baseline)")
     group.addoption("--handgrad-seed", type=int, default=0, metavar="N",
                     help="seed of the audit's inputs and of the check_vjp fixture (default 0)")
 
@@ -66,14 +79,14 @@ class AuditItem(pytest.Item):
         self.rows: list = []
 
     def runtest(self) -> None:
-        from handgrad.audit.checks import FAILING, run_check, select
+        from handgrad.audit.checks import run_check, select
 
         seed = self.config.getoption("handgrad_seed")
-        checks = select(self.config.getoption("handgrad_checks"))
+        checks = select(self.config.getoption("handgrad_checks") or "vjp,order2,transforms")
         self.rows = [run_check(self.rule, check, self.entry, seed) for check in checks]
         for row in self.rows:
             self.add_report_section("call", row.check, f"{row.status}: {row.detail}\ninputs {row.inputs}")
-        if any(r.status in FAILING for r in self.rows):
+        if _failing(self.config, self.rows):
             raise AuditFailure(self.rows)
         if all(r.status in ("skipped", "refused") for r in self.rows):
             pytest.skip(f"{self.rows[0].status}: {self.rows[0].detail}")
@@ -85,6 +98,94 @@ class AuditItem(pytest.Item):
 
     def reportinfo(self) -> tuple[str, int | None, str]:
         return self.rule.name.partition(":")[0], None, f"handgrad audit {self.rule.name}"
+
+
+def _failing(config: pytest.Config, rows: list) -> list:
+    """The rows that fail the run: a FAIL or an oracle error, or with a baseline what got worse than it."""
+    from handgrad.audit.checks import FAILING
+
+    if _BASELINE in config.stash:
+        return config.stash[_BASELINE].worse(rows)
+    return [r for r in rows if r.status in FAILING]
+
+
+_BASELINE = pytest.StashKey[Any]()
+_RECORDER = pytest.StashKey[Any]()
+_RECORDED = pytest.StashKey[list]()  # rows: this process's, and under xdist the workers'
+_RECORDER_SECONDS = pytest.StashKey[float]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    path = config.getoption("handgrad_baseline")
+    if path is not None:
+        from handgrad.audit import baseline
+
+        try:
+            config.stash[_BASELINE] = baseline.load(path)
+        except baseline.BaselineError as e:
+            raise pytest.UsageError(f"--handgrad-baseline: {e}") from None
+    if config.getoption("handgrad_record"):
+        from handgrad.audit.record import Recorder
+
+        config.stash[_RECORDED] = []
+        config.stash[_RECORDER] = recorder = Recorder()
+        recorder.start()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Checks what this process recorded; a worker sends its rows on, the controller fails the session."""
+    config = session.config
+    recorder = config.stash.get(_RECORDER, None)
+    if recorder is None:
+        return
+    import dataclasses
+
+    from handgrad.audit.checks import select
+    from handgrad.audit.record import check
+
+    recorder.stop()
+    checks = select(config.getoption("handgrad_checks") or "vjp")
+    rows = check(list(recorder.calls.values()), checks, config.getoption("handgrad_seed"))
+    config.stash[_RECORDED].extend(rows)
+    if hasattr(config, "workeroutput"):  # a pytest-xdist worker: the controller reports
+        config.workeroutput["handgrad_record"] = {"rows": [dataclasses.asdict(r) for r in rows],
+                                                  "seconds": recorder.seconds}
+        return
+    config.stash[_RECORDER_SECONDS] = config.stash.get(_RECORDER_SECONDS, 0.0) + recorder.seconds
+    if _failing(config, config.stash[_RECORDED]) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist: a worker finished; its recorded rows join the controller's."""
+    from handgrad.audit.checks import Row
+
+    sent = getattr(node, "workeroutput", {}).get("handgrad_record")
+    if sent is not None:
+        config = node.config
+        config.stash[_RECORDED].extend(Row(**r) for r in sent["rows"])
+        config.stash[_RECORDER_SECONDS] = config.stash.get(_RECORDER_SECONDS, 0.0) + sent["seconds"]
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if _RECORDED not in config.stash or hasattr(config, "workeroutput"):
+        return
+    import io
+
+    from handgrad.audit import Discovery
+    from handgrad.audit.record import merged
+    from handgrad.audit.report import print_table
+
+    rows = merged(config.stash[_RECORDED])
+    terminalreporter.write_sep("=", "handgrad record")
+    text = io.StringIO()
+    modules = tuple(sorted({r.rule.partition(":")[0] for r in rows}))
+    print_table(Discovery("the recorded rules", modules, (), ()), rows, sum(r.seconds for r in rows), text)
+    terminalreporter.write(text.getvalue())
+    terminalreporter.write_line(f"recording took {config.stash.get(_RECORDER_SECONDS, 0.0):.3f} s over the session")
+    for r in _failing(config, rows):
+        terminalreporter.write_line(f"FAILED handgrad-record::{r.rule} [{r.check}] {r.status}", red=True)
 
 
 class AuditFailure(Exception):

@@ -11,7 +11,7 @@ import dataclasses
 import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from handgrad.audit.config import FunctionConfig
@@ -47,16 +47,16 @@ def select(text: str) -> tuple[str, ...]:
     return tuple(SHORT[n] for n in names)
 
 
-def run_check(rule: Rule, check: str, entry: FunctionConfig, seed: int) -> Row:
-    """``check`` on ``rule`` at each draw, summarised."""
+def run_check(rule: Rule, check: str, entry: FunctionConfig, seed: int, given: Sequence[Inputs] = ()) -> Row:
+    """``check`` on ``rule`` at each draw (or at each of the ``given`` inputs), summarised."""
     start = time.perf_counter()
     if entry.skip:
         return Row(rule.name, rule.kind, check, "skipped", entry.skip, "", 0.0)
     outcomes: list[tuple[str, str]] = []
     described = ""
-    for draw in range(DRAWS):
+    for draw in range(len(given) or DRAWS):
         try:
-            inputs = _inputs(rule, entry, draw, seed)
+            inputs = given[draw] if given else _inputs(rule, entry, draw, seed)
         except NoInputs as e:
             outcomes.append(("skipped", e.why))
             break

@@ -17,7 +17,7 @@ import dataclasses
 import inspect
 import re
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -103,7 +103,8 @@ def from_annotations(fn: Callable, draw: int, seed: int, dtype: str | None = Non
                 continue
             shape = _shape(array, sizes, p.name)
             args.append(_draw(kind, dt, shape, rng))
-            described.append(f"{_short(dt)}[{','.join(map(str, shape))}]" + (f"<{LABELS}" if kind == "int" else ""))
+            labels = f"<{LABELS}" if kind == "int" else ""
+            described.append(f"{short_dtype(dt)}[{','.join(map(str, shape))}]{labels}")
         elif _is_key(annotation):
             args.append(jax.random.key(int(rng.integers(2**31))))
             described.append("key")
@@ -127,6 +128,25 @@ def from_specs(specs: list[str], draw: int, seed: int, source: str = "config") -
 
     args = parse_args(specs, np.random.default_rng([seed, draw]))
     return Inputs(tuple(_kinks_and_ties(args) if draw == KINKS_AND_TIES else args), source, ", ".join(specs))
+
+
+def from_shapes(shapes: Sequence[Any], draw: int, seed: int) -> Inputs:
+    """Inputs shaped like ``shapes`` (arrays or ``jax.ShapeDtypeStruct``: what a recording under ``jit`` saw):
+    float and complex arrays standard normal, integers labels below ``LABELS``, keys fresh."""
+    import jax
+
+    rng = np.random.default_rng([seed, draw])
+    args = []
+    for s in shapes:
+        kind = getattr(s.dtype, "kind", None)
+        if kind is None:  # a key array: its dtype has no kind
+            args.append(jax.random.split(jax.random.key(int(rng.integers(2**31))), s.shape) if s.shape
+                        else jax.random.key(int(rng.integers(2**31))))
+            continue
+        args.append(_draw({"f": "float", "c": "complex", "b": "bool"}.get(kind, "int"), str(s.dtype), s.shape, rng))
+    described = ", ".join("key" if getattr(s.dtype, "kind", None) is None else
+                          f"{short_dtype(str(s.dtype))}[{','.join(map(str, s.shape))}]" for s in shapes)
+    return Inputs(tuple(_kinks_and_ties(args) if draw == KINKS_AND_TIES else args), "drawn", described)
 
 
 def guessed(fn: Callable, draw: int, seed: int) -> Inputs:
@@ -271,6 +291,6 @@ def _name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation)
 
 
-def _short(dtype: str) -> str:
+def short_dtype(dtype: str) -> str:
     return {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16", "int32": "i32",
             "complex64": "c64", "bool": "bool"}.get(dtype, dtype)

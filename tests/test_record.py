@@ -1,0 +1,182 @@
+"""Recording the rules a program runs (handgrad.audit.record), ``pytest --handgrad-record``, ``handgrad audit
+--record`` and ``--baseline``."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from handgrad.audit import baseline
+from handgrad.audit.checks import Row
+from handgrad.audit.record import Recorder, check
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _sin(scale: float = 1.0):
+    """A call-time rule: sin, whose backward is scaled by ``scale`` (1 is correct)."""
+
+    @jax.custom_vjp
+    def f(x):
+        return jnp.sin(x)
+
+    f.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (scale * g * jnp.cos(x),))
+    return f
+
+
+def _recorded(run) -> Recorder:
+    recorder = Recorder()
+    with recorder.recording():
+        run()
+    return recorder
+
+
+def test_eager_calls_are_kept_concrete_and_counted_once_per_signature():
+    x = np.linspace(-1, 1, 5, dtype=np.float32)
+    rec = _recorded(lambda: [_sin()(x) for _ in range(3)] + [_sin()(x[:2])])
+    calls = list(rec.calls.values())
+    assert [c.calls for c in calls] == [3, 1]
+    assert calls[0].rule.endswith("_sin.<locals>.f(f32[5])") and calls[1].rule.endswith("f(f32[2])")
+    np.testing.assert_array_equal(calls[0].arrays[0], x)
+    line = test_eager_calls_are_kept_concrete_and_counted_once_per_signature.__code__.co_firstlineno + 2
+    assert calls[0].site.endswith(f"test_record.py:{line}")
+
+
+def test_calls_under_jit_are_kept_as_shapes_and_checked_on_draws():
+    rec = _recorded(lambda: jax.jit(_sin(1.5))(jnp.ones((2, 3))))
+    (call,) = rec.calls.values()
+    assert isinstance(call.arrays[0], jax.ShapeDtypeStruct) and call.arrays[0].shape == (2, 3)
+    (row,) = check([call], ["vjp"])
+    assert row.status == "FAIL" and row.inputs.startswith("drawn: f32[2,3]")
+
+
+def test_an_eager_grad_is_concrete():
+    x = jnp.array([0.3, -0.7])
+    (call,) = _recorded(lambda: jax.grad(lambda x: jnp.sum(_sin()(x)))(x)).calls.values()
+    np.testing.assert_array_equal(call.arrays[0], np.asarray(x))
+
+
+def test_rules_built_twice_with_other_settings_are_two_rules_and_the_wrong_one_fails():
+    x = np.linspace(-1, 1, 7, dtype=np.float32)
+    rec = _recorded(lambda: (_sin(1.0)(x), _sin(0.5)(x)))
+    rows = check(list(rec.calls.values()), ["vjp"])
+    assert [r.status for r in rows] == ["ok", "FAIL"] and rows[1].rule.endswith(" #2")
+
+
+def test_a_rule_closing_over_a_tracer_is_listed_with_the_reason():
+    @jax.jit
+    def outer(x):
+        @jax.custom_vjp
+        def h(y):
+            return y * x
+
+        h.defvjp(lambda y: (y * x, None), lambda _, g: (g * x,))
+        return h(x)
+
+    (call,) = _recorded(lambda: outer(jnp.ones(3))).calls.values()
+    assert call.fn is None and "closes over a tracer" in call.why
+    (row,) = check([call], ["vjp"])
+    assert row.status == "skipped" and "closes over a tracer" in row.detail
+
+
+def test_static_arguments_and_integer_arguments_are_held_as_called():
+    @jax.custom_vjp
+    def pick(x, i):
+        return jnp.sin(x)[i]
+
+    pick.defvjp(lambda x, i: (jnp.sin(x)[i], (x, i)),
+                lambda r, g: (jnp.zeros_like(r[0]).at[r[1]].add(g * jnp.cos(r[0][r[1]])), None))
+    x, i = jnp.linspace(0, 1, 4), jnp.array([0, 2])
+    (call,) = _recorded(lambda: pick(x, i)).calls.values()
+    assert call.rule.endswith("pick(f32[4], i32[2])")
+    (row,) = check([call], ["vjp"])
+    assert row.status == "ok", row.detail
+
+
+def test_jax_own_rules_are_counted_not_checked():
+    rec = _recorded(lambda: jax.nn.relu(jnp.ones(3)))
+    assert not rec.calls and any("relu" in r for r in rec.jax_rules)
+
+
+def test_recording_changes_no_result_and_survives_its_own_failure(monkeypatch):
+    x = jnp.linspace(-2, 2, 6)
+    def loss(x):
+        return jnp.sum(_sin(1.0)(x) ** 2)
+    plain = (loss(x), jax.grad(loss)(x), jax.jit(jax.grad(loss))(x))
+    rec = Recorder()
+    monkeypatch.setattr("handgrad.audit.record._site", lambda: 1 / 0)  # the recorder's own bug
+    with rec.recording():
+        recorded = (loss(x), jax.grad(loss)(x), jax.jit(jax.grad(loss))(x))
+    for a, b in zip(plain, recorded, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert jax.custom_vjp.__call__ is not None and all("could not be recorded: ZeroDivisionError" in c.why
+                                                         for c in rec.calls.values())
+
+
+def test_stopping_restores_jax():
+    before = (jax.custom_vjp.__call__, jax.custom_jvp.__call__)
+    _recorded(lambda: None)
+    assert (jax.custom_vjp.__call__, jax.custom_jvp.__call__) == before
+
+
+def test_baseline_fails_only_what_got_worse(tmp_path):
+    rows = [Row("m:a", "custom_vjp", "vjp", "FAIL", "", "", 0.0), Row("m:b", "custom_vjp", "vjp", "ok", "", "", 0.0)]
+    path = str(tmp_path / "baseline.json")
+    baseline.write(rows, path)
+    stored = baseline.load(path)
+    assert stored.worse(rows) == []
+    fixed = [rows[0], Row("m:b", "custom_vjp", "vjp", "timeout", "", "", 0.0)]
+    assert [r.rule for r in stored.worse(fixed)] == ["m:b"]
+    (tmp_path / "bad.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(baseline.BaselineError, match="not a handgrad baseline"):
+        baseline.load(str(tmp_path / "bad.json"))
+
+
+@pytest.fixture
+def project(tmp_path):
+    """tests/recordpkg as a user's checkout: the package, and its tests as test_layers.py."""
+    shutil.copytree(os.path.join(HERE, "recordpkg"), tmp_path / "recordpkg")
+    shutil.copy(os.path.join(HERE, "recordpkg", "check_layers.py"), tmp_path / "test_layers.py")
+    return tmp_path
+
+
+def _run(args, where, timeout=300):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(where), os.path.dirname(HERE)]))
+    env.pop("PYTEST_XDIST_WORKER", None)
+    return subprocess.run(args, capture_output=True, text=True, cwd=where, timeout=timeout, env=env)
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist"])
+def test_pytest_record_checks_the_rules_the_tests_ran_and_fails_the_wrong_one(project, workers):
+    run = _run([sys.executable, "-m", "pytest", "--handgrad-record", "-p", "no:cacheprovider", "-q",
+                "test_layers.py", *workers], project)
+    assert run.returncode == 1, run.stdout[-3000:]
+    assert "3 passed" in run.stdout  # the project's own tests pass: the recording fails the session
+    table = run.stdout.split("handgrad record")[1]
+    assert "recordpkg.layers:gated.<locals>.unit(f32[4,3], f32[3,2])" in table  # eager, and an eager grad
+    assert "FAILED handgrad-record::recordpkg.layers:scaled_softplus.<locals>.f(f32[5,4]) [vjp] FAIL" in table
+    assert "FAILED handgrad-record::recordpkg.layers:gated" not in table
+    assert "recording took" in table
+
+
+@pytest.mark.subprocess
+def test_audit_record_with_a_baseline_both_ways(project):
+    command = f"{sys.executable} -m pytest -q -p no:cacheprovider test_layers.py"
+    audit = [sys.executable, "-m", "handgrad.cli", "audit", "--checks", "vjp", "--record", command]
+    first = _run([*audit, "--write-baseline", "baseline.json"], project)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "the command exited 0" in first.stdout and "1 FAIL" in first.stdout
+    assert _run([*audit, "--baseline", "baseline.json"], project).returncode == 0  # unchanged: passes
+    stored = json.loads((project / "baseline.json").read_text())
+    for row in stored["rows"]:
+        row["status"] = "ok"  # a baseline from before the bug: the FAIL is new
+    (project / "baseline.json").write_text(json.dumps(stored))
+    planted = _run([*audit, "--baseline", "baseline.json"], project)
+    assert planted.returncode == 1 and "worse than the baseline: recordpkg.layers:scaled_softplus" in planted.stderr
