@@ -14,6 +14,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 import uuid
 
 import jax
@@ -74,6 +76,61 @@ def test_disk_full_at_a_checkpoint_is_one_line_and_loses_nothing(tmp_path, capsy
     tree, progress, skipped = restore_latest(TrainConfig(**IRIS, checkpoint_dir=str(ckpt), checkpoint_every=4))
     assert progress.step == last_good < missed and not skipped
     assert all(np.all(np.isfinite(np.asarray(w))) for w in tree.params[0].values())
+
+
+@pytest.fixture
+def disk_fills_under_load(monkeypatch):
+    """``fill(n)``: from orbax's n-th save on, the disk is full, as on a loaded machine. The save's first array fails
+    at once; the writes of the others, in flight, fail LATE seconds later in threads of their own, as tensorstore's
+    do, when orbax has given up on the save and closed the event loop they report to. Returns those threads."""
+    import orbax.checkpoint as ocp
+    import tensorstore as ts
+    from orbax.checkpoint._src.serialization import type_handlers
+
+    real_save, real_write = ocp.CheckpointManager.save, type_handlers.NumpyHandler._open_and_write
+    saves, writes, late = [0], [0], []
+
+    def save(self, step, *args, **kwargs):
+        saves[0], writes[0] = saves[0] + 1, 0
+        return real_save(self, step, *args, **kwargs)
+
+    def fill(n: int) -> list[threading.Thread]:
+        async def open_and_write(self, *args, **kwargs):
+            if saves[0] < n:
+                return await real_write(self, *args, **kwargs)
+            writes[0] += 1
+            full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if writes[0] == 1:
+                raise full
+            promise, future = ts.Promise.new()
+            late.append(threading.Thread(target=lambda: (time.sleep(LATE), promise.set_exception(full))))
+            late[-1].start()
+            await future
+        monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+        monkeypatch.setattr(type_handlers.NumpyHandler, "_open_and_write", open_and_write)
+        return late
+    return fill
+
+
+LATE = 0.5
+
+
+def test_disk_full_under_load_prints_one_line_and_no_traceback(tmp_path, capfd, monkeypatch, disk_fills_under_load):
+    # Each write that failed late raised "Event loop is closed" in its thread, printed as a bare traceback
+    # whenever it came: 13 of them beside the full test suite. Python's hook, here, receives anything not caught.
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    late = disk_fills_under_load(2)
+    argv = ["train", "--dataset", "iris", "--hidden", "16", "--batch-size", "15", "--epochs", "2", "--no-plots",
+            "--checkpoint-dir", str(tmp_path / "ckpt"), "--checkpoint-every", "4", "--out", str(tmp_path / "out")]
+    assert main(argv) == 1
+    for thread in late:
+        thread.join()
+    out, err = capfd.readouterr()
+    assert len(late) >= 2 and not reported, [u.exc_value for u in reported]
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "[Errno 28] No space left on device" in err and (tmp_path / "out" / "params.npz").exists()
+    assert sum(line.startswith("warning:") for line in out.splitlines()) == 1, out
 
 
 def test_orbax_errors_reach_the_log_as_one_line_each(tmp_path):

@@ -17,10 +17,10 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -86,37 +86,28 @@ class Checkpoints:
         host = jax.tree_util.tree_map(lambda x: np.array(x, copy=True), tree)
         snapshot = json.loads(json.dumps({**record, "signature": self.signature}))  # the caller goes on changing it
         args = self._ocp.args
-        try:
-            self._manager.save(step, args=args.Composite(state=args.StandardSave(host),
-                                                          record=args.JsonSave(snapshot)))
-            self._manager.wait_until_finished()
-        except Exception as e:  # disk full, permission lost: whatever orbax wraps the OSError in
-            self._settle()
-            self._remove_partial()
-            raise CheckpointWriteError(self.directory, step, e, self._last_good) from None
+        with _closed_loop_callbacks_dropped():  # from the start: a write in flight may end before orbax raises
+            try:
+                self._manager.save(step, args=args.Composite(state=args.StandardSave(host),
+                                                              record=args.JsonSave(snapshot)))
+                self._manager.wait_until_finished()
+            except Exception as e:  # disk full, permission lost: whatever orbax wraps the OSError in
+                self._settle()
+                self._remove_partial()
+                raise CheckpointWriteError(self.directory, step, e, self._last_good) from None
         self._last_good = step
 
     def _settle(self) -> None:
-        """After a failed write: waits for orbax's writer threads to finish failing, and closes the manager.
-
-        Their errors are logged (one line each, :func:`_route_orbax_logging`); what tensorstore prints
-        straight to the process's stderr meanwhile (tracebacks of callbacks into an event loop that is
-        gone) is caught at the file descriptor and said in one line."""
-        with _stderr_caught() as caught:
-            writers = _writer_threads()
-            for finish in (self._manager.wait_until_finished, *(t.join for t in writers), self._manager.close):
-                try:
-                    finish()
-                except Exception:  # the same failure again, already reported
-                    pass
-            if writers or caught():
-                _until_quiet(caught)  # tensorstore's writes still in flight fail a moment later
-            gc.collect()  # asyncio reports a failed task nobody awaited when it is collected: here, not later
+        """After a failed write: lets orbax's writers and tensorstore's writes still in flight finish failing
+        (:func:`_closed_loop_callbacks_dropped`), and closes the manager; the writers' errors are logged."""
+        for finish in (self._manager.wait_until_finished, *(t.join for t in _writer_threads()), self._manager.close):
+            try:
+                finish()
+            except Exception:  # the same failure again, already reported
+                pass
+        _tensorstore_settled()
+        gc.collect()  # asyncio reports a task of the closed loop when it is collected: here, to the log
         self._closed = True
-        last = [line for line in caught() if line.strip() and not line.startswith(" ")]
-        if last:
-            logging.getLogger("absl").warning("while its writers stopped, orbax printed %d lines, the last: %s",
-                                              len(last), last[-1].strip())
 
     def _remove_partial(self) -> list[str]:
         """Removes the temporary directories of writes that did not finish (orbax renames them when done)."""
@@ -180,45 +171,47 @@ def _writer_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if "SignalingThread" in type(t).__name__ and t.is_alive()]
 
 
-# Seconds without a new line on stderr after which a failed write's writers are taken as done, and at most spent
-# waiting for that: on a loaded machine (the test suite's two workers) a late traceback came 0.5 s after the last.
-QUIET = 2.0
-SETTLE = 10.0
+SETTLE = 120.0  # seconds at most waited for the writes in flight after a failed one: a guard against one that hangs
+
+
+def _tensorstore_settled() -> bool:
+    """Waits until every tensorstore future alive is ready and has run its callbacks (False if SETTLE passed first):
+    tensorstore runs a future's callbacks in the order they were added, so the one added here runs last."""
+    import tensorstore as ts
+
+    futures = [f for f in gc.get_objects() if isinstance(f, ts.Future)]
+    ran = threading.Semaphore(0)
+    for future in futures:
+        future.add_done_callback(lambda _: ran.release())
+        future.force()
+    deadline = time.monotonic() + SETTLE
+    return all(ran.acquire(timeout=max(0.0, deadline - time.monotonic())) for _ in futures)
+
+
+def _into_closed_loop(error: BaseException | None) -> bool:
+    """Whether ``error`` is asyncio's refusal of a callback into an event loop already closed."""
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed" and any(
+        frame.f_code.co_name == "call_soon_threadsafe" for frame, _ in traceback.walk_tb(error.__traceback__))
 
 
 @contextlib.contextmanager
-def _stderr_caught() -> Any:
-    """File descriptor 2 redirected to a temporary file; yields a function that returns what it holds so far,
-    as lines."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    final: list[str] = []
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        os.dup2(sink.fileno(), 2)
+def _closed_loop_callbacks_dropped() -> Iterator[None]:
+    """``sys.unraisablehook``, for the block, drops :func:`_into_closed_loop` errors and hands on every other.
 
-        def lines() -> list[str]:
-            if sink.closed:
-                return final
-            return os.pread(sink.fileno(), 1 << 20, 0).decode(errors="replace").splitlines()
-        try:
-            yield lines
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            final.extend(lines())
+    orbax gathers a save's writes in an event loop of its own and closes it when the first write fails; each write
+    still in flight then ends in a tensorstore thread, whose callback into the closed loop raises "Event loop is
+    closed", which Python's hook prints as a bare traceback, whenever the write ends: seconds later under load."""
+    previous = sys.unraisablehook
 
-
-def _until_quiet(lines: Callable[[], list[str]]) -> None:
-    """Waits (at most SETTLE seconds) until nothing new has been printed for QUIET seconds."""
-    start, seen, changed = time.monotonic(), -1, time.monotonic()
-    while time.monotonic() - start < SETTLE:
-        now = len(lines())
-        if now != seen:
-            seen, changed = now, time.monotonic()
-        elif time.monotonic() - changed >= QUIET:
-            return
-        time.sleep(0.05)
+    def hook(unraisable: Any) -> None:
+        if not _into_closed_loop(unraisable.exc_value):
+            previous(unraisable)
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        if sys.unraisablehook is hook:  # one set meanwhile by someone else stays
+            sys.unraisablehook = previous
 
 
 def _os_error(error: BaseException | None) -> OSError | None:
