@@ -73,6 +73,8 @@ def run_check(rule: Rule, check: str, entry: FunctionConfig, seed: int, given: S
 def _inputs(rule: Rule, entry: FunctionConfig, draw: int, seed: int) -> Inputs:
     if entry.args is not None:
         inputs = from_specs(list(entry.args), draw, seed)
+    elif rule.draw is not None:
+        inputs = rule.draw(draw, seed)
     else:
         try:
             inputs = from_annotations(rule.signature_of, draw, seed)
@@ -101,15 +103,17 @@ def _one(rule: Rule, check: str, inputs: Inputs, entry: FunctionConfig, seed: in
     try:
         if check == "transformations":
             t = check_transforms(fn, args, seed=seed + draw)
-            return "ok", "jit, vmap, scan, checkpoint, grad of jit agree with eager" + (
-                f"; {t.skipped}" if getattr(t, "skipped", None) else "")
+            within = sum(t.rounding.values())
+            skipped = f"; {t.skipped}" if t.skipped else ""
+            rounded = f"; {within} entries differ within rounding" if within else ""
+            return "ok", f"jit, vmap, scan, checkpoint, grad of jit agree with eager{skipped}{rounded}"
         report = check_vjp(fn, args, seed=seed + draw, order=1 if check == "vjp" else 2)
     except (VJPMismatch, TransformMismatch) as e:
         first = e.problems[0]
         what = f"{len(e.problems)} mismatches; {first}" if isinstance(e, VJPMismatch) else \
             f"differs from eager under {', '.join(e.transforms)}; {first}"
-        if entry.expect:
-            return "expected", f"{entry.expect}: {what}"
+        if entry.expect or inputs.expect:
+            return "expected", f"{entry.expect or inputs.expect}: {what}"
         return "FAIL", what + f" [draw {draw}]"
     except CheckRefused as e:
         hint = "; the inputs were not configured: a domain in the audit config may fit fn" \

@@ -18,6 +18,7 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from handgrad.audit import distributions
 from handgrad.check import UsageError, import_module
 
 TEST_PARTS = ("test", "tests", "testing", "conftest")  # module name parts that mark a test module
@@ -30,8 +31,9 @@ class Rule:
 
     name: str
     fn: Callable
-    kind: str  # "custom_vjp", "custom_jvp" or "annotated"
+    kind: str  # "custom_vjp", "custom_jvp", "annotated" or "distribution"
     signature_of: Callable  # the function whose signature and annotations describe the inputs
+    draw: Callable[[int, int], Any] | None = None  # inputs(draw, seed), where the signature cannot say
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,11 @@ def discover(target: str, include: Sequence[str] = (), exclude: Sequence[str] = 
     rules: dict[int, Rule] = {}
     for module in modules:
         for attr, obj in sorted(vars(module).items()):
+            if isinstance(obj, type) and _defined_in(obj, module) and distributions.is_distribution(obj):
+                for rule in _distribution_rules(f"{module.__name__}:{obj.__qualname__}", obj):
+                    if _wanted(rule.name, include, exclude):
+                        rules[id(rule)] = rule
+                continue
             if not callable(obj) or isinstance(obj, type) or not _defined_in(obj, module):
                 continue
             name = f"{module.__name__}:{getattr(_home(obj), '__qualname__', attr)}"
@@ -79,6 +86,16 @@ def discover(target: str, include: Sequence[str] = (), exclude: Sequence[str] = 
             skipped.append(Skipped(rule.name, f"a private rule, audited through {module}'s public functions"))
     return Discovery(target, tuple(m.__name__ for m in modules), tuple(sorted(rules.values(), key=lambda r: r.name)),
                      tuple(sorted(skipped, key=lambda s: s.name)))
+
+
+def _distribution_rules(name: str, cls: type) -> list[Rule]:
+    """One rule per method of a distribution (handgrad.audit.distributions), private classes left out."""
+    if cls.__name__.startswith("_") or any(p.startswith("_") for p in name.partition(":")[0].split(".")):
+        return []
+    names = distributions.parameters(cls)
+    return [Rule(f"{name}.{m}", distributions.rule_function(cls, m, names), "distribution",
+                 distributions.rule_function(cls, m, names), distributions.drawer(cls, m, names))
+            for m in distributions.methods(cls)] if names else []
 
 
 def _wanted(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:

@@ -42,8 +42,9 @@ class NoInputs(Exception):
 @dataclasses.dataclass(frozen=True)
 class Inputs:
     args: tuple
-    source: str  # "annotations", "config" or "guessed"
+    source: str  # "annotations", "config", "guessed", "drawn", "recorded" or "constraints"
     described: str  # "f32[3,4], i32[3]<2, key"
+    expect: str = ""  # why a mismatch at these inputs is by design, where the inputs themselves show it
 
 
 def annotations_of(fn: Any) -> dict[str, Any]:

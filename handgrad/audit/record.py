@@ -75,11 +75,11 @@ class Recorder:
         for cls in (jax.custom_vjp, jax.custom_jvp):
             original = cls.__call__
             self._saved.append((cls, original))
-            cls.__call__ = self._wrapped(original, cls.__name__)
+            cls.__call__ = self._wrapped(original, cls.__name__)  # type: ignore[method-assign]
 
     def stop(self) -> None:
         for cls, original in reversed(self._saved):
-            cls.__call__ = original
+            cls.__call__ = original  # type: ignore[method-assign]
         self._saved.clear()
 
     @contextlib.contextmanager
@@ -277,7 +277,7 @@ def _filled(cell: Any) -> bool:
 
 
 def _unwrapped(fn: Any) -> Any:
-    while isinstance(getattr(fn, "func", None), Callable) and hasattr(fn, "args"):  # functools.partial
+    while callable(getattr(fn, "func", None)) and hasattr(fn, "args"):  # functools.partial
         fn = fn.func
     return inspect.unwrap(fn) if callable(fn) else fn
 

@@ -188,6 +188,19 @@ def constants(closed: Any) -> list:
     return found
 
 
+def primitives(closed: Any) -> set[str]:
+    """The names of the primitives a trace applies, in nested jaxprs too (``"random_gamma"``, ``"while"``)."""
+    found: set[str] = set()
+
+    def walk(jaxpr: Any) -> None:
+        for eqn in jaxpr.eqns:
+            found.add(eqn.primitive.name)
+            for _, inner in _jaxprs(eqn.params):
+                walk(inner)
+    walk(closed.jaxpr)
+    return found
+
+
 def narrowest_float(closed: Any) -> int:
     """The fewest mantissa bits of any float (or complex part) that depends on the inputs of a trace:
     52 for float64, 23 for float32, 10 for float16, 7 for bfloat16."""
