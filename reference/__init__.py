@@ -9,6 +9,7 @@ proves it the same under jit, vmap, grad-of-jit, jax.checkpoint and scan.
 from reference import activations, gates, layers, linear, losses, nn, optim, regularizers, search, train
 from reference.oracle import (
     CheckRefused,
+    FnRaised,
     LeafReport,
     Method,
     Mismatch,
@@ -29,6 +30,6 @@ __all__ = [
     "check_vjp", "check_transforms", "numerical_grad", "numerical_vjp", "max_abs_diff",
     "VJPReport", "LeafReport", "Method", "Mismatch", "VJPMismatch", "TransformReport", "TransformProblem",
     "TransformMismatch",
-    "CheckRefused", "NotDifferentiable",
+    "CheckRefused", "FnRaised", "NotDifferentiable",
     "gates", "activations", "layers", "losses", "regularizers", "linear", "nn", "optim", "search", "train",
 ]

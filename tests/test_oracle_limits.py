@@ -11,9 +11,9 @@ import jax.scipy.special as special
 import numpy as np
 import pytest
 
-from reference import CheckRefused, NotDifferentiable, VJPMismatch, check_transforms, check_vjp
+from reference import CheckRefused, FnRaised, NotDifferentiable, VJPMismatch, check_transforms, check_vjp
 from reference.oracle import tolerance
-from reference.oracle.report import RefusedValue
+from reference.oracle.report import AT_INPUTS, AT_PROBE, RefusedValue
 
 X = jnp.asarray([0.7, 1.2, 1.9], jnp.float32)
 
@@ -174,3 +174,46 @@ def test_agreement_with_infinities():
     assert agree.tolist() == [True, True, True, False]
     # an inf elsewhere in the leaf does not widen the tolerance of a finite entry
     assert not tolerance.agree([1.0, np.inf], [2.0, np.inf], 1e-3)[0]
+
+
+# ------------------------------------------------------------------ fn's own runtime checks (equinox.error_if)
+def _guarded(bad, message="outside its domain"):
+    """sin(x), with equinox.error_if raising where ``bad(x)``: a library's runtime check of its own domain."""
+    import equinox as eqx
+
+    def guarded(x):
+        return jnp.sin(eqx.error_if(x, bad(x), message))
+    return guarded
+
+
+def test_fn_raising_at_the_given_inputs_is_a_refusal_that_says_so():
+    fn = _guarded(lambda x: jnp.any(x > 1.5), "too big")
+    for check in (check_vjp, check_transforms):
+        with pytest.raises(FnRaised, match=r"guarded raised at the given inputs \(.*EquinoxRuntimeError: too big\)") as e:
+            check(fn, (X,))
+        assert e.value.where == AT_INPUTS and isinstance(e.value, ValueError)
+
+
+def test_fn_raising_only_at_a_probe_point_is_a_refusal_that_says_so():
+    fn = _guarded(lambda x: jnp.any(x < X[0]), "below")  # X's smallest is X[0]: only a probe goes below
+    with pytest.raises(FnRaised, match="raised at a probe point .*EquinoxRuntimeError: below.*smaller eps") as e:
+        check_vjp(fn, (X,))
+    assert e.value.where == AT_PROBE
+    check_vjp(_guarded(lambda x: jnp.any(x < 0.3)), (X,))  # a domain the probes stay inside: checked
+
+
+def test_a_batch_element_fn_refuses_is_left_out_and_said():
+    fn = _guarded(lambda x: jnp.sum(x) < 3.4, "sum too small")  # X sums to 3.8: X × 0.9 passes, X × 0.8 not
+    report = check_transforms(fn, (X,))
+    assert list(report.dropped) == [2] and "EquinoxRuntimeError: sum too small" in report.dropped[2]
+    assert report.batch == 2
+    with pytest.raises(FnRaised, match="at batch element 1"):
+        check_transforms(fn, (X,), batch=[(X,), (X * 0.8,)])
+
+
+def test_a_bare_runtime_error_surfaces():  # the oracle's own bugs are bare RuntimeErrors: never a refusal
+    def fn(x):
+        raise RuntimeError("a bug")
+    with pytest.raises(RuntimeError, match="a bug") as e:
+        check_vjp(fn, (X,))
+    assert not isinstance(e.value, CheckRefused)

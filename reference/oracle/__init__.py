@@ -18,6 +18,7 @@
 from reference.oracle.numerical import max_abs_diff, numerical_grad, numerical_vjp
 from reference.oracle.report import (
     CheckRefused,
+    FnRaised,
     LeafReport,
     Method,
     Mismatch,
@@ -33,4 +34,4 @@ from reference.oracle.vjp import check_vjp
 __all__ = ["check_vjp", "check_transforms", "numerical_grad", "numerical_vjp", "max_abs_diff", "VJPReport",
            "LeafReport", "Method", "Mismatch", "VJPMismatch", "TransformReport", "TransformProblem",
            "TransformMismatch",
-           "CheckRefused", "RefusedType", "RefusedValue", "NotDifferentiable"]
+           "CheckRefused", "FnRaised", "RefusedType", "RefusedValue", "NotDifferentiable"]

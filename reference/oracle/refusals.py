@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 from jax.extend.core import jaxpr_as_fun
 
 from reference.oracle.precision import constants, trace
-from reference.oracle.report import RefusedType, RefusedValue
+from reference.oracle.report import RefusedType, RefusedValue, raised_by_fn
 from reference.oracle.trees import Split, describe
 from reference.oracle.versions import Version
 
@@ -48,8 +49,17 @@ def trace_deterministic(name: str, version: Version) -> tuple[list, Any]:
     Python). The traces evaluate what does not depend on the inputs as they go, so that what fn does once
     (a module imported in its body, building its tables) makes arrays, not tracers that leak out of the
     first trace. An untraceable function is run twice instead."""
+    try:
+        return _traced_twice(name, version, jax.ensure_compile_time_eval)
+    except Exception as e:  # a runtime check of fn's own misfires on values evaluated at trace time (equinox's
+        if not raised_by_fn(e):  # error_if): traced as JAX traces it, with nothing evaluated early
+            raise
+    return _traced_twice(name, version, contextlib.nullcontext)
+
+
+def _traced_twice(name: str, version: Version, evaluation: Callable[[], Any]) -> tuple[list, Any]:
     leaves = version.split.diff_leaves()
-    with version.context(), jax.ensure_compile_time_eval():
+    with version.context(), evaluation():
         closed = trace(version.fn, leaves)
         if closed is not None:  # a second, fresh trace (a new function object: no cached trace is reused)
             out, again = list(closed.out_avals), trace(lambda *a: version.fn(*a), leaves)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 
 SHOWN = 10  # mismatches (or notes) written out in a message; the rest are counted
 
@@ -25,9 +26,14 @@ class Method(enum.StrEnum):
 
 
 def said(error: BaseException, limit: int = 160) -> str:
-    """An exception in one line for a report: its type and the first line of its message."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:limit]}" if text else type(error).__name__
+    """An exception in one line for a report: its type and the first line of its message, or the line that names
+    the type again where the message wraps the error in a preamble (equinox's "Above is the stack ...")."""
+    name = type(error).__name__
+    text = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    own = [line.partition(f"{name}: ")[2] for line in text if f"{name}: " in line]
+    if not own and text and text[0].endswith("Traceback (most recent call last):"):  # a callback's error, wrapped
+        own = [line for line in text[1:] if re.match(r"[\w.]+(Error|Exception): ", line)][:1]
+    return f"{name}: {(own or text)[0][:limit]}" if text else name
 
 
 class CheckRefused(Exception):
@@ -46,6 +52,33 @@ class RefusedType(CheckRefused, TypeError):
 
 class RefusedValue(CheckRefused, ValueError):
     """The values cannot be checked: non-finite inputs, randomness drawn in Python, nothing checkable."""
+
+
+class FnRaised(RefusedValue):
+    """fn itself raised while it ran, at the given inputs or at a probe point near them: a runtime check of its
+    own (``equinox.error_if``, ``checkify``, a host callback) saying that it is outside its domain there.
+    ``where`` is ``"at the given inputs"`` or ``"at a probe point"``; ``cause`` is fn's error."""
+
+    def __init__(self, name: str, where: str, cause: BaseException):
+        hint = "" if where == AT_INPUTS else ": its domain ends within the differences' steps; move the inputs " \
+            "further inside it, or give a smaller eps"
+        super().__init__(f"{name} raised {where} ({said(cause, 200)}){hint}")
+        self.where, self.cause = where, cause
+
+
+AT_INPUTS, AT_PROBE = "at the given inputs", "at a probe point"
+
+
+def raised_by_fn(e: BaseException) -> bool:
+    """Whether ``e`` is a runtime error of fn's own making: JAX's (a failed check or callback, reported when the
+    program runs) or a library's RuntimeError subclass (equinox's). A bare RuntimeError, and Python's own kinds
+    (RecursionError, NotImplementedError), are not: one of the oracle's own surfaces."""
+    import jax
+
+    python = RecursionError | NotImplementedError
+    return isinstance(e, jax.errors.JaxRuntimeError) or (
+        isinstance(e, RuntimeError) and type(e) is not RuntimeError and not isinstance(e, python)) or (
+        "error calling callback" in str(e))  # a host callback's error, which JAX re-raises as one of several types
 
 
 class NotDifferentiable(CheckRefused, TypeError):

@@ -20,7 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from reference.oracle import tolerance
-from reference.oracle.report import NotDifferentiable, RefusedType, RefusedValue, said
+from reference.oracle.report import (
+    AT_INPUTS,
+    FnRaised,
+    NotDifferentiable,
+    RefusedType,
+    RefusedValue,
+    raised_by_fn,
+    said,
+)
 from reference.oracle.rounding import ROUNDING_FACTOR, forward_rounding
 from reference.oracle.trees import Split, comparable, kind, outputs, random_like
 
@@ -38,12 +46,15 @@ class TransformReport:
     # Entries beyond the agreement tolerance that rounding explains (fused or reordered float operations move
     # a result that cancels catastrophically by up to its rounding bound): counted per transformation, not failed.
     rounding: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Elements of the default batch (args scaled by 0.9, 0.8) left out because fn raised there: index -> its error.
+    dropped: dict[int, str] = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         return "\n".join([f"{name:<12} {diff:9.2e}" + (f"  ({self.rounding[name]} entries within rounding)"
                                                         if self.rounding.get(name) else "")
                           for name, diff in self.max_abs_diff.items()]
-                         + [f"{name:<12} not compared: {why}" for name, why in self.skipped.items()])
+                         + [f"{name:<12} not compared: {why}" for name, why in self.skipped.items()]
+                         + [f"batch element {b} left out: fn raised there ({why})" for b, why in self.dropped.items()])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +156,7 @@ def _each_part(transformed: Callable, fixed: list, each: list, stacked: Any, eag
     results, skipped = {}, {}
     for name in PARTS:
         try:
-            results.update(transformed((name,), fixed, each, stacked))
+            results.update(jax.block_until_ready(transformed((name,), fixed, each, stacked)))
         except Exception as e:  # JAX's limit for this function: reported, and that transformation not compared
             skipped["jit" if name == "each" else name] = said(e)
     if "each" not in results:
@@ -232,16 +243,30 @@ def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *
         if jax.dtypes.issubdtype(getattr(xs[0], "dtype", np.float32), jax.dtypes.prng_key):
             return jnp.stack(xs)
         return jax.device_put(np.stack([np.asarray(x) for x in xs]))
-    stacked = jax.tree_util.tree_map(stack, *[inputs(b) for b in range(len(elements))])
     fixed_values = [split.leaves[i] for i in shared]
     try:
-        eager = vjp(fixed_values, *inputs(0))
+        eager = jax.block_until_ready(vjp(fixed_values, *inputs(0)))
     except Exception as error:  # fn traced (eval_shape above): JAX's limit, or a rule that refuses differentiation
+        if raised_by_fn(error):  # or fn's own runtime check, raising at these inputs
+            raise FnRaised(getattr(fn, "__name__", repr(fn)), AT_INPUTS, error) from error
         raise NotDifferentiable(getattr(fn, "__name__", repr(fn)), 1, error) from error
+    dropped: dict[int, str] = {}
+    for b in range(1, len(elements)):  # fn's own check may refuse an element the default batch made up (args × 0.8)
+        try:
+            jax.block_until_ready(vjp(fixed_values, *inputs(b)))
+        except Exception as error:
+            if not raised_by_fn(error):
+                raise
+            if batch is not None:
+                raise FnRaised(getattr(fn, "__name__", repr(fn)), f"at batch element {b}", error) from error
+            dropped[b] = said(error)
+    kept = [b for b in range(len(elements)) if b not in dropped]
+    elements, parts, cts = [elements[b] for b in kept], [parts[b] for b in kept], [cts[b] for b in kept]
+    stacked = jax.tree_util.tree_map(stack, *[inputs(b) for b in range(len(elements))])
     each_input = [inputs(b) for b in range(len(elements))]
     skipped: dict[str, str] = {}
-    try:
-        results = transformed(PARTS, fixed_values, each_input, stacked)
+    try:  # run to the end here: an error fn raises when run (equinox's error_if) is reported as the program ends
+        results = jax.block_until_ready(transformed(PARTS, fixed_values, each_input, stacked))
     except Exception:
         results, skipped = _each_part(transformed, fixed_values, each_input, stacked,
                                       lambda *e: vjp(fixed_values, *e))
@@ -292,7 +317,7 @@ def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *
                     problems.append(TransformProblem(name, b, split.paths[split.diff[k]], i, complex(g.ravel()[i]),
                                                      complex(e.ravel()[i]), r * scale, int(bad.size)))
         diffs[name] = worst
-    report = TransformReport(len(elements), diffs, skipped, explained)
+    report = TransformReport(len(elements), diffs, skipped, explained, dropped)
     if problems:
         raise TransformMismatch(getattr(fn, "__name__", repr(fn)), problems, report)
     return report

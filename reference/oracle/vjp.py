@@ -36,6 +36,9 @@ from reference.oracle.differences import LEVEL_RATIO, Differences, step_scales
 from reference.oracle.precision import choose, iterative, precision_of
 from reference.oracle.refusals import as_args, function_name, require_checkable, trace_deterministic
 from reference.oracle.report import (
+    AT_INPUTS,
+    AT_PROBE,
+    FnRaised,
     LeafReport,
     Method,
     Mismatch,
@@ -43,6 +46,7 @@ from reference.oracle.report import (
     RefusedValue,
     VJPMismatch,
     VJPReport,
+    raised_by_fn,
 )
 from reference.oracle.rounding import INPUT_SPREAD, capped, input_spread, natural_scale
 from reference.oracle.subjects import LOOSEST_AS_CALLED, SALT, Subject, second_order
@@ -116,11 +120,30 @@ def check_vjp(fn: Callable, args: Sequence[Any], *, reference: Callable | None =
                               strict=precision == "strict", used=used)
     try:
         return check()
-    except jax.errors.JaxRuntimeError as e:  # its float64 version failed when run (a host callback answering
-        if not used.get("float64"):  # in float32); any other error, the oracle's own included, surfaces
+    except Exception as e:  # fn's own error when run (raised_by_fn); any other, the oracle's included, surfaces
+        if not raised_by_fn(e):
             raise
-        first = (str(e).strip().splitlines() or [""])[-1][:160]
-        return check(refused64=f"its float64 version fails when run ({first})")
+        error = e
+    if used.get("float64") and isinstance(error, jax.errors.JaxRuntimeError):  # its float64 version failed when
+        first = (str(error).strip().splitlines() or [""])[-1][:160]  # run (a host callback answering in float32)
+        try:
+            return check(refused64=f"its float64 version fails when run ({first})")
+        except Exception as e:
+            if not raised_by_fn(e):
+                raise
+            error = e
+    raise FnRaised(name, _where_raised(fn, args), error) from error
+
+
+def _where_raised(fn: Callable, args: tuple) -> str:
+    """Whether fn raises at the given inputs, or only at some probe point near them."""
+    try:
+        jax.block_until_ready(fn(*args))
+    except Exception as e:
+        if raised_by_fn(e):
+            return AT_INPUTS
+        raise
+    return AT_PROBE
 
 
 def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol: float | None, eps: float | None,
@@ -133,6 +156,8 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     try:
         out, a_call = call.vjp(cts)
     except Exception as e:  # traced fine (above), so JAX's own limit: a while_loop, a primitive with no rule
+        if raised_by_fn(e):  # or fn's own runtime check, raising where it ran (check_vjp says where)
+            raise
         raise NotDifferentiable(name, subject.order, e) from e
     problems = _cotangent_types(split, a_call[0])
     call.precision = precision_of(closed, split.diff_leaves(), out)
