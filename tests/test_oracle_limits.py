@@ -143,6 +143,30 @@ def test_an_iterative_solver_at_its_tolerance_is_unchecked_not_failed():
     assert tight.unchecked == 0 and tight.max_rel_err < 1e-6
 
 
+def _spd_of(n, seed):
+    rng = np.random.default_rng(seed)
+    m = rng.standard_normal((n, n))
+    return jnp.asarray(m @ m.T / n + np.eye(n), jnp.float32), jnp.asarray(rng.standard_normal(n), jnp.float32)
+
+
+def test_a_solvers_stopping_error_is_judged_against_the_leafs_scale_not_the_entrys():
+    """cg at its default tolerance (1e-5): its error is a fraction of the whole solution, so an entry of dA with
+    a small derivative is off by more than SOLVER_GAP of its own size (analytic -5.1e-4, numerical -3.6e-4)."""
+    report = check_vjp(_cg(1e-5), _spd_of(10, 2))
+    assert report.unchecked > 0 and "of their leaf's scale" in report.unchecked_why
+
+
+def test_a_wrong_rule_through_an_iterative_solver_still_fails():
+    def solve(A, b):
+        return _cg(1e-5)(A, b)
+
+    wrong = jax.custom_vjp(solve)
+    wrong.defvjp(lambda A, b: (solve(A, b), (A, b)),
+                 lambda r, g: tuple(-d for d in jax.vjp(solve, *r)[1](g)))  # the right VJP, negated
+    with pytest.raises(VJPMismatch):
+        check_vjp(wrong, _spd_of(10, 2))
+
+
 @pytest.mark.parametrize("off, fails", [(0.03, False), (0.10, True)])  # literals: SOLVER_GAP is 0.05
 def test_solver_gap_both_sides(off, fails):
     """A while loop on the values, and a rule off by 3% (unchecked, counted) or 10% (a failure)."""

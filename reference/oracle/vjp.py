@@ -233,7 +233,7 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     if index.size:
         verdict = judge_entries(index)
         if iterative(closed):
-            verdict, unchecked_why = _iteration_error(verdict, natural[index], name)
+            verdict, unchecked_why = _iteration_error(verdict, natural[index], flat.leaf_of(index), name)
         if subject.order == 2 and not all(np.all(np.isfinite(np.asarray(o))) for o in chosen.out):
             verdict, unchecked_why = _singular(verdict, name, unchecked_why)
         if sum(too_uncertain):
@@ -277,15 +277,23 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     return report
 
 
-def _iteration_error(verdict: Verdict, natural: np.ndarray, name: str) -> tuple[Verdict, str | None]:
-    """In a function that iterates to a tolerance, the entries that stopping error explains, made unchecked."""
-    noise = verdict.solver_noise(natural)
+def _iteration_error(verdict: Verdict, natural: np.ndarray, leaf: np.ndarray, name: str) -> tuple[Verdict, str | None]:
+    """In a function that iterates to a tolerance, the entries that stopping error explains, made unchecked.
+
+    A solver stops when its error is a fraction of the whole solution, so the error its differences carry is
+    the same for every entry of a leaf, not a fraction of each entry: the gap is measured against the leaf's
+    largest derivative (plus the entry's natural scale), which an entry with a small derivative shares."""
+    size = np.where(np.isfinite(verdict.numerical), np.abs(verdict.numerical), 0.0)
+    largest = np.zeros(int(leaf.max()) + 1 if leaf.size else 0)
+    np.maximum.at(largest, leaf, size)
+    scale = largest[leaf] - size + natural  # solver_noise adds |numerical| back
+    noise = verdict.solver_noise(scale)
     if not np.any(noise):
         return verdict, None
-    gap = np.abs(verdict.analytic - verdict.numerical)[noise] / (np.abs(verdict.numerical[noise]) + natural[noise])
-    why = (f"{int(np.sum(noise))} entries are off by up to {np.max(gap):.1e} of their scale, and {name} iterates to "
-           f"a tolerance (a while loop on its values), so its differences carry its stopping error while the rule "
-           f"is exact; a tighter solver tolerance lets them be checked")
+    gap = np.abs(verdict.analytic - verdict.numerical)[noise] / (np.abs(verdict.numerical[noise]) + scale[noise])
+    why = (f"{int(np.sum(noise))} entries are off by up to {np.max(gap):.1e} of their leaf's scale, and {name} "
+           f"iterates to a tolerance (a while loop on its values), so its differences carry its stopping error "
+           f"while the rule is exact; a tighter solver tolerance lets them be checked")
     return dataclasses.replace(verdict, ok=verdict.ok | noise, unchecked=verdict.unchecked | noise), why
 
 
