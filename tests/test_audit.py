@@ -8,11 +8,12 @@ import sys
 import textwrap
 import xml.etree.ElementTree as ET
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from handgrad.audit import ConfigError, FunctionConfig, config, discover
+from handgrad.audit import ConfigError, FunctionConfig, Rule, config, discover
 from handgrad.audit.checks import run_check
 from handgrad.audit.inputs import KINKS_AND_TIES, from_annotations, in_domain
 
@@ -81,6 +82,23 @@ def test_domains():
     unit = in_domain((x,), "(0, 1)")[0]
     assert float(jnp.min(unit)) > 0 and float(jnp.max(unit)) < 1
     assert float(jnp.min(jnp.linalg.eigvalsh(in_domain((x,), "spd")[0]))) >= 1 - 1e-5
+
+
+def test_a_structured_domain_checks_its_directions_only():
+    """A rule that sees only sym(Q), as a QP's does: right along symmetric directions, and so not failed there."""
+    v, w = jnp.asarray([1.0, -2.0, 0.5]), jnp.asarray([0.3, 0.7, -1.1])
+
+    @jax.custom_vjp
+    def quadratic(q):
+        return v @ q @ w
+
+    quadratic.defvjp(lambda q: (quadratic(q), None), lambda _, g: (g * jnp.outer(w, v),))  # outer(v, w)ᵀ
+    rule = Rule("qp:quadratic", quadratic, "custom_vjp", quadratic)
+    symmetric = run_check(rule, "vjp", FunctionConfig(("f32[3,3]",), "symmetric", None, None), 0)
+    assert symmetric.status == "ok", symmetric.detail
+    assert run_check(rule, "vjp", FunctionConfig(("f32[3,3]",), None, None, None), 0).status == "FAIL"
+    simplex = in_domain((jnp.ones((2, 3)),), "simplex")[0]
+    np.testing.assert_allclose(jnp.sum(simplex, axis=-1), 1.0, rtol=1e-6)
 
 
 def test_config_is_read_and_checked(tmp_path):

@@ -241,3 +241,57 @@ def test_a_bare_runtime_error_surfaces():  # the oracle's own bugs are bare Runt
     with pytest.raises(RuntimeError, match="a bug") as e:
         check_vjp(fn, (X,))
     assert not isinstance(e.value, CheckRefused)
+
+
+# ------------------------------------------------------------------ structured domains: the directions checked
+def _bilinear(transposed_by=1.0, scale=1.0):
+    """v·Q·w, whose gradient in Q is outer(v, w); its rule returns ``scale`` × outer(w, v) where asked to
+    transpose: the same along symmetric directions, wrong along others."""
+    v, w = jnp.asarray([1.0, -2.0, 0.5]), jnp.asarray([0.3, 0.7, -1.1])
+
+    @jax.custom_vjp
+    def f(q):
+        return v @ q @ w
+
+    def bwd(_, g):
+        right = jnp.outer(v, w)
+        return (scale * g * (right.T if transposed_by else right),)
+
+    f.defvjp(lambda q: (f(q), None), bwd)
+    return f
+
+
+def _symmetric():
+    m = np.random.default_rng(3).standard_normal((3, 3))
+    return jnp.asarray(m + m.T, jnp.float32)
+
+
+def test_a_rule_right_along_symmetric_directions_passes_with_that_domain_only():
+    with pytest.raises(VJPMismatch):
+        check_vjp(_bilinear(), (_symmetric(),))
+    check_vjp(_bilinear(), (_symmetric(),), domain=["symmetric"])
+    with pytest.raises(VJPMismatch):  # wrong along symmetric directions too: still fails
+        check_vjp(_bilinear(scale=1.5), (_symmetric(),), domain=["spd"])
+
+
+def test_a_rule_right_along_the_simplex_passes_with_that_domain_only():
+    @jax.custom_vjp
+    def entropy(p):
+        return jnp.sum(p * jnp.log(p))
+
+    entropy.defvjp(lambda p: (entropy(p), p), lambda p, g: (g * (jnp.log(p) + 3.0),))  # +3, not +1: a constant
+    p = jnp.asarray([0.2, 0.3, 0.5], jnp.float32)
+    with pytest.raises(VJPMismatch):
+        check_vjp(entropy, (p,))
+    check_vjp(entropy, (p,), domain=["simplex"])
+
+
+@pytest.mark.parametrize("domain, args, match", [
+    (["symmetric", None], (_symmetric(),), "domain gives 2 entries for 1 arguments"),
+    (["hermitian"], (_symmetric(),), "domain\\[0\\] of f is 'hermitian'; use one of symmetric, spd, simplex"),
+    (["spd"], (jnp.ones((2, 3)),), "needs square matrices in the last two axes; args\\[0\\] has shape \\(2, 3\\)"),
+    (["symmetric"], (jnp.arange(4.0).reshape(2, 2),), "args\\[0\\] is not symmetric"),
+])
+def test_a_domain_that_does_not_fit_is_an_error_that_names_it(domain, args, match):
+    with pytest.raises(ValueError, match=match):
+        check_vjp(_bilinear(), args, domain=domain)

@@ -16,7 +16,16 @@ from typing import Any
 
 from handgrad.audit.config import FunctionConfig
 from handgrad.audit.discover import Rule
-from handgrad.audit.inputs import DRAWS, Inputs, NoInputs, from_annotations, from_specs, guessed, in_domain
+from handgrad.audit.inputs import (
+    DRAWS,
+    STRUCTURED,
+    Inputs,
+    NoInputs,
+    from_annotations,
+    from_specs,
+    guessed,
+    in_domain,
+)
 
 CHECKS = ("vjp", "vjp of the vjp", "transformations")
 SHORT = {"vjp": "vjp", "order2": "vjp of the vjp", "transforms": "transformations"}  # as --checks names them
@@ -107,7 +116,8 @@ def _one(rule: Rule, check: str, inputs: Inputs, entry: FunctionConfig, seed: in
             skipped = f"; {t.skipped}" if t.skipped else ""
             rounded = f"; {within} entries differ within rounding" if within else ""
             return "ok", f"jit, vmap, scan, checkpoint, grad of jit agree with eager{skipped}{rounded}"
-        report = check_vjp(fn, args, seed=seed + draw, order=1 if check == "vjp" else 2)
+        report = check_vjp(fn, args, seed=seed + draw, order=1 if check == "vjp" else 2,
+                           domain=_directions(entry.domain, inputs.args))
     except (VJPMismatch, TransformMismatch) as e:
         first = e.problems[0]
         what = f"{len(e.problems)} mismatches; {first}" if isinstance(e, VJPMismatch) else \
@@ -128,6 +138,16 @@ def _one(rule: Rule, check: str, inputs: Inputs, entry: FunctionConfig, seed: in
     extra = f", {unchecked} entries unchecked" + (f" ({report.unchecked_why})" if report.unchecked_why else "") \
         if unchecked else ""
     return "ok", f"max rel err {report.max_rel_err:.1e}, {report.kinks} kinks{extra}"
+
+
+def _directions(domain: str | list[str] | None, args: tuple) -> list[str | None] | None:
+    """check_vjp's ``domain``: the structured domains (``spd``, ``symmetric``, ``simplex``) of the array
+    arguments (``args`` as the config lists them, settings too, which :func:`_settings_bound` binds), whose VJP
+    is checked along them; None where there are none."""
+    domains = domain if isinstance(domain, list) else [domain] * len(args)
+    found = [d if d in STRUCTURED else None for d, a in zip(domains, args, strict=True)
+             if not isinstance(a, bool | int | float | complex)]
+    return found if any(found) else None
 
 
 def _settings_bound(rule: Rule, args: tuple) -> tuple[Callable, tuple]:

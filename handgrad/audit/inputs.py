@@ -28,7 +28,8 @@ SIZES = (3, 4, 2, 5, 6, 7, 8, 9)  # named dimensions, in the order they first ap
 VARIADIC = (2,)  # a *batch or ... dimension
 LABELS = 2  # integer arrays hold labels below this: below every size in SIZES
 GUESS = "f32[3]"  # each argument of a rule with no annotations, when nothing else says what it takes
-DOMAINS = ("real", "positive", "negative", "spd", "(a, b)")
+DOMAINS = ("real", "positive", "negative", "spd", "symmetric", "simplex", "(a, b)")
+STRUCTURED = ("spd", "symmetric", "simplex")  # domains whose directions check_vjp is told (reference.oracle.domains)
 
 
 class NoInputs(Exception):
@@ -165,7 +166,9 @@ def in_domain(args: tuple, domain: str | list[str] | None) -> tuple:
     """``args`` with each float array moved into its domain: ``"positive"`` (|x| + 1/2), ``"negative"``
     (−|x| − 1/2), ``"(a, b)"``
     (an affine map of the draw into the middle 90% of the interval), ``"spd"`` (M Mᵀ/n + I over the
-    last two axes), ``"real"`` (as drawn)."""
+    last two axes), ``"symmetric"`` ((M + Mᵀ)/2), ``"simplex"`` (a softmax over the last axis), ``"real"``
+    (as drawn)."""
+    import jax
     import jax.numpy as jnp
 
     if domain is None:
@@ -181,11 +184,14 @@ def in_domain(args: tuple, domain: str | list[str] | None) -> tuple:
             moved.append(jnp.abs(a) + 0.5)
         elif d == "negative":
             moved.append(-jnp.abs(a) - 0.5)
-        elif d == "spd":
+        elif d in ("spd", "symmetric"):
             if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
-                raise NoInputs(f"domain 'spd' needs square matrices, got shape {a.shape}")
+                raise NoInputs(f"domain {d!r} needs square matrices, got shape {a.shape}")
             n = a.shape[-1]
-            moved.append(a @ jnp.swapaxes(a, -1, -2) / n + jnp.eye(n, dtype=a.dtype))
+            moved.append(a @ jnp.swapaxes(a, -1, -2) / n + jnp.eye(n, dtype=a.dtype) if d == "spd"
+                         else (a + jnp.swapaxes(a, -1, -2)) / 2)
+        elif d == "simplex":
+            moved.append(jax.nn.softmax(a, axis=-1))
         elif match := re.fullmatch(r"\(\s*([-+.\deE]+)\s*,\s*([-+.\deE]+)\s*\)", d):
             lo, hi = float(match[1]), float(match[2])
             unit = jnp.clip(0.5 + 0.15 * a, 0.0, 1.0)  # a standard normal draw, mostly in [0.05, 0.95]

@@ -33,6 +33,7 @@ import numpy as np
 from reference.oracle import search as large
 from reference.oracle.compare import REPORTED, against_float64, against_reference, mismatch
 from reference.oracle.differences import LEVEL_RATIO, Differences, step_scales
+from reference.oracle.domains import projected
 from reference.oracle.precision import choose, iterative, precision_of
 from reference.oracle.refusals import as_args, function_name, require_checkable, trace_deterministic
 from reference.oracle.report import (
@@ -61,7 +62,8 @@ PRECISIONS = ("default", "strict")
 
 def check_vjp(fn: Callable, args: Sequence[Any], *, reference: Callable | None = None,
               rtol: float | None = None, atol: float | None = None, eps: float | None = None,
-              seed: int = 0, order: int = 1, precision: str = "default") -> VJPReport:
+              seed: int = 0, order: int = 1, precision: str = "default",
+              domain: Sequence[str | None] | None = None) -> VJPReport:
     """Checks the VJP of ``fn`` at ``args`` against finite differences (and ``reference``).
 
     Works on any JAX function of pytree arguments, including your own ``jax.custom_vjp``:
@@ -89,6 +91,10 @@ def check_vjp(fn: Callable, args: Sequence[Any], *, reference: Callable | None =
       precision: ``"default"`` lists entries of a float32 VJP that are off from its float64
         version by no more than rounding in the forward explains as notes in the report;
         ``"strict"`` makes them fail.
+      domain: per argument, None or the structured domain it lives in: ``"symmetric"`` or ``"spd"``
+        (checked along symmetric directions: sym(g) is compared), ``"simplex"`` (along directions of
+        the last axis that sum to 0: g − mean(g)). A rule that sees only sym(Q) is then not failed
+        for its antisymmetric part (:mod:`reference.oracle.domains`).
 
     Returns:
       A :class:`VJPReport`: per-leaf errors, kinks, precision notes, and where the numbers came from.
@@ -114,6 +120,9 @@ def check_vjp(fn: Callable, args: Sequence[Any], *, reference: Callable | None =
         raise ValueError(f"check_vjp: precision must be 'default' or 'strict', got {precision!r}")
     args = tuple(jax.tree_util.tree_map(canonical, args))
     require_checkable(name, Split.of(args))
+    if domain is not None:
+        fn = projected(name, fn, args, domain)
+        reference = None if reference is None else projected(name, reference, args, domain)
     subject = Subject(fn, reference) if order == 1 else second_order(fn, name, args, reference, seed)
     used: dict[str, bool] = {}
     check = functools.partial(_check, subject, name, args, rtol=rtol, atol=atol, eps=eps, seed=seed,
