@@ -86,6 +86,20 @@ def test_a_function_that_cannot_be_jitted_is_probed_one_by_one():
         check_vjp(_cube_root(1.01), (a,))
 
 
+def test_order_2_of_a_function_that_cannot_be_jitted_is_probed_eagerly():
+    """jaxopt's Bisection at order 2 (it checks its bracket on values, in Python): the truth's differences of
+    fn itself ran under jax.jit, and raised TracerBoolConversionError."""
+    rule = jax.custom_vjp(jnp.cbrt)
+    rule.defvjp(lambda a: (jnp.cbrt(a), a), lambda a, g: (g / (3 * jnp.cbrt(a) ** 2),))
+
+    def root(a):
+        if a <= 0:  # a check on values, outside the rule
+            raise ValueError("not bracketed")
+        return rule(a)
+
+    check_vjp(root, (jnp.float32(2.0),), order=2)
+
+
 def _host_sin(x):
     return jax.pure_callback(np.sin, jax.ShapeDtypeStruct(x.shape, x.dtype), x)  # no vmap_method: no vmap
 

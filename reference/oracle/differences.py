@@ -112,7 +112,7 @@ class Differences:
                     s, n, hidden = s + ds, n + dn, jnp.maximum(hidden, dh)
                 return s, (n + hidden) * eps_out + 2 * noise_floor
 
-            self.base = base if base is not None else _jit_or_eager(lambda x: f(*flat.leaves_of(x)))(self.x)
+            self.base = base if base is not None else jit_or_eager(lambda x: f(*flat.leaves_of(x)))(self.x)
             self.outputs = sum(int(np.size(b)) for b in self.base)
 
             def entry(x, base, ct, i, d):
@@ -239,7 +239,7 @@ class Differences:
         return probes, np.stack([(w[0][0] + w[1][0]) / w1[0] for w in weighted]).reshape(n_weights, rows)
 
 
-def _jit_or_eager(fn: Callable) -> Callable:
+def jit_or_eager(fn: Callable) -> Callable:
     """``jax.jit(fn)``, or fn itself for a function that branches on values."""
     def run(*args: Any) -> Any:
         try:

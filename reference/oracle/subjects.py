@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reference.oracle.differences import jit_or_eager
 from reference.oracle.refusals import function_name
 from reference.oracle.report import NotDifferentiable, RefusedType
 from reference.oracle.trees import Split, outputs, random_like
@@ -89,8 +90,8 @@ def second_order(fn: Callable, name: str, args: tuple, reference: Callable | Non
             float(np.sqrt(np.mean(size * size))) or 1.0)
         g = outputs(inner.over_diff(fn))
         with version.context():
-            f0 = jax.jit(g)(*inner.diff_leaves())  # traced: eager ops on float32 module constants can
-            # meet programs cached for float64 (owens_t with x64 switched on here)
+            f0 = jit_or_eager(g)(*inner.diff_leaves())  # traced: eager ops on float32 module constants can
+            # meet programs cached for float64 (owens_t with x64 switched on here); eager where fn reads values
             noise = 1.5 * p.eps * sum(float(np.sum(np.abs(np.asarray(ci)) * np.abs(np.asarray(o))))
                                       for ci, o in zip(cotangent, f0, strict=True)) / step
 
