@@ -288,6 +288,24 @@ def test_sin_at_magnitude_1e6_passes_whatever_the_sample(n, seed):
     assert flagged(_sin_rule(1.01), (x,))
 
 
+def _exp_with_a_bfloat16_backward():
+    @jax.custom_vjp
+    def f(x):
+        return jnp.exp(x)
+
+    f.defvjp(lambda x: (jnp.exp(x), x), lambda x, g: ((g.astype(jnp.bfloat16) * jnp.exp(x).astype(jnp.bfloat16))
+                                                      .astype(x.dtype),))
+    return f
+
+
+@pytest.mark.parametrize("n", [1, vjp.FEW, vjp.FEW + 1])
+@pytest.mark.parametrize("seed", [3, 8])  # 8: at one entry, the first cotangent's rounding alone was within rtol
+def test_a_bfloat16_backward_fails_in_a_leaf_of_a_few_entries(n, seed):
+    x = jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, n), jnp.float32)
+    with pytest.raises(VJPMismatch):
+        check_vjp(_exp_with_a_bfloat16_backward(), (x,), seed=seed)
+
+
 def test_steps_near_multiples_of_2pi_do_not_agree_on_a_plateau():
     # At |x| ≈ 1.005e6 the steps 1e-4·|x| / 4^k = 100, 25 and 6.3 lie near 16·2π, 4·2π and 2π: three coarse levels
     # agree on ≈ 0.003 where sin' is 0.9, and only the finer levels show it (verdict.FINER_AGREE).
