@@ -73,8 +73,6 @@ def drawer(cls: type, method: str, names: list[str]) -> Callable[[int, int], Inp
     def draw(index: int, seed: int) -> Inputs:
         import jax
 
-        from reference.oracle.precision import primitives
-
         dtype = "float64" if jax.config.read("jax_enable_x64") else "float32"
         rng = np.random.default_rng([seed, index])
         params = {n: _from(cls.arg_constraints[n], rng, dtype, f"parameter {n!r}",  # type: ignore[attr-defined]
@@ -83,16 +81,16 @@ def drawer(cls: type, method: str, names: list[str]) -> Callable[[int, int], Inp
             if low in params and high in params:
                 params[high] = (params[low] + np.abs(params[high]) + 0.5).astype(params[high].dtype)
         args = [params[n] for n in names]
+        try:  # the class may need what its constraints do not say (a dimension, a base distribution)
+            support = cls(**params).support
+        except Exception as e:  # said, as a skip
+            raise NoInputs(f"{cls.__name__}({', '.join(names)}) raised {type(e).__name__}: {e}") from None
         if method == "icdf":
             args.append((0.05 + 0.9 * rng.random(SHAPE)).astype(dtype))
         elif method != "rsample":
-            try:
-                support = cls(**params).support
-            except Exception as e:  # the class rejects what its constraints allowed: said, as a skip
-                raise NoInputs(f"{cls.__name__}({', '.join(names)}) raised {type(e).__name__}: {e}") from None
             args.append(_from(support, rng, dtype, "the value"))
         expect = ""
-        if method == "rsample" and IMPLICIT & primitives(jax.make_jaxpr(rule_function(cls, method, names))(*args)):
+        if method == "rsample" and IMPLICIT & _applied(rule_function(cls, method, names), args):
             expect = ("sampled through jax.random.gamma, whose derivative is implicit reparametrization (the "
                       "sample's quantile held fixed), not the derivative of the sample at a fixed key: by design")
         described = ", ".join(f"{n}={short_dtype(str(a.dtype))}{list(a.shape)}" for n, a in zip(
@@ -100,6 +98,18 @@ def drawer(cls: type, method: str, names: list[str]) -> Callable[[int, int], Inp
         return Inputs(tuple(jax.device_put(a) for a in args), "constraints", described, expect)
 
     return draw
+
+
+def _applied(fn: Callable, args: list) -> set[str]:
+    """The primitives fn applies; NoInputs where it cannot be traced (a sampler that is not reparametrized)."""
+    import jax
+
+    from reference.oracle.precision import primitives
+
+    try:
+        return primitives(jax.make_jaxpr(fn)(*args))
+    except Exception as e:  # NotImplementedError from rsample, a shape the class rejects: said, as a skip
+        raise NoInputs(f"{getattr(fn, '__name__', 'fn')} raised {type(e).__name__}: {e}") from None
 
 
 def _from(constraint: Any, rng: np.random.Generator, dtype: str, what: str, branch: bool = False) -> np.ndarray:
