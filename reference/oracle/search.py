@@ -132,7 +132,8 @@ def search(diffs: Differences, lo: int, hi: int, device: BlockDevice, step: floa
     while queue:
         if spent + len(queue) * levels > BUDGET:  # spent: each parent stands as judged
             return _stopped(kept, queue, entries, spent, exhausted=True)
-        judged, cost = _judge_blocks(diffs, queue, step, start, levels, device, sharpness, loosest)
+        narrowing = any(p is not whole for *_, p in queue)  # below the first cut
+        judged, cost = _judge_blocks(diffs, queue, step, start, levels, device, sharpness, loosest, narrowing)
         spent += cost
         start = max(0, min(int(np.median([b.level for b in judged])), levels - 2))
         judged = [dataclasses.replace(b, parent_is_whole=p is whole) for b, (*_, p) in zip(judged, queue, strict=True)]
@@ -180,7 +181,8 @@ def _to_follow(judged: Sequence[Block]) -> set[int]:
 
 
 def _judge_blocks(diffs: Differences, queue: Sequence[tuple[int, int, Block | None]], step: float, start: int,
-                  levels: int, device: BlockDevice, sharpness: float, loosest: float) -> tuple[list[Block], int]:
+                  levels: int, device: BlockDevice, sharpness: float, loosest: float,
+                  narrowing: bool = False) -> tuple[list[Block], int]:
     """Every queued block judged once: quickly at the leaf's level where that settles it, at that level and the next
     finer one where they pass it. A block that does not pass there is judged at every level (the pair of levels
     most consistent with each other, and with every finer level, decides: two coarse steps can agree by chance,
@@ -208,7 +210,10 @@ def _judge_blocks(diffs: Differences, queue: Sequence[tuple[int, int, Block | No
         again = deeper(rest, [start, start + 1])
         passed = again.confident & again.ok
         verified[rest[passed]] = True
-        rest = rest[~passed]
+        # Narrowing down (below the first cut), a block the two levels judge sharply and within the allowance is
+        # suspect without proof at every level: it cannot fail, and only its entries can tell (a needle).
+        within = narrowing & again.confident & ~again.ok & ~_beyond(again, weighted[ALLOWANCE][rest])
+        rest = rest[~passed & ~within]
     rest = rest[np.argsort(-verdict.badness[rest], kind="stable")]
     verify = [_verify_levels(q[2], levels) for q in queue]
     for batch in (rest[:EXAMPLES], rest[EXAMPLES:]):
