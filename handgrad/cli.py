@@ -135,12 +135,23 @@ def _audit_recorded(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="handgrad-record-") as directory:
-        env = record.prepare(directory, args.checks, args.seed)
-        print(f"handgrad audit --record: running {args.record}", file=sys.stderr)
-        status = subprocess.run(args.record, shell=True, env=env).returncode
-        recording = record.collected(directory)
+        env = record.prepare(directory, args.checks, args.seed, args.timeout or 60.0)
+        runs = 0
+        while True:  # a check past its time limit ends its process: the command runs again for the checks left
+            runs += 1
+            print(f"handgrad audit --record: running {args.record}" + (f" (run {runs})" if runs > 1 else ""),
+                  file=sys.stderr)
+            status = subprocess.run(args.record, shell=True, env=env).returncode
+            recording = record.collected(directory)
+            if not recording.overran or runs == record.RUNS:
+                break
+            for name in os.listdir(directory):  # their rows are in; a file that overran says so no more
+                record.settled(os.path.join(directory, name))
     seconds = time.perf_counter() - start
-    print(f"the command exited {status}; {recording.processes} Python processes recorded, "
+    if recording.overran:
+        print(f"handgrad audit --record: stopped after {runs} runs of the command, each ended by a check past its "
+              f"time limit; rules after the last of them were not checked", file=sys.stderr)
+    print(f"the command exited {status} (run {runs}); {recording.processes} Python processes recorded, "
           f"{recording.seconds:.2f} s spent recording; {len(recording.jax_rules)} of JAX's own rules called "
           f"(not checked)")
     found = Discovery(f"--record {args.record!r}", tuple(sorted({r.rule.partition(":")[0] for r in recording.rows})),

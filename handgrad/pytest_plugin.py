@@ -41,6 +41,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--handgrad-record", action="store_true",
                     help="record every custom_vjp and custom_jvp rule the tests call, and check each at the session's "
                          "end at the arguments it was called with")
+    group.addoption("--handgrad-timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="seconds each recorded rule's check may take (default 60); one that overruns ends the "
+                         "session with what was checked so far, since JAX cannot be interrupted")
     group.addoption("--handgrad-baseline", metavar="FILE",
                     help="fail only on what got worse than FILE (written by handgrad audit --write-baseline)")
     group.addoption("--handgrad-seed", type=int, default=0, metavar="N",
@@ -115,6 +118,19 @@ _RECORDED = pytest.StashKey[list]()  # rows: this process's, and under xdist the
 _RECORDER_SECONDS = pytest.StashKey[float]()
 
 
+def _overrun(rows: list) -> None:
+    """A recorded rule's check ran past --handgrad-timeout, and cannot be stopped: the rows so far (the overrun one
+    last, a timeout) on stderr, and the session ends failed."""
+    import os
+    import sys
+
+    print("\nhandgrad record: a check ran past --handgrad-timeout; the session ends here", file=sys.stderr)
+    for r in rows:
+        print(f"  {r.rule} [{r.check}] {r.status}: {r.detail}", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(int(pytest.ExitCode.TESTS_FAILED))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     path = config.getoption("handgrad_baseline")
     if path is not None:
@@ -145,7 +161,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
     recorder.stop()
     checks = select(config.getoption("handgrad_checks") or "vjp")
-    rows = check(list(recorder.calls.values()), checks, config.getoption("handgrad_seed"))
+    rows = check(list(recorder.calls.values()), checks, config.getoption("handgrad_seed"),
+                 timeout=config.getoption("handgrad_timeout"), overrun=_overrun)
     config.stash[_RECORDED].extend(rows)
     if hasattr(config, "workeroutput"):  # a pytest-xdist worker: the controller reports
         config.workeroutput["handgrad_record"] = {"rows": [dataclasses.asdict(r) for r in rows],

@@ -180,3 +180,42 @@ def test_audit_record_with_a_baseline_both_ways(project):
     (project / "baseline.json").write_text(json.dumps(stored))
     planted = _run([*audit, "--baseline", "baseline.json"], project)
     assert planted.returncode == 1 and "worse than the baseline: recordpkg.layers:scaled_softplus" in planted.stderr
+
+
+SLOW_AND_FINE = '''
+import time
+import jax, jax.numpy as jnp, numpy as np
+
+@jax.custom_vjp
+def slow(x):  # each evaluation waits on the host: its check runs past any short time limit
+    return jax.pure_callback(lambda v: (time.sleep(0.5), np.sin(v))[1], jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+
+@jax.custom_vjp
+def fine(x):
+    return jnp.sin(x)
+
+slow.defvjp(lambda x: (slow(x), x), lambda x, g: (g * jnp.cos(x),))
+fine.defvjp(lambda x: (fine(x), x), lambda x, g: (g * jnp.cos(x),))
+slow(jnp.ones(3)), fine(jnp.ones(3))
+'''
+
+
+@pytest.mark.subprocess
+def test_audit_record_ends_a_check_past_its_time_limit_and_checks_the_rest(tmp_path):
+    (tmp_path / "slow_and_fine.py").write_text(SLOW_AND_FINE)
+    run = _run([sys.executable, "-m", "handgrad.cli", "audit", "--checks", "vjp", "--timeout", "3", "--json",
+                "out.json", "--record", f"{sys.executable} slow_and_fine.py"], tmp_path)
+    assert "(run 2)" in run.stderr, run.stderr[-2000:]
+    status = {r["rule"].partition(":")[2]: r["status"] for r in json.loads((tmp_path / "out.json").read_text())["rows"]}
+    assert status == {"slow(f32[3])": "timeout", "fine(f32[3])": "ok"}
+
+
+@pytest.mark.subprocess
+def test_pytest_record_ends_the_session_at_a_check_past_its_time_limit(tmp_path):
+    (tmp_path / "test_slow.py").write_text(SLOW_AND_FINE.replace("slow(jnp.ones(3)), fine(jnp.ones(3))", "") +
+                                           "\ndef test_calls():\n    slow(jnp.ones(3)), fine(jnp.ones(3))\n")
+    run = _run([sys.executable, "-m", "pytest", "--handgrad-record", "--handgrad-timeout", "3", "-p",
+                "no:cacheprovider", "-q", "test_slow.py"], tmp_path)
+    assert run.returncode == 1 and "ends here" in run.stderr
+    assert "slow(f32[3]) [vjp of" not in run.stderr and "slow(f32[3]) [vjp] timeout: still running after 3.0 s" in \
+        run.stderr, run.stderr[-2000:]

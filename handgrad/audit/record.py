@@ -158,8 +158,14 @@ class Recorder:
 
 
 def check(calls: Sequence[Call], checks: Sequence[str], seed: int = 0,
-          progress: Callable[[str], None] = lambda _: None) -> list[Row]:
-    """Each call's checks as the audit's rows; a call that cannot be replayed is one ``skipped`` row."""
+          progress: Callable[[str], None] = lambda _: None, timeout: float | None = None,
+          overrun: Callable[[list[Row]], None] | None = None, done: frozenset[tuple[str, str]] = frozenset()
+          ) -> list[Row]:
+    """Each call's checks as the audit's rows; a call that cannot be replayed is one ``skipped`` row.
+
+    A check still running after ``timeout`` seconds cannot be stopped (JAX cannot be interrupted): ``overrun``
+    is called, from another thread, with the rows so far and a ``timeout`` row last, and must end the process.
+    ``done`` lists (rule, check) pairs an earlier run already reported, which are not checked again."""
     import jax
 
     rows: list[Row] = []
@@ -175,9 +181,29 @@ def check(calls: Sequence[Call], checks: Sequence[str], seed: int = 0,
         with jax.enable_x64(call.x64):
             given = _inputs(call, seed)
             for check_name in checks:
+                if (name, check_name) in done:
+                    continue
                 progress(f"{name} {check_name}")
-                rows.append(run_check(rule, check_name, FunctionConfig(), seed, given=given))
+                late = Row(name, call.kind, check_name, "timeout", f"still running after {timeout} s",
+                           f"called at {call.site}", timeout or 0.0)
+                with _watchdog(timeout, lambda late=late: overrun(rows + [late]) if overrun else None):
+                    rows.append(run_check(rule, check_name, FunctionConfig(), seed, given=given))
     return rows
+
+
+@contextlib.contextmanager
+def _watchdog(seconds: float | None, fire: Callable[[], None]) -> Iterator[None]:
+    """Calls ``fire`` from a timer thread if the block is still running after ``seconds`` (None: never)."""
+    if seconds is None:
+        yield
+        return
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _inputs(call: Call, seed: int) -> list[Inputs]:
@@ -302,6 +328,7 @@ def _site() -> str:
 DIRECTORY = "HANDGRAD_RECORD_DIR"  # the environment variables the recorded processes read
 CHECKS = "HANDGRAD_RECORD_CHECKS"
 SEED = "HANDGRAD_RECORD_SEED"
+TIMEOUT = "HANDGRAD_RECORD_TIMEOUT"
 SITECUSTOMIZE = '''"""handgrad audit --record: records the rules this process runs (from handgrad.audit.record)."""
 import os
 import sys
@@ -329,16 +356,17 @@ class Recording:
     jax_rules: list[str]  # JAX's own rules that were called: counted, not checked
     processes: int
     seconds: float  # time spent recording, over all processes
+    overran: bool = False  # a check ran past its time limit and ended its process: the rest is not yet checked
 
 
-def prepare(directory: str, checks: Sequence[str], seed: int) -> dict[str, str]:
+def prepare(directory: str, checks: Sequence[str], seed: int, timeout: float = 60.0) -> dict[str, str]:
     """Writes the sitecustomize into ``directory``; returns the environment a recorded command runs with."""
     with open(os.path.join(directory, "sitecustomize.py"), "w") as f:
         f.write(SITECUSTOMIZE)
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # handgrad's own root
     path = [directory, here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path), DIRECTORY: directory, CHECKS: ",".join(checks),
-            SEED: str(seed)}
+            SEED: str(seed), TIMEOUT: str(timeout)}
 
 
 def record_this_process() -> None:
@@ -376,14 +404,55 @@ def record_this_process() -> None:
 
 
 def _finish(recorder: Recorder) -> None:
+    """At exit: the recorded rules checked, their rows written; a check past its time limit writes the rows so far
+    and ends the process (the command is run again for the rest, :func:`collected` says whether)."""
     import json
 
     recorder.stop()
     checks = tuple(os.environ[CHECKS].split(","))
-    rows = check(list(recorder.calls.values()), checks, int(os.environ.get(SEED, "0")))
-    with open(os.path.join(os.environ[DIRECTORY], f"{os.getpid()}.json"), "w") as f:
-        json.dump({"rows": [dataclasses.asdict(r) for r in rows], "jax_rules": sorted(recorder.jax_rules),
-                   "seconds": recorder.seconds}, f)
+    path = os.path.join(os.environ[DIRECTORY], f"{os.getpid()}-{time.time_ns()}.json")  # pids recur across runs
+    done = _done(os.environ[DIRECTORY])
+
+    def write(rows: list[Row], overran: bool) -> None:  # whole or not at all: another process may be reading
+        with open(path + ".part", "w") as f:
+            json.dump({"rows": [dataclasses.asdict(r) for r in rows], "jax_rules": sorted(recorder.jax_rules),
+                       "seconds": recorder.seconds, "overran": overran}, f)
+        os.replace(path + ".part", path)
+
+    def overrun(rows: list[Row]) -> None:
+        write(rows, True)
+        os._exit(0)  # the check cannot be stopped, and this process was exiting: end it here
+
+    timeout = float(os.environ.get(TIMEOUT, "60"))
+    write(check(list(recorder.calls.values()), checks, int(os.environ.get(SEED, "0")), timeout=timeout,
+                overrun=overrun, done=done), False)
+
+
+def _done(directory: str) -> frozenset[tuple[str, str]]:
+    """The (rule, check) pairs that earlier runs of the command already wrote rows for."""
+    import json
+
+    pairs = set()
+    for name in os.listdir(directory):
+        if name.endswith(".json"):
+            with open(os.path.join(directory, name)) as f:
+                pairs.update((r["rule"], r["check"]) for r in json.load(f)["rows"])
+    return frozenset(pairs)
+
+
+RUNS = 20  # runs of a recorded command at most, each after a check that ran past its time limit
+
+
+def settled(path: str) -> None:
+    """Marks a process's rows as taken in, so that a process that overran is not counted again."""
+    import json
+
+    if path.endswith(".json"):
+        with open(path) as f:
+            data = json.load(f)
+        if data["overran"]:
+            with open(path, "w") as f:
+                json.dump({**data, "overran": False}, f)
 
 
 def collected(directory: str) -> Recording:
@@ -393,14 +462,15 @@ def collected(directory: str) -> Recording:
     rows: list[Row] = []
     jax_rules: set[str] = set()
     files = sorted(f for f in os.listdir(directory) if f.endswith(".json"))
-    seconds = 0.0
+    seconds, overran = 0.0, False
     for name in files:
         with open(os.path.join(directory, name)) as f:
             data = json.load(f)
         rows += [Row(**r) for r in data["rows"]]
         jax_rules.update(data["jax_rules"])
         seconds += data["seconds"]
-    return Recording(merged(rows), sorted(jax_rules), len(files), seconds)
+        overran |= data["overran"]
+    return Recording(merged(rows), sorted(jax_rules), len(files), seconds, overran)
 
 
 def merged(rows: Sequence[Row]) -> list[Row]:
