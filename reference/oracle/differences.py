@@ -21,6 +21,10 @@ from reference.oracle.trees import Flat
 
 LEVEL_RATIO = 4.0  # each level's step is a quarter of the one before: Richardson's error drops 256×
 CHUNK_BYTES = 2**27  # probes evaluated together: as many as fit in about 128 MB of float64 inputs and outputs
+# A function that iterates until its values say stop (a solver) is evaluated this many probes at a time: vmapped over
+# several lanes, a while loop runs until every lane stops, and jaxopt's GradientDescent in float32 vmapped over 8
+# ridge problems did not finish in 15 minutes (one at a time: 1 ms each).
+ITERATIVE_CHUNK = 1
 CHEAP = 4096  # inputs and outputs of a function cheap enough to evaluate a whole chunk of probes for a few
 
 
@@ -88,8 +92,9 @@ class Differences:
     """
 
     def __init__(self, version: Any, flat: Flat, cotangent: Sequence[Any], eps_out: float, noise_floor: float = 0.0,
-                 base: list | None = None):
+                 base: list | None = None, iterative: bool = False):
         self.version, self.flat, self.eps_out = version, flat, eps_out
+        self.iterative = iterative  # f loops until its values say stop: each probe's cost unknown, batches kept small
         self.outputs = 0
         with version.context():
             work = jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
@@ -142,7 +147,8 @@ class Differences:
     @property
     def chunk(self) -> int:
         """Probes per compiled call: as many as fit in CHUNK_BYTES (one compilation per check)."""
-        return int(max(4, min(256, CHUNK_BYTES // max(1, 8 * (self.flat.size + self.outputs)))))
+        most = ITERATIVE_CHUNK if self.iterative else 256
+        return int(max(min(4, most), min(most, CHUNK_BYTES // max(1, 8 * (self.flat.size + self.outputs)))))
 
     def block_device(self, analytic: np.ndarray, weights: Sequence[np.ndarray], scale: np.ndarray) -> BlockDevice:
         """What every block probe reads, once. Each entry moves by its step scale along the sign of its analytic
@@ -170,7 +176,7 @@ class Differences:
                 if self.one_by_one is None:
                     # One shape for every call where fn is cheap (one compilation for every pass of a check); where
                     # it is not, a power of two (a few shapes), not a full chunk of evaluations for a few suspects.
-                    cheap = self.flat.size + self.outputs <= CHEAP
+                    cheap = self.flat.size + self.outputs <= CHEAP and not self.iterative
                     size = chunk if cheap else min(chunk, 1 << (len(part[0]) - 1).bit_length())
                     pad = size - len(part[0])
                     try:

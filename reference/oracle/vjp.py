@@ -196,12 +196,13 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     loosest = (evaluate.precision.loosest if subject.order == 1 or evaluate.precision.key == 64
                else LOOSEST_AS_CALLED)
     if subject.truth is None:
-        diffs = Differences(evaluate, flat, chosen.cotangents[0], evaluate.precision.eps, base=chosen.out)
+        diffs = Differences(evaluate, flat, chosen.cotangents[0], evaluate.precision.eps, base=chosen.out,
+                            iterative=iterative(closed))
     else:
         phi, noise_floor = subject.truth(evaluate, chosen.cotangents[0])
         numeric = Version(evaluate.split, phi, evaluate.x64, evaluate.precision)
         diffs = Differences(numeric, flat, [np.ones((), np.float64 if evaluate.x64 else np.float32)],
-                            evaluate.precision.eps, noise_floor)
+                            evaluate.precision.eps, noise_floor, iterative=iterative(closed))
     floored, relative = step_scales(flat)
 
     def judge_entries(index: np.ndarray, diffs: Differences = diffs, a_main: np.ndarray = a_main) -> Verdict:
@@ -246,7 +247,8 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     if index.size:
         verdict = judge_entries(index)
         if subject.truth is None and flat.size <= FEW:  # a second cotangent (see FEW)
-            other = judge_entries(index, Differences(evaluate, flat, chosen.cotangents[1], evaluate.precision.eps),
+            other = judge_entries(index, Differences(evaluate, flat, chosen.cotangents[1], evaluate.precision.eps,
+                                                     iterative=diffs.iterative),
                                   flat.real(chosen.vjps[1], conjugate=True))
             worse = np.flatnonzero(verdict.ok & ~other.ok & ~other.unchecked)
             verdict = verdict.replaced(worse, other.take(worse))
