@@ -1,6 +1,7 @@
 """Recording the rules a program runs (handgrad.audit.record), ``pytest --handgrad-record``, ``handgrad audit
 --record`` and ``--baseline``."""
 
+import argparse
 import json
 import os
 import shutil
@@ -12,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from handgrad.audit import baseline
+from handgrad import cli
+from handgrad.audit import Discovery, baseline
 from handgrad.audit.checks import Row
 from handgrad.audit.record import Recorder, check
 
@@ -167,19 +169,25 @@ def test_pytest_record_checks_the_rules_the_tests_ran_and_fails_the_wrong_one(pr
 
 
 @pytest.mark.subprocess
-def test_audit_record_with_a_baseline_both_ways(project):
+def test_audit_record_with_a_baseline_both_ways(project, capsys):
     command = f"{sys.executable} -m pytest -q -p no:cacheprovider test_layers.py"
-    audit = [sys.executable, "-m", "handgrad.cli", "audit", "--checks", "vjp", "--record", command]
-    first = _run([*audit, "--write-baseline", "baseline.json"], project)
+    first = _run([sys.executable, "-m", "handgrad.cli", "audit", "--checks", "vjp", "--json", "rows.json",
+                  "--write-baseline", "baseline.json", "--record", command], project)
     assert first.returncode == 1, first.stdout + first.stderr
     assert "the command exited 0" in first.stdout and "1 FAIL" in first.stdout
-    assert _run([*audit, "--baseline", "baseline.json"], project).returncode == 0  # unchanged: passes
+    rows = [Row(**r) for r in json.loads((project / "rows.json").read_text())["rows"]]
+
+    def audited_against(path):  # the same rows reported again, as the next CI run's would be
+        args = argparse.Namespace(x64=False, seed=0, json=None, junit_xml=None, write_baseline=None, baseline=path)
+        return cli._audit_report(args, Discovery("--record", (), (), ()), rows, 0.0, "recorded")
+
+    assert audited_against(str(project / "baseline.json")) == 0  # unchanged: passes
     stored = json.loads((project / "baseline.json").read_text())
     for row in stored["rows"]:
         row["status"] = "ok"  # a baseline from before the bug: the FAIL is new
-    (project / "baseline.json").write_text(json.dumps(stored))
-    planted = _run([*audit, "--baseline", "baseline.json"], project)
-    assert planted.returncode == 1 and "worse than the baseline: recordpkg.layers:scaled_softplus" in planted.stderr
+    (project / "old.json").write_text(json.dumps(stored))
+    assert audited_against(str(project / "old.json")) == 1
+    assert "worse than the baseline: recordpkg.layers:scaled_softplus" in capsys.readouterr().err
 
 
 SLOW_AND_FINE = '''
