@@ -183,7 +183,7 @@ def custom_rule(obj: Any, depth: int = WRAPPED_DEPTH) -> Any:
     if depth == 0:
         return None
     links = [getattr(obj, "__wrapped__", None)]
-    links += [c.cell_contents for c in (getattr(obj, "__closure__", None) or ()) if _filled(c)]
+    links += [c.cell_contents for c in (getattr(obj, "__closure__", None) or ()) if filled(c)]
     for link in links:
         if link is not None and link is not obj and callable(link):
             found = custom_rule(link, depth - 1)
@@ -192,7 +192,8 @@ def custom_rule(obj: Any, depth: int = WRAPPED_DEPTH) -> Any:
     return None
 
 
-def _filled(cell: Any) -> bool:
+def filled(cell: Any) -> bool:
+    """Whether a closure cell holds a value (an empty one: a name not yet bound in the enclosing function)."""
     try:
         cell.cell_contents  # noqa: B018
         return True

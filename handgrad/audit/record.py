@@ -29,7 +29,7 @@ import numpy as np
 
 from handgrad.audit.checks import PRIORITY, Row, run_check
 from handgrad.audit.config import FunctionConfig
-from handgrad.audit.discover import Rule
+from handgrad.audit.discover import Rule, filled
 from handgrad.audit.inputs import DRAWS, Inputs, from_shapes, short_dtype
 
 KEPT = 10**6  # entries of an eager argument kept concrete; a larger one is kept as its shape and drawn
@@ -264,7 +264,7 @@ def _captured(fn: Any) -> list[Any]:
     """What fn closes over, and a functools.partial's bound arguments."""
     values = list(getattr(fn, "args", ())) + list(getattr(fn, "keywords", {}).values())
     fn = _unwrapped(fn)
-    return values + [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _filled(c)]
+    return values + [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if filled(c)]
 
 
 def _described(value: Any) -> str:
@@ -292,14 +292,6 @@ def _closes_over_tracer(fn: Any, depth: int) -> bool:
         if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
             return True
     return False
-
-
-def _filled(cell: Any) -> bool:
-    try:
-        _ = cell.cell_contents
-    except ValueError:  # an empty cell: a name not yet bound in the enclosing function
-        return False
-    return True
 
 
 def _unwrapped(fn: Any) -> Any:
