@@ -277,7 +277,8 @@ def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *
     # (the first element's is the jit row, against eager), without an eager run for every element.
     each = [jax.tree_util.tree_map(np.asarray, e) for e in results.pop("each")]
     results["jit"] = each[0]
-    diffs, problems, explained = {}, [], {}
+    diffs, problems = {}, []
+    explained: dict[str, int] = {}
     bounds: dict[int, Any] = {}
 
     def rounding(b: int) -> Any:
