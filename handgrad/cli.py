@@ -148,6 +148,10 @@ def _audit_recorded(args: argparse.Namespace) -> int:
             for name in os.listdir(directory):  # their rows are in; a file that overran says so no more
                 record.settled(os.path.join(directory, name))
     seconds = time.perf_counter() - start
+    if recording.processes == 0:  # killed, not Python, or no jax imported: nothing was checked, which is no pass
+        print(f"handgrad audit --record: no Python process of the command wrote a recording (it exited {status}): "
+              f"nothing was checked", file=sys.stderr)
+        return 2
     if recording.overran:
         print(f"handgrad audit --record: stopped after {runs} runs of the command, each ended by a check past its "
               f"time limit; rules after the last of them were not checked", file=sys.stderr)

@@ -327,3 +327,24 @@ def test_a_rule_right_along_the_simplex_passes_with_that_domain_only():
 def test_a_domain_that_does_not_fit_is_an_error_that_names_it(domain, args, match):
     with pytest.raises(ValueError, match=match):
         check_vjp(_bilinear(), args, domain=domain)
+
+
+def test_fn_raising_at_order_2_is_the_same_refusal():
+    with pytest.raises(FnRaised, match="at the given inputs"):
+        check_vjp(_guarded(lambda x: jnp.any(x > 1.5), "too big"), (X,), order=2)
+
+
+def test_a_solver_whose_output_no_step_moves_is_unchecked_not_failed():
+    """A bisection stopped at a tolerance coarser than the differences' steps: a staircase, whose differences are 0."""
+    def bisect(a):
+        def halve(c):
+            lo, hi = c
+            mid = (lo + hi) / 2
+            return jnp.where(mid**3 < a, mid, lo), jnp.where(mid**3 < a, hi, mid)
+        lo, hi = jax.lax.while_loop(lambda c: c[1] - c[0] > 0.05, halve, (jnp.zeros_like(a), jnp.full_like(a, 3.0)))
+        return (lo + hi) / 2
+
+    root = jax.custom_vjp(bisect)
+    root.defvjp(lambda a: (bisect(a), bisect(a)), lambda x, g: (g / (3 * x * x),))
+    with pytest.raises(CheckRefused, match="nothing could be checked: .*iterates to a tolerance"):
+        check_vjp(root, (jnp.float32(2.0),))

@@ -227,3 +227,8 @@ def test_pytest_record_ends_the_session_at_a_check_past_its_time_limit(tmp_path)
     assert run.returncode == 1 and "ends here" in run.stderr
     assert "slow(f32[3]) [vjp of" not in run.stderr and "slow(f32[3]) [vjp] timeout: still running after 3.0 s" in \
         run.stderr, run.stderr[-2000:]
+
+
+def test_audit_record_of_a_command_that_records_nothing_is_an_error(tmp_path):
+    run = _run([sys.executable, "-m", "handgrad.cli", "audit", "--record", "exit 143"], tmp_path)
+    assert run.returncode == 2 and "nothing was checked" in run.stderr and "exited 143" in run.stderr
