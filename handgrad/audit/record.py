@@ -186,24 +186,56 @@ def check(calls: Sequence[Call], checks: Sequence[str], seed: int = 0,
                 progress(f"{name} {check_name}")
                 late = Row(name, call.kind, check_name, "timeout", f"still running after {timeout} s",
                            f"called at {call.site}", timeout or 0.0)
-                with _watchdog(timeout, lambda late=late: overrun(rows + [late]) if overrun else None):
+                with _watchdog().armed(timeout, lambda late=late: overrun(rows + [late]) if overrun else None):
                     rows.append(run_check(rule, check_name, FunctionConfig(), seed, given=given))
     return rows
 
 
-@contextlib.contextmanager
-def _watchdog(seconds: float | None, fire: Callable[[], None]) -> Iterator[None]:
-    """Calls ``fire`` from a timer thread if the block is still running after ``seconds`` (None: never)."""
-    if seconds is None:
-        yield
-        return
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
+class _Watchdog:
+    """One daemon thread that calls ``fire`` when an armed deadline passes. It is started before the interpreter
+    shuts down (:func:`record_this_process`): Python 3.12 starts no thread in an atexit callback."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._fire: Callable[[], None] = lambda: None
+        threading.Thread(target=self._run, daemon=True, name="handgrad-record-watchdog").start()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if self._deadline is None:
+                    self._cond.wait()
+                elif time.monotonic() >= self._deadline:
+                    self._deadline = None
+                    self._fire()
+                else:
+                    self._cond.wait(self._deadline - time.monotonic())
+
+    @contextlib.contextmanager
+    def armed(self, seconds: float | None, fire: Callable[[], None]) -> Iterator[None]:
+        """``fire`` is called if the block is still running after ``seconds`` (None: never)."""
+        if seconds is None:
+            yield
+            return
+        with self._cond:
+            self._deadline, self._fire = time.monotonic() + seconds, fire
+            self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._deadline = None
+                self._cond.notify()
+
+
+_watchdogs: list[_Watchdog] = []  # at most one a process, started on first use
+
+
+def _watchdog() -> _Watchdog:
+    if not _watchdogs:
+        _watchdogs.append(_Watchdog())
+    return _watchdogs[0]
 
 
 def _inputs(call: Call, seed: int) -> list[Inputs]:
@@ -371,6 +403,7 @@ def record_this_process() -> None:
     def begin() -> None:
         recorder = Recorder()
         recorder.start()
+        _watchdog()  # its thread, now: none can start once the interpreter is shutting down
         atexit.register(_finish, recorder)
 
     class AfterJax(importlib.abc.MetaPathFinder):
