@@ -93,9 +93,11 @@ def _distribution_rules(name: str, cls: type) -> list[Rule]:
     if cls.__name__.startswith("_") or any(p.startswith("_") for p in name.partition(":")[0].split(".")):
         return []
     names = distributions.parameters(cls)
-    return [Rule(f"{name}.{m}", distributions.rule_function(cls, m, names), "distribution",
-                 distributions.rule_function(cls, m, names), distributions.drawer(cls, m, names))
-            for m in distributions.methods(cls)] if names else []
+    if not names:
+        return []
+    functions = {m: distributions.rule_function(cls, m, names) for m in distributions.methods(cls)}
+    return [Rule(f"{name}.{m}", fn, "distribution", fn, distributions.drawer(cls, m, names))
+            for m, fn in functions.items()]
 
 
 def _wanted(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
