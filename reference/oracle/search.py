@@ -16,28 +16,31 @@ is cut into :data:`BLOCKS` blocks, and each block is judged once and meets one :
 * ``UNCHECKED``: no step gives consistent differences (a jump, a NaN in reach).
 
 Blocks that do not pass are split and their halves queued, the worst first, down to
-:data:`SUSPECT` entries, which are handed over to be judged one by one. A failed block needs no
-narrowing to fail the leaf: it is reported as it is (the largest that failed, not its failing
-halves again), and narrowing only names examples. So once blocks fail, only the :data:`EXAMPLES`
-worst are followed, each also handing over its :data:`SAMPLE` entries of largest contribution
-(where an error all over the block shows most); each followed block of the first cut hands over
-one, so that an error spread over many blocks (noise, a rule at rounded inputs) is named even
-where halving every suspect block down to its entries would outrun the budget. The search stops
-when the queue is empty or the budget is spent; the leaf's verdict is a fold over the blocks
-that were not split (:class:`LeafSearch`): a failed block is a failure whether or not it was
-narrowed down, and a suspect or unchecked block left is counted as unchecked entries, never
-passed.
+:data:`SUSPECT` entries, which are handed over to be judged one by one. A failure is decided
+only with every step level in view; a block that would be split whatever more levels said (the
+only block of its parent that does not pass, within the allowance; a half of a failed block) is
+split on one. A failed block needs no narrowing to fail the leaf: it is reported as it is (the
+largest that failed, not its failing halves again), and narrowing only names examples. So once
+blocks fail, only the :data:`EXAMPLES` worst are followed, each also handing over its
+:data:`SAMPLE` entries of largest contribution (where an error all over the block shows most);
+each followed block of the first cut hands over one, so that an error spread over many blocks
+(noise, a rule at rounded inputs) is named even where halving every suspect block down to its
+entries would outrun the budget. The search stops when the queue is empty or the budget is
+spent; the leaf's verdict is a fold over the blocks that were not split (:class:`LeafSearch`): a
+failed block is a failure whether or not it was narrowed down, and a suspect or unchecked block
+left is counted as unchecked entries, never passed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from reference.oracle.differences import BlockDevice, Differences
+from reference.oracle.differences import BlockDevice, Differences, Probes
 from reference.oracle.verdict import CONFIDENT, Verdict, first_pass, judge
 
 BLOCKS = 16  # the first cut of a large leaf
@@ -132,8 +135,7 @@ def search(diffs: Differences, lo: int, hi: int, device: BlockDevice, step: floa
     while queue:
         if spent + len(queue) * levels > BUDGET:  # spent: each parent stands as judged
             return _stopped(kept, queue, entries, spent, exhausted=True)
-        narrowing = any(p is not whole for *_, p in queue)  # below the first cut
-        judged, cost = _judge_blocks(diffs, queue, step, start, levels, device, sharpness, loosest, narrowing)
+        judged, cost = _judge_blocks(diffs, queue, step, start, levels, device, sharpness, loosest)
         spent += cost
         start = max(0, min(int(np.median([b.level for b in judged])), levels - 2))
         judged = [dataclasses.replace(b, parent_is_whole=p is whole) for b, (*_, p) in zip(judged, queue, strict=True)]
@@ -180,39 +182,79 @@ def _to_follow(judged: Sequence[Block]) -> set[int]:
     return {id(b) for b in (failed[:EXAMPLES] if failed else worst[:PATHS])}
 
 
+class _Probed:
+    """A round's block probes, per step level, each block probed at each level at most once."""
+
+    def __init__(self, diffs: Differences, lo: np.ndarray, hi: np.ndarray, step: float, device: BlockDevice,
+                 start: int):
+        self.diffs, self.lo, self.hi, self.step, self.device = diffs, lo, hi, step, device
+        probes, self.weighted = diffs.block_probes(lo, hi, step, [start], device)
+        self.levels = {start: probes}  # (1, blocks) each; a block's column is real where self.real says so
+        self.real = {start: np.ones(len(lo), bool)}
+        self.spent = len(lo)
+
+    def at(self, rows: np.ndarray, levels: Sequence[int]) -> Probes:
+        """The blocks ``rows`` at ``levels``, (levels, rows): probed where they were not yet."""
+        missing = [k for k in levels if not self.real.get(k, np.zeros(len(self.lo), bool))[rows].all()]
+        if missing:
+            found, _ = self.diffs.block_probes(self.lo[rows], self.hi[rows], self.step, missing, self.device)
+            self.spent += len(rows) * len(missing)
+            for i, k in enumerate(missing):
+                if k not in self.levels:
+                    self.levels[k] = Probes(**{f.name: np.zeros((1, len(self.lo)), getattr(found, f.name).dtype)
+                                               for f in dataclasses.fields(Probes)})
+                    self.real[k] = np.zeros(len(self.lo), bool)
+                for f in dataclasses.fields(Probes):
+                    getattr(self.levels[k], f.name)[:, rows] = getattr(found, f.name)[i]
+                self.real[k][rows] = True
+        return Probes(**{f.name: np.concatenate([getattr(self.levels[k], f.name)[:, rows] for k in levels])
+                         for f in dataclasses.fields(Probes)})
+
+
 def _judge_blocks(diffs: Differences, queue: Sequence[tuple[int, int, Block | None]], step: float, start: int,
-                  levels: int, device: BlockDevice, sharpness: float, loosest: float,
-                  narrowing: bool = False) -> tuple[list[Block], int]:
-    """Every queued block judged once: quickly at the leaf's level where that settles it, at that level and the next
-    finer one where they pass it. A block that does not pass there is judged at every level (the pair of levels
-    most consistent with each other, and with every finer level, decides: two coarse steps can agree by chance,
-    sin at 10⁶; see :func:`_verify_levels`), the worst first: once one of those fails, the rest are left suspect,
-    unverified."""
+                  levels: int, device: BlockDevice, sharpness: float, loosest: float) -> tuple[list[Block], int]:
+    """Every queued block judged once, each level probed at most once (:class:`_Probed`).
+
+    * Quickly at the leaf's level, where that settles it (almost every block of a correct rule).
+    * A block that does not pass there is *held* on that level's verdict where more levels could not change what
+      happens to it: below a failed block (the leaf fails already; its blocks only lead to examples), and the one
+      block of its parent that does not pass, within the allowance at that level (a needle's path: it is split
+      either way). Held blocks are suspect, or failed below a failed block; never passed, never a new failure.
+    * The rest at that level and the next finer one, where they pass, or stay suspect within the allowance.
+    * Those left at every level (the pair of levels most consistent with each other, and with every finer level,
+      decides: two coarse steps can agree by chance, sin at 10⁶; see :func:`_verify_levels`), the worst first:
+      once one of those fails, the rest are left suspect, unverified.
+    """
     lo = np.array([q[0] for q in queue], np.int64)
     hi = np.array([q[1] for q in queue], np.int64)
-    probes, weighted = diffs.block_probes(lo, hi, step, [start], device)
+    probed = _Probed(diffs, lo, hi, step, device, start)
+    probes, weighted = probed.at(np.arange(len(queue)), [start]), probed.weighted
     sharp = sharpness * weighted[SCALE]
     quick = first_pass(probes, sharp)
     verdict = dataclasses.replace(judge(probes, sharp), level=np.full(len(queue), start))
     verified = quick.copy()
-    spent = len(queue)
 
     def deeper(rows: np.ndarray, tried: Sequence[int]) -> Verdict:
-        nonlocal verdict, spent
-        found, _ = diffs.block_probes(lo[rows], hi[rows], step, tried, device)
-        again = judge(found, sharp[rows])
+        nonlocal verdict
+        again = judge(probed.at(rows, tried), sharp[rows])
         again = dataclasses.replace(again, level=np.asarray(tried)[again.level])
-        verdict, spent = verdict.replaced(rows, again), spent + len(rows) * len(tried)
+        verdict = verdict.replaced(rows, again)
         return again
 
-    rest = np.flatnonzero(~quick)
+    beyond = _beyond(verdict, weighted[ALLOWANCE])  # at the leaf's level alone
+    # Below a failed block (the leaf fails already: its blocks only lead to examples), and the one block of its parent
+    # that does not pass at the leaf's level and is within the allowance there (where a needle hides): each is
+    # followed on that level's verdict. A second level could only pass it; every level, only fail it again.
+    under_failed = np.array([p is not None and p.fate is Fate.FAILED for *_, p in queue], bool)
+    held = ~quick & (under_failed | _lone(queue, quick) & ~beyond)
+    rest = np.flatnonzero(~quick & ~held)
     if rest.size and start + 1 < levels:
         again = deeper(rest, [start, start + 1])
         passed = again.confident & again.ok
         verified[rest[passed]] = True
-        # Narrowing down (below the first cut), a block the two levels judge sharply and within the allowance is
-        # suspect without proof at every level: it cannot fail, and only its entries can tell (a needle).
-        within = narrowing & again.confident & ~again.ok & ~_beyond(again, weighted[ALLOWANCE][rest])
+        # A block the two levels judge sharply and within the allowance is suspect without proof at every level:
+        # it cannot fail, and only its entries can tell (a needle).
+        within = again.confident & ~again.ok & ~_beyond(again, weighted[ALLOWANCE][rest])
         rest = rest[~passed & ~within]
     rest = rest[np.argsort(-verdict.badness[rest], kind="stable")]
     verify = [_verify_levels(q[2], levels) for q in queue]
@@ -222,16 +264,25 @@ def _judge_blocks(diffs: Differences, queue: Sequence[tuple[int, int, Block | No
         verified[batch] = True
         if batch.size and np.any(_beyond(verdict.take(batch), weighted[ALLOWANCE][batch])):
             break
-    verdict = dataclasses.replace(verdict, ok=verdict.ok | quick, unchecked=verdict.unchecked & ~quick)
+    verdict = dataclasses.replace(verdict, ok=(verdict.ok | quick) & ~held,
+                                  unchecked=verdict.unchecked & ~quick & ~held)
     with np.errstate(invalid="ignore"):
         vague = verdict.kink | ~(verdict.error <= loosest * weighted[SCALE]) & ~verdict.zero  # its entries can tell
-    blocks = [Block(int(lo[j]), int(hi[j]), _fate(verdict, j, weighted[ALLOWANCE][j], bool(vague[j]),
-                                                  bool(verified[j])),
+    fates = [Fate.FAILED if held[j] and beyond[j] else _fate(verdict, j, weighted[ALLOWANCE][j], bool(vague[j]),
+                                                              bool(verified[j])) for j in range(len(queue))]
+    blocks = [Block(int(lo[j]), int(hi[j]), fates[j],
                     float(verdict.analytic[j]),
                     float(verdict.numerical[j]), float(weighted[ALLOWANCE][j] + verdict.error[j]),
                     float(weighted[SCALE][j]), float(weighted[SIZE][j]), int(verdict.level[j]),
                     float(verdict.badness[j]), bool(verified[j])) for j in range(len(queue))]
-    return blocks, spent
+    return blocks, probed.spent
+
+
+def _lone(queue: Sequence[tuple[int, int, Block | None]], quick: np.ndarray) -> np.ndarray:
+    """Per queued block: whether it is the only block of its (judged) parent that the quick pass did not pass."""
+    parents = [id(p) if p is not None else None for *_, p in queue]
+    failing = Counter(p for p, q in zip(parents, quick, strict=True) if p is not None and not q)
+    return np.array([p is not None and not q and failing[p] == 1 for p, q in zip(parents, quick, strict=True)], bool)
 
 
 def _verify_levels(parent: Block | None, levels: int) -> tuple[int, ...]:
