@@ -299,6 +299,32 @@ def test_a_vmap_rule_within_agreement_passes():
     check_transforms(_batching(rule), (jnp.linspace(0.1, 1.0, 5, dtype=jnp.float32),))
 
 
+def _shifted(d):
+    """sin(x + 1000) in float32, whose VJP cos(x + 1000) rounding moves by up to ~1e-4 (x + 1000 is rounded to
+    6e-5), batched ``d`` off: what check_transforms' rounding allowance (2·ROUNDING_FACTOR times the bound) decides."""
+    @custom_batching.custom_vmap
+    def times(c, g):
+        return c * g
+
+    @times.def_vmap
+    def _(axis_size, in_batched, c, g):
+        return c * g * (1 + d), True
+
+    return custom(lambda x: jnp.sin(x + 1000.0), lambda a, g: (times(jnp.cos(a[0] + 1000.0), g),))
+
+
+def test_a_vmap_rule_off_by_what_rounding_explains_passes_and_is_counted():
+    report = check_transforms(_shifted(1e-3), (jnp.linspace(0.1, 1.0, 5, dtype=jnp.float32),))
+    assert report.rounding["vmap"] > 0  # beyond float32's agreement (2e-5), within the allowance
+
+
+@pytest.mark.parametrize("d", [3e-3, 1e-2])  # each passes at a tenth of the allowance's strictness
+def test_a_vmap_rule_off_by_more_than_rounding_explains_fails(d):
+    with pytest.raises(TransformMismatch) as info:
+        check_transforms(_shifted(d), (jnp.linspace(0.1, 1.0, 5, dtype=jnp.float32),))
+    assert "vmap" in info.value.transforms
+
+
 # ------------------------------------------------------------------ the laws: gate routing at ties, dropout
 def _max_gate_leaking(leak):
     """A max gate whose tie sends g to x and ``leak·g`` to y as well: each side within rtol, the sum not g."""

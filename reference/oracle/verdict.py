@@ -105,102 +105,103 @@ def _interval(p: Probes) -> tuple[np.ndarray, np.ndarray]:
     return np.min(sides, axis=0), np.max(sides, axis=0)
 
 
-@np.errstate(invalid="ignore", divide="ignore", over="ignore")  # NaN and inf are judged, not warned of
 def _one_level(p: Probes, noise: np.ndarray) -> dict[str, np.ndarray]:
     """Every quantity of the verdict at each level (arrays shaped like the probes). A non-finite analytic value
     is taken as 0 in the estimates, so that the differences' own value and error stay finite, and never
     agrees with them (``finite``)."""
-    finite = np.isfinite(p.a1) & np.isfinite(p.a2)
-    a1, a2 = np.where(finite, p.a1, 0.0), np.where(finite, p.a2, 0.0)
-    richardson = (4 * (p.d1 - a1) - (p.d2 - a2)) / 3
-    trunc = np.abs((p.d1 - a1) - (p.d2 - a2))
-    round_r = ROUNDOFF_MARGIN * (4 * p.round1 + p.round2) / 3
-    tol_r = round_r + RICHARDSON_LEFT * trunc + noise
-    m1 = p.d1 - a1
-    tol_1 = ROUNDOFF_MARGIN * p.round1 + CENTRAL_LEFT * trunc + noise
-    smooth = ((np.abs(richardson) <= tol_r) | (np.abs(m1) <= tol_1)) & finite
-    gap, gap2 = p.fwd - p.bwd, p.fwd2 - p.bwd2
-    kink = np.abs(gap2 - 2 * gap) > KINK_ROUNDOFF * (p.side_round2 + 2 * p.side_round) + KINK_GAP * np.abs(gap) + noise
-    low, high = _interval(p)
-    return dict(richardson=richardson, numerical=richardson + a1, finite=finite, round_r=round_r, tol_r=tol_r,
-                trunc=trunc, round1=p.round1, round2=p.round2,
-                tol_1=tol_1, smooth=smooth, kink=kink,
-                low=low, high=high, inside=(low <= tol_1) & (high >= -tol_1), usable=p.finite & ~p.jump)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # NaN and inf are judged, not warned of
+        finite = np.isfinite(p.a1) & np.isfinite(p.a2)
+        a1, a2 = np.where(finite, p.a1, 0.0), np.where(finite, p.a2, 0.0)
+        richardson = (4 * (p.d1 - a1) - (p.d2 - a2)) / 3
+        trunc = np.abs((p.d1 - a1) - (p.d2 - a2))
+        round_r = ROUNDOFF_MARGIN * (4 * p.round1 + p.round2) / 3
+        tol_r = round_r + RICHARDSON_LEFT * trunc + noise
+        m1 = p.d1 - a1
+        tol_1 = ROUNDOFF_MARGIN * p.round1 + CENTRAL_LEFT * trunc + noise
+        smooth = ((np.abs(richardson) <= tol_r) | (np.abs(m1) <= tol_1)) & finite
+        gap, gap2 = p.fwd - p.bwd, p.fwd2 - p.bwd2
+        kink = np.abs(gap2 - 2 * gap) > (KINK_ROUNDOFF * (p.side_round2 + 2 * p.side_round) + KINK_GAP * np.abs(gap)
+                                         + noise)
+        low, high = _interval(p)
+        return dict(richardson=richardson, numerical=richardson + a1, finite=finite, round_r=round_r, tol_r=tol_r,
+                    trunc=trunc, round1=p.round1, round2=p.round2,
+                    tol_1=tol_1, smooth=smooth, kink=kink,
+                    low=low, high=high, inside=(low <= tol_1) & (high >= -tol_1), usable=p.finite & ~p.jump)
 
 
-@np.errstate(invalid="ignore")
 def _finer_agree(numerical: np.ndarray, spread: np.ndarray, round_r: np.ndarray, usable: np.ndarray) -> np.ndarray:
     """Per pair of levels (k, k+1): whether every finer usable level's estimate is within FINER_AGREE times the
     pair's spread and its own round-off of level k+1's. Steps too coarse for fn can agree with each other by
     chance (sin at 10⁶: steps of 100, 25 and 6.26 all lie near multiples of 2π); finer steps then disagree."""
-    pairs = spread.shape[0]
-    agree = np.ones(spread.shape, bool)
-    for k in range(pairs):
-        for j in range(k + 2, numerical.shape[0]):
-            off = np.abs(numerical[j] - numerical[k + 1])
-            agree[k] &= ~usable[j] | (off <= FINER_AGREE * (spread[k] + round_r[j]))
-    return agree
+    with np.errstate(invalid="ignore"):
+        pairs = spread.shape[0]
+        agree = np.ones(spread.shape, bool)
+        for k in range(pairs):
+            for j in range(k + 2, numerical.shape[0]):
+                off = np.abs(numerical[j] - numerical[k + 1])
+                agree[k] &= ~usable[j] | (off <= FINER_AGREE * (spread[k] + round_r[j]))
+        return agree
 
 
-@np.errstate(invalid="ignore", divide="ignore", over="ignore")  # NaN and inf are judged, not warned of
 def first_pass(p: Probes, noise: np.ndarray) -> np.ndarray:
     """Probes (judged at their first level only) whose Richardson estimate agrees within its own error
     estimate, where that estimate is sharper than the allowance: the quick yes for almost every probe of a
     correct rule. The rest (a step too large for the function there: its h² term is what the estimate
     rests on) go to :func:`judge`, which compares levels instead."""
-    level = p.level(0)
-    v = _one_level(level, noise)
-    trunc = np.abs((level.d1 - level.a1) - (level.d2 - level.a2))
-    sharp = RICHARDSON_LEFT * trunc <= noise
-    return (np.abs(v["richardson"]) <= v["tol_r"]) & sharp & p.finite[0] & v["finite"]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # NaN and inf are judged, not warned of
+        level = p.level(0)
+        v = _one_level(level, noise)
+        trunc = np.abs((level.d1 - level.a1) - (level.d2 - level.a2))
+        sharp = RICHARDSON_LEFT * trunc <= noise
+        return (np.abs(v["richardson"]) <= v["tol_r"]) & sharp & p.finite[0] & v["finite"]
 
 
-@np.errstate(invalid="ignore", divide="ignore", over="ignore")  # NaN and inf are judged, not warned of
 def judge(p: Probes, noise: np.ndarray) -> Verdict:
     """The verdict over every level of ``p`` (shaped (levels, probes)): the estimate of the level that is most
     consistent with the next coarser one decides; a kink seen at two levels in a row is accepted."""
-    v = _one_level(p, noise)
-    n_levels, count = p.d1.shape
-    numerical = v["numerical"]
-    columns = np.arange(count)
-    if n_levels == 1:  # nothing to compare against: level 0 judged on its own error estimate
-        best = np.zeros(count, int)
-        error = v["tol_r"][0] - noise
-    else:  # the uncertainty of level k+1's estimate: how far it is from level k's, and both round-offs
-        spread = np.abs(numerical[:-1] - numerical[1:]) + v["round_r"][:-1] + v["round_r"][1:]
-        asymptotic = v["trunc"][1:] <= ASYMPTOTIC * v["trunc"][:-1] + 4 * ROUNDOFF_MARGIN * (
-            v["round1"][1:] + v["round2"][1:])
-        spread = np.where(v["usable"][:-1] & v["usable"][1:] & asymptotic, spread, np.inf)
-        spread = np.where(_finer_agree(numerical, spread, v["round_r"], v["usable"]), spread, np.inf)
-        best = np.argmin(spread, axis=0) + 1
-        error = spread[best - 1, columns]
-    value, analytic = numerical[best, columns], p.a1[best, columns]
-    tol = error + noise
-    smooth_ok = np.isfinite(error) & (np.abs(analytic - value) <= tol)
-    if n_levels == 1:  # the central difference alone may settle it too
-        smooth_ok |= v["smooth"][0]
-    # A kink: seen at two levels in a row (the gap does not shrink), the analytic value inside the finer interval.
-    seen = v["kink"] & v["usable"]
-    if n_levels == 1:
-        pair, finer = seen, 0
-    else:  # a kink's one-sided slopes stay put as the step shrinks; slopes at steps too coarse for fn jump about
-        moved = np.abs(p.fwd[1:] - p.fwd[:-1]) + np.abs(p.bwd[1:] - p.bwd[:-1])
-        steady = moved <= KINK_GAP * np.abs(p.fwd[1:] - p.bwd[1:]) + KINK_ROUNDOFF * (
-            p.side_round[1:] + p.side_round[:-1]) + np.where(np.isfinite(noise), noise, 0.0)
-        pair, finer = seen[:-1] & seen[1:] & steady, 1
-    kink = np.any(pair, axis=0)
-    kink_ok = kink & np.any(pair & v["inside"][finer:], axis=0)
-    level = np.where(kink & ~smooth_ok, np.argmax(pair, axis=0) + finer, best)
-    scale = np.abs(value) + np.abs(analytic)
-    if n_levels == 1:  # a jump in reach, or not finite a step away
-        unchecked = ~smooth_ok & ~kink_ok & ~v["usable"][0]
-    else:  # no level gives a consistent difference
-        unchecked = ~smooth_ok & ~kink & ~(error <= UNCHECKABLE * scale + noise)
-    # A NaN or inf VJP is wrong wherever the differences are finite and consistent (sqrt at 0 they are not).
-    unchecked &= np.isfinite(analytic) | ~np.isfinite(error)
-    badness = np.abs(analytic - value) / tol
-    badness = np.where(np.isfinite(badness), badness, np.inf)
-    at = (level, columns)
-    return Verdict(ok=smooth_ok | kink_ok | unchecked, badness=badness, kink=kink, analytic=analytic,
-                   numerical=value, tol=tol, error=error, unchecked=unchecked, low=v["low"][at], high=v["high"][at],
-                   level=level)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # NaN and inf are judged, not warned of
+        v = _one_level(p, noise)
+        n_levels, count = p.d1.shape
+        numerical = v["numerical"]
+        columns = np.arange(count)
+        if n_levels == 1:  # nothing to compare against: level 0 judged on its own error estimate
+            best = np.zeros(count, int)
+            error = v["tol_r"][0] - noise
+        else:  # the uncertainty of level k+1's estimate: how far it is from level k's, and both round-offs
+            spread = np.abs(numerical[:-1] - numerical[1:]) + v["round_r"][:-1] + v["round_r"][1:]
+            asymptotic = v["trunc"][1:] <= ASYMPTOTIC * v["trunc"][:-1] + 4 * ROUNDOFF_MARGIN * (
+                v["round1"][1:] + v["round2"][1:])
+            spread = np.where(v["usable"][:-1] & v["usable"][1:] & asymptotic, spread, np.inf)
+            spread = np.where(_finer_agree(numerical, spread, v["round_r"], v["usable"]), spread, np.inf)
+            best = np.argmin(spread, axis=0) + 1
+            error = spread[best - 1, columns]
+        value, analytic = numerical[best, columns], p.a1[best, columns]
+        tol = error + noise
+        smooth_ok = np.isfinite(error) & (np.abs(analytic - value) <= tol)
+        if n_levels == 1:  # the central difference alone may settle it too
+            smooth_ok |= v["smooth"][0]
+        # A kink: seen at two levels in a row (the gap does not shrink), the analytic value inside the finer interval.
+        seen = v["kink"] & v["usable"]
+        if n_levels == 1:
+            pair, finer = seen, 0
+        else:  # a kink's one-sided slopes stay put as the step shrinks; slopes at steps too coarse for fn jump about
+            moved = np.abs(p.fwd[1:] - p.fwd[:-1]) + np.abs(p.bwd[1:] - p.bwd[:-1])
+            steady = moved <= KINK_GAP * np.abs(p.fwd[1:] - p.bwd[1:]) + KINK_ROUNDOFF * (
+                p.side_round[1:] + p.side_round[:-1]) + np.where(np.isfinite(noise), noise, 0.0)
+            pair, finer = seen[:-1] & seen[1:] & steady, 1
+        kink = np.any(pair, axis=0)
+        kink_ok = kink & np.any(pair & v["inside"][finer:], axis=0)
+        level = np.where(kink & ~smooth_ok, np.argmax(pair, axis=0) + finer, best)
+        scale = np.abs(value) + np.abs(analytic)
+        if n_levels == 1:  # a jump in reach, or not finite a step away
+            unchecked = ~smooth_ok & ~kink_ok & ~v["usable"][0]
+        else:  # no level gives a consistent difference
+            unchecked = ~smooth_ok & ~kink & ~(error <= UNCHECKABLE * scale + noise)
+        # A NaN or inf VJP is wrong wherever the differences are finite and consistent (sqrt at 0 they are not).
+        unchecked &= np.isfinite(analytic) | ~np.isfinite(error)
+        badness = np.abs(analytic - value) / tol
+        badness = np.where(np.isfinite(badness), badness, np.inf)
+        at = (level, columns)
+        return Verdict(ok=smooth_ok | kink_ok | unchecked, badness=badness, kink=kink, analytic=analytic,
+                       numerical=value, tol=tol, error=error, unchecked=unchecked, low=v["low"][at], high=v["high"][at],
+                       level=level)
