@@ -12,6 +12,9 @@ import properties.laws as laws
 import pure
 from properties.table import OPS
 from reference import TransformMismatch, VJPMismatch, check_transforms, check_vjp
+from reference.oracle import search
+
+real_search = search.search
 
 
 def custom(fwd_value, bwd):
@@ -397,3 +400,58 @@ def test_a_0_1_percent_needle_in_a_million_entries_is_found():
     needle = n // 3 + 7
     assert [p.index for p in _caught(sigmoid_with_needle(needle, 1e-3), (x,)).problems] == [needle]
     check_vjp(sigmoid_with_needle(needle, 0.0), (x,))
+
+
+# ------------------------------------------------------------------ the search's budget: past it, unchecked and said
+NEEDLES = np.isin(np.arange(10**5), np.arange(16) * 6250 + 3125)  # a 1% needle in each block of the first cut
+
+
+def _needles(size=1.01, float32_only=False):
+    """sin with a needle (``size`` times the right value) in each block of the first cut of 10⁵ entries;
+    ``float32_only``: it casts its input to float32 (as code written for x64 off does), so the oracle differences it
+    in float32."""
+    cast = (lambda x: x.astype(jnp.float32)) if float32_only else (lambda x: x)
+    return custom(lambda x: jnp.sin(cast(x)), lambda a, g: (jnp.cos(cast(a[0])) * jnp.where(NEEDLES, size, 1.0) * g,))
+
+
+def _recording(monkeypatch):
+    searches = []
+    monkeypatch.setattr(search, "search", lambda *a, **k: searches.append(real_search(*a, **k)) or searches[-1])
+    return searches
+
+
+@pytest.mark.parametrize("budget, found", [(search.BUDGET, True), (200, False)])
+def test_a_search_past_its_budget_leaves_its_blocks_unchecked_and_counted(monkeypatch, budget, found):
+    """Within the budget a needle is named; past it (200 probes: the whole leaf, its first cut and a few rounds of
+    following 8 suspect blocks) the suspect blocks left are unchecked entries, counted, and the search says it was
+    exhausted: never a pass."""
+    searches = _recording(monkeypatch)
+    monkeypatch.setattr(search, "BUDGET", budget)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(10**5), jnp.float32)
+    if found:
+        with pytest.raises(VJPMismatch) as info:
+            check_vjp(_needles(), (x,))
+        assert {p.index for p in info.value.problems if p.kind == "value"} <= set(np.flatnonzero(NEEDLES).tolist())
+        assert not searches[0].exhausted
+    else:
+        report = check_vjp(_needles(), (x,))
+        assert searches[0].exhausted and searches[0].unresolved
+        assert report.leaves[0].unchecked == sum(b.entries for b in searches[0].unresolved) > 0
+
+
+@pytest.mark.parametrize("wrong", [True, False])
+def test_float32_differences_too_coarse_for_a_needle_never_pass_a_block(monkeypatch, wrong):
+    """With float32 differences (fn casts to float32) a block's round-off is that of every output: a pass of a block
+    of 6250 entries could not rule out a 1% needle. Such blocks are followed, and what is left is unchecked and
+    counted as coarse: the needles fail, the correct rule passes with its unchecked entries (was: both passed)."""
+    searches = _recording(monkeypatch)
+    rule = _needles(1.01 if wrong else 1.0, float32_only=True)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(10**5), jnp.float32)
+    if wrong:
+        with pytest.raises(VJPMismatch):
+            check_vjp(rule, (x,))
+    else:
+        report = check_vjp(rule, (x,))
+        assert report.precision == "float32" and report.leaves[0].method == "blocks"
+        coarse = sum(b.entries for b in searches[0].unresolved if b.coarse)
+        assert report.leaves[0].unchecked >= coarse > 0

@@ -49,6 +49,11 @@ EXAMPLES = 2  # failed blocks whose entries are sampled: the leaf fails already,
 SAMPLE = 2  # entries handed over from each of them, those that move its analytic change most
 BUDGET = 1024  # block probes (each 4 evaluations of fn per level) one leaf may spend
 SUSPECT = 4  # a block of this many entries or fewer is handed over entry by entry
+# The error in one typical entry a passed block must rule out: a 1% needle. A block passes only where its
+# differences resolve that: their tolerance within NEEDLE of its analytic change over its entries. Float64
+# differences resolve it in blocks of millions of entries; float32 ones (a function that cannot run in float64),
+# whose round-off is that of every output of fn, in blocks of a few dozen.
+NEEDLE = 1e-2
 # How sharply a block's float64 rule must match its float64 differences, relative to Σ(|a| + scale)|Δ|:
 # a block of 62,500 entries then resolves a change of one entry by 1e-9·62,500 ≈ 6e-5 of a typical entry.
 SHARPNESS_FLOAT64 = 1e-9
@@ -84,6 +89,7 @@ class Block:
     badness: float  # |analytic − numerical| over the sharp tolerance (what orders the queue)
     verified: bool  # passed, or judged at every level (its parent's levels, if that was verified)
     parent_is_whole: bool = False  # one of the first cut, whose entries a spread-out error shows in directly
+    coarse: bool = False  # its differences cannot rule out a NEEDLE in one entry: a pass would prove nothing
 
     @property
     def entries(self) -> int:
@@ -268,13 +274,16 @@ def _judge_blocks(diffs: Differences, queue: Sequence[tuple[int, int, Block | No
                                   unchecked=verdict.unchecked & ~quick & ~held)
     with np.errstate(invalid="ignore"):
         vague = verdict.kink | ~(verdict.error <= loosest * weighted[SCALE]) & ~verdict.zero  # its entries can tell
+        # A typical entry's 1% unresolved (an exact zero found zero is judged on its tolerance alone: Verdict.zero).
+        coarse = (verdict.tol > NEEDLE * np.abs(verdict.analytic) / (hi - lo)) & ~verdict.zero
+    vague |= coarse
     fates = [Fate.FAILED if held[j] and beyond[j] else _fate(verdict, j, weighted[ALLOWANCE][j], bool(vague[j]),
                                                               bool(verified[j])) for j in range(len(queue))]
     blocks = [Block(int(lo[j]), int(hi[j]), fates[j],
                     float(verdict.analytic[j]),
                     float(verdict.numerical[j]), float(weighted[ALLOWANCE][j] + verdict.error[j]),
                     float(weighted[SCALE][j]), float(weighted[SIZE][j]), int(verdict.level[j]),
-                    float(verdict.badness[j]), bool(verified[j])) for j in range(len(queue))]
+                    float(verdict.badness[j]), bool(verified[j]), coarse=bool(coarse[j])) for j in range(len(queue))]
     return blocks, probed.spent
 
 

@@ -368,9 +368,12 @@ def _also(why: str | None, more: str) -> str:
 def _unresolved_why(found: large.LeafSearch, path: str) -> str:
     entries = sum(b.entries for b in found.unresolved)
     stop = "its budget ran out" if found.exhausted else "it followed only the worst"
+    coarse = sum(b.entries for b in found.unresolved if b.coarse)
+    why = (f"{coarse} of them in blocks whose differences are too coarse to rule out a {large.NEEDLE:.0%} error in "
+           f"one entry (float32 differences carry the round-off of every output); ") if coarse else ""
     return (f"{path}: {entries} entries in {len(found.unresolved)} blocks that disagreed with the differences by more "
             f"than the search's sharpness but within the rule's tolerance (or gave no consistent differences) were "
-            f"not narrowed down: {stop}")
+            f"not narrowed down ({why}{stop})")
 
 
 def _block_problem(flat: Flat, paths: list[str], leaf: int, b: large.Block, rtol: float) -> Mismatch:
