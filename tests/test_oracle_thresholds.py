@@ -455,3 +455,23 @@ def test_float32_differences_too_coarse_for_a_needle_never_pass_a_block(monkeypa
         assert report.precision == "float32" and report.leaves[0].method == "blocks"
         coarse = sum(b.entries for b in searches[0].unresolved if b.coarse)
         assert report.leaves[0].unchecked >= coarse > 0
+
+
+@pytest.mark.parametrize("case", ["one needle", "a needle in every block", "float32 differences"])
+def test_every_entry_of_a_searched_leaf_is_in_a_judged_block_or_judged_itself(monkeypatch, case):
+    """The search's fold covers its leaf: every entry lies in a block it kept (passed, failed, or unresolved and
+    counted) or was handed over to be judged, whether it ran out, stopped at a named failure, or finished."""
+    searches = _recording(monkeypatch)
+    rule = {"one needle": custom(jnp.sin, lambda a, g: (jnp.cos(a[0]) * g.at[33340].multiply(1.01),)),
+            "a needle in every block": _needles(),
+            "float32 differences": _needles(1.0, float32_only=True)}[case]
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(10**5), jnp.float32)
+    try:
+        check_vjp(rule, (x,))
+    except VJPMismatch:
+        pass
+    covered = np.zeros(10**5, bool)
+    for b in searches[0].blocks:
+        covered[b.lo:b.hi] = True
+    covered[searches[0].entries] = True
+    assert covered.all(), f"{np.sum(~covered)} entries in no block and never judged"
