@@ -8,7 +8,8 @@ entries share (a factor, a sign, a transpose, noise) adds up over the block.
 The whole leaf is judged first, as one block: a rule wrong all over fails there. Otherwise it
 is cut into :data:`BLOCKS` blocks, and each block is judged once and meets one :class:`Fate`:
 
-* ``PASSED``: its change agrees with the analytic one to the search's sharpness;
+* ``PASSED``: its change agrees with the analytic one to the search's sharpness, with differences
+  that resolve a :data:`NEEDLE` in one typical entry (else it is suspect: a pass would prove nothing);
 * ``FAILED``: it is off by more than the rule's own tolerance summed over its entries (and
   more than the differences' uncertainty): the rule is wrong there, narrowed down or not;
 * ``SUSPECT``: off by more than the sharpness, within the tolerance: a needle may hide there (or
