@@ -162,6 +162,12 @@ def test_a_value_outside_the_one_sided_slopes_at_a_kink_fails():
         assert min(abs(low), abs(high)) < 1e-6 and not low - p.tolerance <= p.analytic <= high + p.tolerance
 
 
+def test_a_kink_outside_its_slopes_fails_beside_one_inside_them():
+    slopes = jnp.array([0.0, 2.0, 0.0, 0.5], jnp.float32)  # at X_KINK's two zeros: beyond c, and between 0 and c
+    rule = custom(jax.nn.relu, lambda a, g: (g * jnp.where(a[0] > 0, 1.0, jnp.where(a[0] == 0, slopes, 0.0)),))
+    assert {p.index for p in _caught(rule, (X_KINK,)).problems} == {1}
+
+
 @pytest.mark.parametrize("s", [0.0, 0.5, 1.0])
 def test_any_value_between_the_one_sided_slopes_passes_and_is_counted(s):
     assert check_vjp(relu_with_slope_at_zero(s), (X_KINK,)).kinks == 2
@@ -388,7 +394,8 @@ def test_the_block_search_resolves_a_2_5e_5_needle_in_5e4_entries(rel):
     if rel:
         problems = _caught(sigmoid_with_needle(needle, rel), (x,), rtol=1e-6).problems
         assert [p.index for p in problems if p.kind == "value"] == [needle]
-        assert all(p.index <= needle < p.stop for p in problems if p.kind == "block")
+        blocks = [p for p in problems if p.kind == "block"]  # the block that failed, reported as it is
+        assert blocks and all(p.index <= needle < p.stop for p in blocks)
     else:
         assert check_vjp(sigmoid_with_needle(needle, rel), (x,), rtol=1e-6).leaves[0].method == "blocks"
 
@@ -475,3 +482,16 @@ def test_every_entry_of_a_searched_leaf_is_in_a_judged_block_or_judged_itself(mo
         covered[b.lo:b.hi] = True
     covered[searches[0].entries] = True
     assert covered.all(), f"{np.sum(~covered)} entries in no block and never judged"
+
+
+@pytest.mark.parametrize("n", [100, 10**5])  # entry by entry, and in blocks
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_vjp_in_one_entry_fails_and_is_named(bad, n):
+    """An inf VJP once earned an infinite allowance (its own |a| scaled it) and passed; in blocks, an inf or NaN
+    entry made the running sums, and so every later block, NaN."""
+    at = np.arange(n) == n // 3
+    rule = custom(jnp.sin, lambda a, g: (jnp.cos(a[0]) * jnp.where(at, bad, 1.0) * g,))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(n), jnp.float32)
+    problems = _caught(rule, (x,)).problems
+    assert n // 3 in {p.index for p in problems if p.kind == "value"}
+    assert all(p.index <= n // 3 < p.stop for p in problems if p.kind == "block")

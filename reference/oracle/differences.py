@@ -67,6 +67,7 @@ class BlockDevice:
     signed: jax.Array
     along: np.ndarray
     weighted: np.ndarray
+    nonfinite: np.ndarray  # the running count of entries whose analytic · signed is not finite
     contribution: np.ndarray  # |analytic · signed| per entry: what each entry adds to its block's analytic change
 
 
@@ -137,7 +138,9 @@ class Differences:
                     return s, n
                 actual = jnp.concatenate([_real_parts(v, c).astype(work) for v, c in
                                           zip(leaves, flat.complex, strict=True)]) - x
-                return (s, n, jnp.sum(a * actual), *(weights @ jnp.abs(actual)))
+                moves = actual != 0  # an entry that stays adds 0, whatever its VJP (an inf or NaN one too)
+                return (s, n, jnp.sum(jnp.where(moves, a * actual, 0)),
+                        *jnp.sum(jnp.where(moves, weights * jnp.abs(actual), 0), axis=-1))
 
             over_probes = (None, None, None, 0, 0, 0, None, None, None)
             self._entries = (jax.jit(jax.vmap(entry, in_axes=over_probes[:5])), entry, 2)
@@ -160,11 +163,16 @@ class Differences:
         pseudo = 1.0 - 2.0 * ((np.arange(self.flat.size, dtype=np.uint64) * 2654435761) // 65536 % 2)
         signed = np.where(analytic > 0, 1.0, np.where(analytic < 0, -1.0, pseudo)) * scale
         stacked = np.stack([np.asarray(w, np.float64) for w in weights])
-        sums = (np.concatenate([[0.0], np.cumsum(analytic * signed)]),
-                np.concatenate([np.zeros((len(weights), 1)), np.cumsum(stacked * np.abs(signed), axis=1)], axis=1))
+        term, weighted = analytic * signed, stacked * np.abs(signed)
+        # Running sums of the finite terms, and a running count of the others: a block holding an inf or NaN VJP
+        # has a NaN change, and the blocks after it keep theirs.
+        sums = (np.concatenate([[0.0], np.cumsum(np.where(np.isfinite(term), term, 0.0))]),
+                np.concatenate([np.zeros((len(weights), 1)), np.cumsum(np.where(np.isfinite(weighted), weighted, 0.0),
+                                                                       axis=1)], axis=1),
+                np.concatenate([[0], np.cumsum(~np.isfinite(term))]))
         with self.version.context():
             analytic_, stacked_, signed_ = (jnp.asarray(v, self.work) for v in (analytic, stacked, signed))
-        return BlockDevice(analytic_, stacked_, signed_, *sums, np.abs(analytic * signed))
+        return BlockDevice(analytic_, stacked_, signed_, *sums, np.abs(term))
 
     def _chunked(self, program: tuple, columns: Sequence[np.ndarray], dtypes: Sequence[Any],
                  extra: Sequence[Any]) -> list[np.ndarray]:
@@ -231,7 +239,8 @@ class Differences:
         arrays = (device.analytic, device.weights, device.signed)
         found = self._chunked(self._blocks, [lo_, hi_, tt], [jnp.int32, jnp.int32, self.work], arrays)
         if self.exact:
-            found += [tt * (device.along[hi_] - device.along[lo_]),
+            found += [np.where(device.nonfinite[hi_] > device.nonfinite[lo_], np.nan,
+                               tt * (device.along[hi_] - device.along[lo_])),
                       *(np.abs(tt) * (w[hi_] - w[lo_]) for w in device.weighted)]
         s, n, e, *weighted = (v.reshape(n_levels, rows, 4).transpose(2, 0, 1) for v in found)
         eta = t[:, 0][:, None]

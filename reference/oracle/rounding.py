@@ -74,8 +74,10 @@ _UNTRACEABLE = (jax.errors.JAXTypeError, NotImplementedError, TypeError, ValueEr
 
 
 def natural_scale(flat: Flat, analytic: Sequence[np.ndarray]) -> np.ndarray:
-    """Per entry, the RMS of the flat VJPs ``analytic`` (one per cotangent)."""
+    """Per entry, the RMS of the flat VJPs ``analytic`` (one per cotangent), of their finite values: an inf or NaN
+    VJP earns no allowance."""
     rows = np.stack(list(analytic))
+    rows = np.where(np.isfinite(rows), rows, 0.0)
     return np.sqrt(np.mean(rows * rows, axis=0))
 
 

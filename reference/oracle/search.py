@@ -177,8 +177,10 @@ def _stopped(kept: list[Block], queue: list[tuple[int, int, Block | None]], entr
 
 
 def _sample(block: Block, device: BlockDevice, count: int) -> np.ndarray:
-    """The ``count`` entries of a block that move its analytic change most: where a shared error shows most."""
-    return block.lo + np.argsort(-device.contribution[block.lo:block.hi])[:count]
+    """The ``count`` entries of a block that move its analytic change most: where a shared error shows most (a NaN
+    or inf first: it makes the block's change non-finite)."""
+    part = device.contribution[block.lo:block.hi]
+    return block.lo + np.argsort(-np.where(np.isfinite(part), part, np.inf), kind="stable")[:count]
 
 
 def _to_follow(judged: Sequence[Block]) -> set[int]:

@@ -125,7 +125,7 @@ def _one_level(p: Probes, noise: np.ndarray) -> dict[str, np.ndarray]:
         low, high = _interval(p)
         return dict(richardson=richardson, numerical=richardson + a1, finite=finite, round_r=round_r, tol_r=tol_r,
                     trunc=trunc, round1=p.round1, round2=p.round2,
-                    tol_1=tol_1, smooth=smooth, kink=kink,
+                    smooth=smooth, kink=kink,
                     low=low, high=high, inside=(low <= tol_1) & (high >= -tol_1), usable=p.finite & ~p.jump)
 
 

@@ -187,13 +187,14 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     paths = split.diff_paths()
     a_user, a_main = flat.real(a_call[0], conjugate=True), flat.real(chosen.vjps[0], conjugate=True)
     natural = natural_scale(flat, [flat.real(a, conjugate=True) for a in chosen.vjps])
+    a_scale = np.where(np.isfinite(a_main), np.abs(a_main), 0.0)  # an inf or NaN VJP earns no allowance
     vjps = [flat.real(a, conjugate=True) for a in chosen.vjps]
     # How far each entry moves when the inputs move by one unit of round-off: of the call's precision for the call's
     # own VJP (compared with the float64 one below), of the version's for the version's VJP against its differences.
     spread_call = capped(INPUT_SPREAD * input_spread(evaluate, chosen.cotangents, flat, vjps, call.precision.eps, rng),
-                         np.abs(a_main) + natural)
+                         a_scale + natural)
     spread = spread_call if evaluate is call else capped(INPUT_SPREAD * input_spread(
-        evaluate, chosen.cotangents, flat, vjps, evaluate.precision.eps, rng), np.abs(a_main) + natural)
+        evaluate, chosen.cotangents, flat, vjps, evaluate.precision.eps, rng), a_scale + natural)
     r_user = rtol if rtol is not None else call.precision.rtol
     extra = atol or 0.0
     step = eps if eps is not None else evaluate.precision.step
@@ -219,7 +220,7 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
         at coarser steps, and unchecked if they do no better: a tolerance of the order of the entry passes
         anything; an exact 0 that the differences find 0 within their noise stays judged (a second derivative that
         is 0 everywhere, differenced down to round-off)."""
-        noise = r_user * (natural[index] + np.abs(a_main[index])) + spread[index] + extra
+        noise = r_user * (natural[index] + a_scale[index]) + spread[index] + extra
         first = diffs.entry_probes(index, a_main, step, floored, [0])
         verdict, slow = judge(first, noise), np.flatnonzero(~first_pass(first, noise))
         if slow.size:
@@ -413,7 +414,7 @@ def _entries_to_judge(diffs: Differences, flat: Flat, a_main: np.ndarray, natura
             picked.append(np.arange(lo, hi))
         else:
             if device is None:
-                magnitude = np.abs(a_main) + natural
+                magnitude = np.where(np.isfinite(a_main), np.abs(a_main), 0.0) + natural  # inf or NaN: none
                 device = diffs.block_device(a_main, [magnitude, r_user * magnitude + allowed, np.ones(flat.size)],
                                             scale)
             sharpness = large.SHARPNESS_OF_RTOL * r_user if as_called else large.SHARPNESS_FLOAT64
