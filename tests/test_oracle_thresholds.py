@@ -168,6 +168,12 @@ def test_a_kink_outside_its_slopes_fails_beside_one_inside_them():
     assert {p.index for p in _caught(rule, (X_KINK,)).problems} == {1}
 
 
+@pytest.mark.parametrize("c", [0.1, 10.0])  # the kink test is relative to the jump in slope, whatever its size
+def test_a_kink_of_any_jump_is_seen_and_a_subgradient_inside_passes(c):
+    rule = custom(lambda x: c * jnp.abs(x), lambda a, g: (g * c * jnp.sign(a[0]),))  # 0 at 0: inside [-c, c]
+    assert check_vjp(rule, (X_KINK,)).kinks == 2
+
+
 @pytest.mark.parametrize("s", [0.0, 0.5, 1.0])
 def test_any_value_between_the_one_sided_slopes_passes_and_is_counted(s):
     assert check_vjp(relu_with_slope_at_zero(s), (X_KINK,)).kinks == 2
