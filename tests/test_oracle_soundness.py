@@ -248,6 +248,17 @@ def test_a_rule_differenced_in_float32_is_never_passed_clean_when_wrong(size, ki
     assert report.unchecked > 0, f"{size} entries, {kind}: passed clean on float32 differences\n{report}"
 
 
+@pytest.mark.parametrize("n", [2048, 4097])
+def test_a_needle_differenced_in_float32_fails(n):
+    """search.NEEDLE from the loose side: at 10x looser a float32 block of a few hundred entries passes over the
+    needle (a clean pass at 2048). The correct rule's blocks there are mostly left unchecked, counted."""
+    args = draw_args(CAST, n, 1.0, 0)
+    with pytest.raises(VJPMismatch):
+        check_vjp(rule(CAST, "needle"), args)
+    report = check_vjp(rule(CAST, None), args)
+    assert report.precision == "float32" and report.unchecked > 0
+
+
 # ------------------------------------------------------------------ regressions: each a plain test
 def _sin_rule(scale):
     f = jax.custom_vjp(jnp.sin)
