@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from reference.oracle.report import Mismatch
-from reference.oracle.rounding import ROUNDING_FACTOR, forward_rounding
+from reference.oracle.rounding import ROUNDING_FACTOR, finite_abs, forward_rounding
 from reference.oracle.trees import Flat, outputs
 from reference.oracle.versions import Version
 
@@ -29,8 +29,7 @@ def against_float64(call: Version, flat: Flat, paths: list[str], a_user: np.ndar
     out), this is what catches a rule that silently loses precision. An entry off by no more than
     ROUNDING_FACTOR times what rounding in the call's forward explains is a note, not a failure.
     """
-    magnitude = np.where(np.isfinite(a_main), np.abs(a_main), 0.0)  # an inf or NaN VJP earns no allowance
-    tol = rtol * (magnitude + natural) + spread + extra + call.precision.tiny  # below it: flushed to zero
+    tol = rtol * (finite_abs(a_main) + natural) + spread + extra + call.precision.tiny  # below it: flushed to zero
     with np.errstate(invalid="ignore"):
         err = np.abs(a_user - a_main)
     same = (a_user == a_main) | (np.isnan(a_user) & np.isnan(a_main))  # the same inf, or NaN in both: no loss

@@ -164,12 +164,13 @@ class Differences:
         signed = np.where(analytic > 0, 1.0, np.where(analytic < 0, -1.0, pseudo)) * scale
         stacked = np.stack([np.asarray(w, np.float64) for w in weights])
         term, weighted = analytic * signed, stacked * np.abs(signed)
+        finite = np.isfinite(term)
         # Running sums of the finite terms, and a running count of the others: a block holding an inf or NaN VJP
         # has a NaN change, and the blocks after it keep theirs.
-        sums = (np.concatenate([[0.0], np.cumsum(np.where(np.isfinite(term), term, 0.0))]),
+        sums = (np.concatenate([[0.0], np.cumsum(np.where(finite, term, 0.0))]),
                 np.concatenate([np.zeros((len(weights), 1)), np.cumsum(np.where(np.isfinite(weighted), weighted, 0.0),
                                                                        axis=1)], axis=1),
-                np.concatenate([[0], np.cumsum(~np.isfinite(term))]))
+                np.concatenate([[0], np.cumsum(~finite)]))
         with self.version.context():
             analytic_, stacked_, signed_ = (jnp.asarray(v, self.work) for v in (analytic, stacked, signed))
         return BlockDevice(analytic_, stacked_, signed_, *sums, np.abs(term))

@@ -73,11 +73,16 @@ ARITHMETIC = frozenset({"add", "add_any", "sub", "mul", "div", "rem", "integer_p
 _UNTRACEABLE = (jax.errors.JAXTypeError, NotImplementedError, TypeError, ValueError)
 
 
+def finite_abs(a: np.ndarray) -> np.ndarray:
+    """``|a|`` where it is finite, 0 where it is not: the scale an entry's allowance is taken from (an inf or NaN
+    VJP earns none)."""
+    return np.where(np.isfinite(a), np.abs(a), 0.0)
+
+
 def natural_scale(flat: Flat, analytic: Sequence[np.ndarray]) -> np.ndarray:
-    """Per entry, the RMS of the flat VJPs ``analytic`` (one per cotangent), of their finite values: an inf or NaN
-    VJP earns no allowance."""
-    rows = np.stack(list(analytic))
-    rows = np.where(np.isfinite(rows), rows, 0.0)
+    """Per entry, the RMS of the flat VJPs ``analytic`` (one per cotangent), of their finite values
+    (:func:`finite_abs`)."""
+    rows = finite_abs(np.stack(list(analytic)))
     return np.sqrt(np.mean(rows * rows, axis=0))
 
 

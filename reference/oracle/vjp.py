@@ -49,7 +49,7 @@ from reference.oracle.report import (
     VJPReport,
     raised_by_fn,
 )
-from reference.oracle.rounding import INPUT_SPREAD, capped, input_spread, natural_scale
+from reference.oracle.rounding import INPUT_SPREAD, capped, finite_abs, input_spread, natural_scale
 from reference.oracle.subjects import LOOSEST_AS_CALLED, SALT, Subject, second_order
 from reference.oracle.trees import Flat, Split, random_like
 from reference.oracle.verdict import Verdict, first_pass, judge
@@ -187,7 +187,7 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     paths = split.diff_paths()
     a_user, a_main = flat.real(a_call[0], conjugate=True), flat.real(chosen.vjps[0], conjugate=True)
     natural = natural_scale(flat, [flat.real(a, conjugate=True) for a in chosen.vjps])
-    a_scale = np.where(np.isfinite(a_main), np.abs(a_main), 0.0)  # an inf or NaN VJP earns no allowance
+    a_scale = finite_abs(a_main)
     vjps = [flat.real(a, conjugate=True) for a in chosen.vjps]
     # How far each entry moves when the inputs move by one unit of round-off: of the call's precision for the call's
     # own VJP (compared with the float64 one below), of the version's for the version's VJP against its differences.
@@ -258,7 +258,7 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
                                   flat.real(chosen.vjps[1], conjugate=True))
             worse = np.flatnonzero(verdict.ok & ~other.ok & ~other.unchecked)
             verdict = verdict.replaced(worse, other.take(worse))
-        if iterative(closed):
+        if diffs.iterative:
             verdict, unchecked_why = _iteration_error(verdict, natural[index], flat.leaf_of(index), name)
         if subject.order == 2 and not all(np.all(np.isfinite(np.asarray(o))) for o in chosen.out):
             verdict, unchecked_why = _singular(verdict, name, unchecked_why)
@@ -414,7 +414,7 @@ def _entries_to_judge(diffs: Differences, flat: Flat, a_main: np.ndarray, natura
             picked.append(np.arange(lo, hi))
         else:
             if device is None:
-                magnitude = np.where(np.isfinite(a_main), np.abs(a_main), 0.0) + natural  # inf or NaN: none
+                magnitude = finite_abs(a_main) + natural
                 device = diffs.block_device(a_main, [magnitude, r_user * magnitude + allowed, np.ones(flat.size)],
                                             scale)
             sharpness = large.SHARPNESS_OF_RTOL * r_user if as_called else large.SHARPNESS_FLOAT64
