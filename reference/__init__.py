@@ -11,6 +11,7 @@ from reference.oracle import (
     CheckRefused,
     FnRaised,
     LeafReport,
+    Loops,
     Method,
     Mismatch,
     NotDifferentiable,
@@ -28,7 +29,7 @@ from reference.oracle import (
 
 __all__ = [
     "check_vjp", "check_transforms", "numerical_grad", "numerical_vjp", "max_abs_diff",
-    "VJPReport", "LeafReport", "Method", "Mismatch", "VJPMismatch", "TransformReport", "TransformProblem",
+    "VJPReport", "LeafReport", "Loops", "Method", "Mismatch", "VJPMismatch", "TransformReport", "TransformProblem",
     "TransformMismatch",
     "CheckRefused", "FnRaised", "NotDifferentiable",
     "gates", "activations", "layers", "losses", "regularizers", "linear", "nn", "optim", "search", "train",

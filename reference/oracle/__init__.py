@@ -9,6 +9,8 @@
 * :mod:`.search`: needles in large leaves, by signed blocks;
 * :mod:`.rounding`: what rounding explains (natural scale, input noise, the forward's rounding);
 * :mod:`.compare`: the checked VJP against the call's own (precision) and the reference's;
+* :mod:`.solvers`: while loops run longer, their stopping error measured;
+* :mod:`.cotangents`: the cotangents, each output's part scaled to its own size;
 * :mod:`.report`: the records (``VJPReport``, ``Mismatch``, ``VJPMismatch``) and the refusals (``CheckRefused``);
 * :mod:`.tolerance`: the one tolerance policy, shared with ``check_transforms`` and the laws;
 * :mod:`.transforms`: ``check_transforms``;
@@ -20,6 +22,7 @@ from reference.oracle.report import (
     CheckRefused,
     FnRaised,
     LeafReport,
+    Loops,
     Method,
     Mismatch,
     NotDifferentiable,
@@ -32,6 +35,6 @@ from reference.oracle.transforms import TransformMismatch, TransformProblem, Tra
 from reference.oracle.vjp import check_vjp
 
 __all__ = ["check_vjp", "check_transforms", "numerical_grad", "numerical_vjp", "max_abs_diff", "VJPReport",
-           "LeafReport", "Method", "Mismatch", "VJPMismatch", "TransformReport", "TransformProblem",
+           "LeafReport", "Loops", "Method", "Mismatch", "VJPMismatch", "TransformReport", "TransformProblem",
            "TransformMismatch",
            "CheckRefused", "FnRaised", "RefusedType", "RefusedValue", "NotDifferentiable"]

@@ -9,6 +9,7 @@ suggests (sin at 10⁶, a positional encoding) is still differenced at a step th
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +27,16 @@ CHUNK_BYTES = 2**27  # probes evaluated together: as many as fit in about 128 MB
 # ridge problems did not finish in 15 minutes (one at a time: 1 ms each).
 ITERATIVE_CHUNK = 1
 CHEAP = 4096  # inputs and outputs of a function cheap enough to evaluate a whole chunk of probes for a few
+# The outputs a probe of one entry reaches are accurate to a few ulps, not to half of one: XLA's transcendental
+# functions (jnp.tanh reaches 3.6 ulps; float64 lgamma compiled quickly, more), whose round-off the steps that fit
+# the function best would otherwise claim to see through.
+FUNCTION_ULPS = 4.0
+# How far, in units of each entry's step scale, the inputs move to learn which outputs move at all: beyond every
+# probe's step, so that an output that stays put there stays put in every probe.
+LIVE_MOVE = 0.25
+# Each entry's step along a block is its scale times a random weight in [1 − SPREAD, 1 + SPREAD]: entries swapped,
+# reversed or sorted within a block then change its sum by about SPREAD/√3 of their differences.
+SPREAD = 0.5
 
 
 @dataclasses.dataclass
@@ -93,9 +104,12 @@ class Differences:
     """
 
     def __init__(self, version: Any, flat: Flat, cotangent: Sequence[Any], eps_out: float, noise_floor: float = 0.0,
-                 base: list | None = None, iterative: bool = False):
+                 base: list | None = None, iterative: bool = False, longer: Callable | None = None):
         self.version, self.flat, self.eps_out = version, flat, eps_out
         self.iterative = iterative  # f loops until its values say stop: each probe's cost unknown, batches kept small
+        # f with its while loops run longer (solvers.py): differenced instead of f, each probe's round-off bound
+        # widened by how far the two runs' changes differ there (the stopping error's own change).
+        self.longer = longer
         self.outputs = 0
         with version.context():
             work = jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
@@ -104,36 +118,72 @@ class Differences:
             self.ct = [jnp.asarray(c) for c in cotangent]
             f = version.fn
 
-            def reduce(out: list, base: list, ct: list) -> tuple[jax.Array, jax.Array]:
-                s = n = hidden = zero = jnp.zeros((), work)
-                for c, o, b in zip(ct, out, base, strict=True):
+            def sizes(out: list, reference: tuple[list, list], ct: list) -> tuple[jax.Array, ...]:
+                """Σ c·(o − b); Σ and max of |c|·(|o| + |b|) over the outputs that moved; max over those alive."""
+                s = n = most = alive = zero = jnp.zeros((), work)
+                for c, o, b, live in zip(ct, out, *reference, strict=True):
                     d = o - b
                     size = (jnp.abs(o).astype(work) + jnp.abs(b).astype(work)) * jnp.abs(c).astype(work)
-                    # One reduction of three operands, so that f is evaluated once per entry (three separate
-                    # sums each recompute it: 2.2x the time of a probe of a 10^7-entry leaf).
-                    terms = (jnp.real(c * d).astype(work), jnp.where(d != 0, size, 0), size)  # a change below
-                    ds, dn, dh = jax.lax.reduce(  # one ulp shows as none: the largest size is its floor
-                        tuple(v.ravel() for v in terms), (zero, zero, zero),
-                        lambda p, q: (p[0] + q[0], p[1] + q[1], jnp.maximum(p[2], q[2])), (0,))
-                    s, n, hidden = s + ds, n + dn, jnp.maximum(hidden, dh)
-                return s, (n + hidden) * eps_out + 2 * noise_floor
+                    moved = jnp.where(d != 0, size, 0)
+                    # One reduction of four operands, so that f is evaluated once per entry (separate sums each
+                    # recompute it: 2.2x the time of a probe of a 10^7-entry leaf).
+                    terms = (jnp.real(c * d).astype(work), moved, moved, jnp.where(live, size, 0))
+                    ds, dn, dm, dl = jax.lax.reduce(
+                        tuple(v.ravel() for v in terms), (zero, zero, zero, zero),
+                        lambda p, q: (p[0] + q[0], p[1] + q[1], jnp.maximum(p[2], q[2]), jnp.maximum(p[3], q[3])),
+                        (0,))
+                    s, n, most, alive = s + ds, n + dn, jnp.maximum(most, dm), jnp.maximum(alive, dl)
+                return s, n, most, alive
+
+            def reduce(out: list, reference: tuple[list, list], ct: list, floor: jax.Array | None
+                       ) -> tuple[jax.Array, jax.Array]:
+                """The change of φ and its round-off bound: the outputs a probe moved, and once more the largest
+                output that may have moved below one ulp: for an entry, the largest output coupled to it (``floor``,
+                :meth:`floors`) at FUNCTION_ULPS; for a block, any output that moves at all (_live: never a mask
+                fill), whose many moved outputs' sum dominates."""
+                s, n, most, alive = sizes(out, reference, ct)
+                if floor is None:
+                    return s, (n + jnp.maximum(most, alive)) * eps_out + 2 * noise_floor
+                return s, (n + FUNCTION_ULPS * jnp.maximum(most, floor)) * eps_out + 2 * noise_floor
 
             self.base = base if base is not None else jit_or_eager(lambda x: f(*flat.leaves_of(x)))(self.x)
             self.outputs = sum(int(np.size(b)) for b in self.base)
+            live = self._live(f, flat, work)
+            self.reference = [(self.base, live)]
+            if longer is not None:
+                self.reference.append((jit_or_eager(lambda x: longer(*flat.leaves_of(x)))(self.x), live))
 
-            def entry(x, base, ct, i, d):
+            def changes(leaves: list, reference: list, ct: list, floor: jax.Array | None = None
+                        ) -> tuple[jax.Array, jax.Array]:
+                s, n = reduce(f(*leaves), reference[0], ct, floor)
+                if longer is None:
+                    return s, n
+                s_longer, n_longer = reduce(longer(*leaves), reference[1], ct, floor)
+                return s_longer, n_longer + jnp.abs(s_longer - s)
+
+            def entry(x, reference, ct, i, d, floor):
                 j = jax.lax.iota(jnp.int32, x.shape[0])  # a select, not a scatter: it fuses into f's loop
-                return reduce(f(*flat.leaves_of(jnp.where(j == i, x + d, x))), base, ct)
+                return changes(flat.leaves_of(jnp.where(j == i, x + d, x)), reference, ct, floor)
+
+            def coupled(x, reference, ct, i, d):
+                """The largest output that moves when entry i moves by d, sized at x (2|c||b|: where the probes
+                are, never where that far move lands, past a jump)."""
+                j = jax.lax.iota(jnp.int32, x.shape[0])
+                out = f(*flat.leaves_of(jnp.where(j == i, x + d, x)))
+                return (functools.reduce(jnp.maximum, [
+                    jnp.max(jnp.where(o != b, 2 * jnp.abs(b).astype(work) * jnp.abs(c).astype(work), 0),
+                            initial=0) for c, o, b in zip(ct, out, reference[0][0], strict=True)],
+                    jnp.zeros((), work)),)
 
             # Leaves that are the working dtype move exactly as asked (to a part in 1e12 of the step), so the
             # analytic change of a block is its prefix sums times t; any other leaf is read back after rounding.
             self.exact = all(d == work and not c for d, c in zip(flat.dtypes, flat.complex, strict=True))
 
-            def block(x, base, ct, lo_, hi_, t_, a, weights, signed):
+            def block(x, reference, ct, lo_, hi_, t_, a, weights, signed):
                 j = jax.lax.iota(jnp.int32, x.shape[0])
                 moved = jnp.where((j >= lo_) & (j < hi_), x + t_ * signed, x)  # the rest exactly x (-0.0 too)
                 leaves = flat.leaves_of(moved)
-                s, n = reduce(f(*leaves), base, ct)
+                s, n = changes(leaves, reference, ct)  # a block's floor: any output alive
                 if self.exact:
                     return s, n
                 actual = jnp.concatenate([_real_parts(v, c).astype(work) for v, c in
@@ -143,9 +193,39 @@ class Differences:
                         *jnp.sum(jnp.where(moves, weights * jnp.abs(actual), 0), axis=-1))
 
             over_probes = (None, None, None, 0, 0, 0, None, None, None)
-            self._entries = (jax.jit(jax.vmap(entry, in_axes=over_probes[:5])), entry, 2)
+            self._entries = (jax.jit(jax.vmap(entry, in_axes=over_probes[:6])), entry, 2)
+            self._coupled = (jax.jit(jax.vmap(coupled, in_axes=over_probes[:5])), coupled, 1)
             self._blocks = (jax.jit(jax.vmap(block, in_axes=over_probes)), block, 3)
         self.one_by_one: str | None = None  # why probes are evaluated one at a time, eagerly, if they are
+        self._floors: dict[int, float] = {}  # per flat entry, once: the largest output coupled to it (floors)
+
+    def _live(self, f: Callable, flat: Flat, work: Any) -> list[jax.Array]:
+        """Per output entry, whether it moves at all when the inputs do: moved by LIVE_MOVE of their step scales
+        along pseudo-random signs, both ways. An entry that stays put there (a mask fill of −1e9, a constant) is
+        no output a probe moves, and its size is no floor for any probe's round-off."""
+        floored, _ = step_scales(flat)
+        signs = 1.0 - 2.0 * ((np.arange(flat.size, dtype=np.uint64) * 2246822519) // 4096 % 2)
+        run = jit_or_eager(lambda x: f(*flat.leaves_of(x)))
+        try:
+            moved = [run(jnp.asarray(flat.x + m * LIVE_MOVE * signs * floored, work)) for m in (1, -1)]
+        except Exception:  # whatever fn raises that far out (a check of its domain): every output counts as moving
+            return [jnp.ones(np.shape(b), bool) for b in self.base]
+        return [(a != b) | (c != b) for b, a, c in zip(self.base, *moved, strict=True)]
+
+    def floors(self, index: np.ndarray) -> np.ndarray:
+        """Per entry, the size of the largest output coupled to it: one that moves when the entry moves by LIVE_MOVE
+        of its step scale, either way. A probe of the entry may move it below one ulp (a softmax's large outputs
+        when a tail logit moves), so its rounding bounds the probe's change; an output the entry does not reach (a
+        large entry of an elementwise function, a mask fill) is no part of it."""
+        new = np.array(sorted({int(i) for i in index} - self._floors.keys()), np.int64)
+        if new.size:
+            floored, _ = step_scales(self.flat)
+            d = LIVE_MOVE * floored[new]
+            found = self._chunked(self._coupled, [np.concatenate([new, new]), np.concatenate([d, -d])],
+                                  [jnp.int32, self.work], ())[0]
+            self._floors.update(zip(new.tolist(), np.maximum(found[:new.size], found[new.size:]).tolist(),
+                                    strict=True))
+        return np.array([self._floors[int(i)] for i in index], np.float64)
 
     @property
     def chunk(self) -> int:
@@ -153,15 +233,20 @@ class Differences:
         most = ITERATIVE_CHUNK if self.iterative else 256
         return int(max(min(4, most), min(most, CHUNK_BYTES // max(1, 8 * (self.flat.size + self.outputs)))))
 
-    def block_device(self, analytic: np.ndarray, weights: Sequence[np.ndarray], scale: np.ndarray) -> BlockDevice:
+    def block_device(self, analytic: np.ndarray, weights: Sequence[np.ndarray], scale: np.ndarray,
+                     rng: np.random.Generator) -> BlockDevice:
         """What every block probe reads, once. Each entry moves by its step scale along the sign of its analytic
         VJP (a pseudo-random sign where that is 0), so that an error shared by many entries (a factor, a sign,
-        a transpose) adds up over a block instead of cancelling; ``weights`` (per entry, e.g. the analytic
-        scale and the rule's allowance) are summed against each block's |displacement|. On the device: the
-        analytic VJP, the weights and the signed scale; on the host, their running sums, from which a block's
-        analytic change and weighted sums follow for exact leaves."""
+        a transpose) adds up over a block instead of cancelling; and by a random weight of its own in
+        [1 − SPREAD, 1 + SPREAD], so that no rearrangement of the entries within a block leaves its change as it
+        was (with |x| constant, a bias at its zero init, and gradients of one sign, a block's plain sum cannot see
+        two entries swapped). ``weights`` (per entry, e.g. the analytic scale and the rule's allowance) are
+        summed against each block's |displacement|. On the device: the analytic VJP, the weights and the signed
+        scale; on the host, their running sums, from which a block's analytic change and weighted sums follow
+        for exact leaves."""
         pseudo = 1.0 - 2.0 * ((np.arange(self.flat.size, dtype=np.uint64) * 2654435761) // 65536 % 2)
-        signed = np.where(analytic > 0, 1.0, np.where(analytic < 0, -1.0, pseudo)) * scale
+        spread = 1.0 + SPREAD * (2.0 * rng.random(self.flat.size) - 1.0)
+        signed = np.where(analytic > 0, 1.0, np.where(analytic < 0, -1.0, pseudo)) * scale * spread
         stacked = np.stack([np.asarray(w, np.float64) for w in weights])
         term, weighted = analytic * signed, stacked * np.abs(signed)
         finite = np.isfinite(term)
@@ -190,12 +275,12 @@ class Differences:
                     pad = size - len(part[0])
                     try:
                         padded = [jnp.asarray(np.pad(c, (0, pad)), d) for c, d in zip(part, dtypes, strict=True)]
-                        res = compiled(self.x, self.base, self.ct, *padded, *extra)
+                        res = compiled(self.x, self.reference, self.ct, *padded, *extra)
                         outs.append([np.asarray(r, np.float64)[:len(part[0])] for r in res])
                         continue
                     except (jax.errors.JAXTypeError, NotImplementedError) as e:  # no jit or no vmap of fn
                         self.one_by_one = said(e, 120)
-                rows = [single(self.x, self.base, self.ct, *(jnp.asarray(c[k], d) for c, d in
+                rows = [single(self.x, self.reference, self.ct, *(jnp.asarray(c[k], d) for c, d in
                                                              zip(part, dtypes, strict=True)), *extra)
                         for k in range(len(part[0]))]
                 outs.append([np.array([float(r[m]) for r in rows]) for m in range(len(rows[0]))])
@@ -212,7 +297,8 @@ class Differences:
                   for m in (1, -1, 2, -2)]
         at = np.stack(deltas, axis=-1)  # (levels, probes, 4)
         at_index = np.broadcast_to(index[None, :, None], at.shape).ravel()
-        s, n = self._chunked(self._entries, [at_index, at.ravel()], [jnp.int32, self.work], ())
+        floor = np.broadcast_to(self.floors(index)[None, :, None], at.shape).ravel()
+        s, n = self._chunked(self._entries, [at_index, at.ravel(), floor], [jnp.int32, self.work, self.work], ())
         s, n = (v.reshape(n_levels, len(index), 4).transpose(2, 0, 1) for v in (s, n))
         dp, dm, d2p, d2m = (np.where(d != 0, d, np.nan) for d in deltas)  # a step lost to rounding: unchecked
         w1, w2 = dp - dm, d2p - d2m

@@ -91,6 +91,14 @@ class NotDifferentiable(CheckRefused, TypeError):
         self.order, self.cause = order, cause
 
 
+class Loops(enum.Enum):
+    """How a check treated fn's while loops on the input path (:attr:`VJPReport.loops`)."""
+
+    MEASURED = "measured"  # they converge: differences of the longer run, its stopping error measured per probe
+    FIXED = "fixed"  # more steps change the result (a loop of a fixed count): judged as computed, nothing excused
+    UNREACHABLE = "unreachable"  # they could not be run longer: judged as computed, nothing excused
+
+
 @dataclasses.dataclass(frozen=True)
 class Mismatch:
     """One entry that is off.
@@ -186,6 +194,7 @@ class VJPReport:
     notes: tuple[Mismatch, ...] = ()  # precision notes: entries off by what float rounding in the forward explains
     one_by_one: str | None = None  # why the probes were evaluated one at a time, eagerly (no jit or vmap of fn)
     unchecked_why: str | None = None  # what the unchecked entries have in common, when it is known
+    loops: Loops | None = None  # how while loops on the input path were treated (solvers.py); None: there are none
 
     @property
     def max_abs_err(self) -> float:

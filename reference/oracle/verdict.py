@@ -65,6 +65,7 @@ class Verdict:
     low: np.ndarray  # at a kink: the one-sided slopes, as offsets from the analytic value
     high: np.ndarray
     level: np.ndarray  # the step level that decided
+    roundoff: np.ndarray  # the part of ``error`` that is the round-off bound (the rest: how the levels disagree)
 
     def take(self, j: np.ndarray) -> Verdict:
         return Verdict(**{f.name: getattr(self, f.name)[j] for f in dataclasses.fields(self)})
@@ -167,6 +168,7 @@ def judge(p: Probes, noise: np.ndarray) -> Verdict:
         if n_levels == 1:  # nothing to compare against: level 0 judged on its own error estimate
             best = np.zeros(count, int)
             error = v["tol_r"][0] - noise
+            roundoff = v["round_r"][0]
         else:  # the uncertainty of level k+1's estimate: how far it is from level k's, and both round-offs
             spread = np.abs(numerical[:-1] - numerical[1:]) + v["round_r"][:-1] + v["round_r"][1:]
             asymptotic = v["trunc"][1:] <= ASYMPTOTIC * v["trunc"][:-1] + 4 * ROUNDOFF_MARGIN * (
@@ -175,6 +177,7 @@ def judge(p: Probes, noise: np.ndarray) -> Verdict:
             spread = np.where(_finer_agree(numerical, spread, v["round_r"], v["usable"]), spread, np.inf)
             best = np.argmin(spread, axis=0) + 1
             error = spread[best - 1, columns]
+            roundoff = v["round_r"][best - 1, columns] + v["round_r"][best, columns]
         value, analytic = numerical[best, columns], p.a1[best, columns]
         tol = error + noise
         smooth_ok = np.isfinite(error) & (np.abs(analytic - value) <= tol)
@@ -204,4 +207,4 @@ def judge(p: Probes, noise: np.ndarray) -> Verdict:
         at = (level, columns)
         return Verdict(ok=smooth_ok | kink_ok | unchecked, badness=badness, kink=kink, analytic=analytic,
                        numerical=value, tol=tol, error=error, unchecked=unchecked, low=v["low"][at], high=v["high"][at],
-                       level=level)
+                       level=level, roundoff=roundoff)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reference.oracle import cotangents, solvers
 from reference.oracle import search as large
 from reference.oracle.compare import REPORTED, against_float64, against_reference, mismatch
 from reference.oracle.differences import LEVEL_RATIO, Differences, step_scales
@@ -51,7 +52,7 @@ from reference.oracle.report import (
 )
 from reference.oracle.rounding import INPUT_SPREAD, capped, finite_abs, input_spread, natural_scale
 from reference.oracle.subjects import LOOSEST_AS_CALLED, SALT, Subject, second_order
-from reference.oracle.trees import Flat, Split, random_like
+from reference.oracle.trees import Flat, Split
 from reference.oracle.verdict import Verdict, first_pass, judge
 from reference.oracle.versions import Version, canonical
 
@@ -62,6 +63,10 @@ COTANGENTS = 4  # cotangents drawn to learn each entry's natural scale
 # with a handful of entries nothing else stands beside that draw. Above it, the entries' draws are independent.
 FEW = 4
 PRECISIONS = ("default", "strict")
+# The first steps tried, as multiples of the first, for entries whose differences are imprecise there (_imprecise).
+COARSER = (LEVEL_RATIO**2, LEVEL_RATIO**4)
+STAIRCASE = LEVEL_RATIO**4  # how much coarser steps must move an iterative fn its differences found flat
+COARSEST = 0.05  # relative to the entry's step scale: coarser steps than this leave the function's own length scale
 
 
 def check_vjp(fn: Callable, args: Sequence[Any], *, reference: Callable | None = None,
@@ -170,8 +175,8 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     split = Split.of(args)
     call = Version.of(subject.fn, split)
     shapes, closed = trace_deterministic(name, call)
-    cts = [random_like(shapes, rng) for _ in range(COTANGENTS)]
     try:
+        cts = cotangents.balanced(call, cotangents.drawn(shapes, rng, COTANGENTS), rng)
         out, a_call = call.vjp(cts)
     except Exception as e:  # traced fine (above), so JAX's own limit: a while_loop, a primitive with no rule
         if raised_by_fn(e):  # or fn's own runtime check, raising where it ran (check_vjp says where)
@@ -201,14 +206,18 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     levels = subject.levels or evaluate.precision.levels
     loosest = (evaluate.precision.loosest if subject.order == 1 or evaluate.precision.key == 64
                else LOOSEST_AS_CALLED)
-    if subject.truth is None:
-        diffs = Differences(evaluate, flat, chosen.cotangents[0], evaluate.precision.eps, base=chosen.out,
-                            iterative=iterative(closed))
-    else:
+    numeric, ct, base, noise_floor = evaluate, chosen.cotangents[0], chosen.out, 0.0
+    if subject.truth is not None:
         phi, noise_floor = subject.truth(evaluate, chosen.cotangents[0])
-        numeric = Version(evaluate.split, phi, evaluate.x64, evaluate.precision)
-        diffs = Differences(numeric, flat, [np.ones((), np.float64 if evaluate.x64 else np.float32)],
-                            evaluate.precision.eps, noise_floor, iterative=iterative(closed))
+        numeric, base = Version(evaluate.split, phi, evaluate.x64, evaluate.precision), None
+        ct = [np.ones((), np.float64 if evaluate.x64 else np.float32)]
+    loops, longer, how = None, None, chosen.how
+    if iterative(closed):  # while loops on the input path: run longer, their stopping error measured (solvers.py)
+        with numeric.context():
+            loops, longer, said_loops = solvers.plan(numeric.fn, evaluate.split.diff_leaves())
+        how = f"{how}; {said_loops}"
+    diffs = Differences(numeric, flat, ct, evaluate.precision.eps, noise_floor, base=base, iterative=loops is not None,
+                        longer=longer)
     floored, relative = step_scales(flat)
 
     def judge_entries(index: np.ndarray, diffs: Differences = diffs, a_main: np.ndarray = a_main) -> Verdict:
@@ -231,6 +240,22 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
                             noise[slow][small])
                 deep = _keep_better(deep, small, own)
             verdict = _merge(verdict, slow, deep)
+        # Differences too uncertain to resolve a NEEDLE in the entry (round-off of a large output that moves: a 1e9
+        # offset in a loss) are tried at coarser steps, where the change rises above the round-off. A coarser
+        # estimate refines the finer one only within the finer one's uncertainty: steps too coarse for fn (a
+        # feature narrower than them, a 16-bit function's plateaus) agree with each other on the wrong slope.
+        imprecise = np.flatnonzero(_imprecise(verdict, natural[index]))
+        for factor in COARSER:
+            if not imprecise.size or step * factor > COARSEST:
+                break
+            fine = verdict.take(imprecise)
+            coarse = judge(diffs.entry_probes(index[imprecise], a_main, step * factor, floored, range(levels)),
+                           noise[imprecise])
+            with np.errstate(invalid="ignore"):
+                refines = (~coarse.unchecked & (coarse.error < fine.error)
+                           & (np.abs(coarse.numerical - fine.numerical) <= fine.error + coarse.error))
+            verdict = verdict.replaced(imprecise[refines], coarse.take(refines))
+            imprecise = imprecise[_imprecise(verdict.take(imprecise), natural[index][imprecise])]
         loose = np.flatnonzero(_loose(verdict, natural[index], extra, loosest))
         if loose.size:
             coarse = judge(diffs.entry_probes(index[loose], a_main, step * LEVEL_RATIO**2, floored, range(levels)),
@@ -246,7 +271,7 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     too_uncertain: list[int] = []  # entries judge_entries made unchecked for want of sharp differences
     index, methods, searches = _entries_to_judge(diffs, flat, a_main, natural, spread + extra, relative, step,
                                                  evaluate is call, r_user, levels, loosest,
-                                                 lambda entries: ~judge_entries(entries).ok)
+                                                 lambda entries: ~judge_entries(entries).ok, rng)
     stats = [_LeafStats() for _ in paths]
     unchecked_why: str | None = None
     verdict = None
@@ -254,12 +279,12 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
         verdict = judge_entries(index)
         if subject.truth is None and flat.size <= FEW:  # a second cotangent (see FEW)
             other = judge_entries(index, Differences(evaluate, flat, chosen.cotangents[1], evaluate.precision.eps,
-                                                     iterative=diffs.iterative),
+                                                     iterative=diffs.iterative, longer=longer),
                                   flat.real(chosen.vjps[1], conjugate=True))
             worse = np.flatnonzero(verdict.ok & ~other.ok & ~other.unchecked)
             verdict = verdict.replaced(worse, other.take(worse))
         if diffs.iterative:
-            verdict, unchecked_why = _iteration_error(verdict, natural[index], flat.leaf_of(index), name)
+            verdict, unchecked_why = _staircase(verdict, diffs, index, a_main, step, floored, name, unchecked_why)
         if subject.order == 2 and not all(np.all(np.isfinite(np.asarray(o))) for o in chosen.out):
             verdict, unchecked_why = _singular(verdict, name, unchecked_why)
         if sum(too_uncertain):
@@ -296,34 +321,32 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     leaves = tuple(stats[i].report(path, flat.shapes[i], jnp.result_type(split.leaves[split.diff[i]]), methods[i],
                                    ref_stats[i], searches[i].level if i in searches else None)
                    for i, path in enumerate(paths))
-    report = VJPReport(leaves, forward_err, step, evaluate.precision.name, chosen.how, subject.order, split.fixed(),
-                       tuple(sorted(notes, key=lambda n: -n.badness)), diffs.one_by_one, unchecked_why)
+    report = VJPReport(leaves, forward_err, step, evaluate.precision.name, how, subject.order, split.fixed(),
+                       tuple(sorted(notes, key=lambda n: -n.badness)), diffs.one_by_one, unchecked_why, loops)
     if problems:
         raise VJPMismatch(name, problems, report)
     return report
 
 
-def _iteration_error(verdict: Verdict, natural: np.ndarray, leaf: np.ndarray, name: str) -> tuple[Verdict, str | None]:
-    """In a function that iterates to a tolerance, the entries that stopping error explains, made unchecked.
-
-    A solver stops when its error is a fraction of the whole solution, so the error its differences carry is
-    the same for every entry of a leaf, not a fraction of each entry: the gap is measured against the leaf's
-    largest derivative (plus the entry's natural scale), which an entry with a small derivative shares."""
-    size = np.where(np.isfinite(verdict.numerical), np.abs(verdict.numerical), 0.0)
-    largest = np.zeros(int(leaf.max()) + 1 if leaf.size else 0)
-    np.maximum.at(largest, leaf, size)
-    scale = largest[leaf] - size + natural  # solver_noise adds |numerical| back
-    # An output that no step moved at all: the solver stops at a tolerance coarser than the steps (a bisection's
-    # staircase), so its differences say nothing; unchecked, never failed on them.
-    still = ~verdict.ok & ~verdict.kink & ~verdict.unchecked & (verdict.numerical == 0) & (verdict.analytic != 0)
-    noise = verdict.solver_noise(scale) | still
-    if not np.any(noise):
-        return verdict, None
-    gap = np.abs(verdict.analytic - verdict.numerical)[noise] / (np.abs(verdict.numerical[noise]) + scale[noise])
-    why = (f"{int(np.sum(noise))} entries are off by up to {np.max(gap):.1e} of their leaf's scale, and {name} "
-           f"iterates to a tolerance (a while loop on its values), so its differences carry its stopping error "
-           f"while the rule is exact; a tighter solver tolerance lets them be checked")
-    return dataclasses.replace(verdict, ok=verdict.ok | noise, unchecked=verdict.unchecked | noise), why
+def _staircase(verdict: Verdict, diffs: Differences, index: np.ndarray, a_main: np.ndarray, step: float,
+               floored: np.ndarray, name: str, why: str | None) -> tuple[Verdict, str | None]:
+    """In a function that iterates to a tolerance, failing entries whose differences found no change at all, where
+    steps STAIRCASE times coarser do move fn: a solver that stops at a tolerance coarser than the steps (a
+    bisection) is a staircase, whose differences say nothing there. Unchecked, said why; an entry that no step
+    moves stays failed (fn does not depend on it)."""
+    still = np.flatnonzero(~verdict.ok & ~verdict.kink & ~verdict.unchecked & (verdict.numerical == 0)
+                           & (verdict.analytic != 0))
+    if not still.size:
+        return verdict, why
+    coarse = diffs.entry_probes(index[still], a_main, step * STAIRCASE, floored, [0])
+    stairs = still[(coarse.d1[0] != 0) | (coarse.d2[0] != 0)]
+    if not stairs.size:
+        return verdict, why
+    said = (f"{stairs.size} entries where {name}'s outputs move only at steps {STAIRCASE:g} times coarser than the "
+            f"differences': it iterates to a tolerance coarser than them (a staircase), so they say nothing there")
+    return (dataclasses.replace(verdict, ok=verdict.ok | np.isin(np.arange(verdict.ok.size), stairs),
+                                unchecked=verdict.unchecked | np.isin(np.arange(verdict.ok.size), stairs)),
+            _also(why, said))
 
 
 def _singular(verdict: Verdict, name: str, why: str | None) -> tuple[Verdict, str | None]:
@@ -352,6 +375,15 @@ def _keep_better(verdict: Verdict, rows: np.ndarray, new: Verdict) -> Verdict:
     old = verdict.take(rows)
     better = (new.unchecked < old.unchecked) | ((new.unchecked == old.unchecked) & (new.error < old.error))
     return verdict.replaced(rows[better], new.take(better))
+
+
+def _imprecise(v: Verdict, natural: np.ndarray) -> np.ndarray:
+    """Passing entries (not kinks) whose differences' own uncertainty exceeds a NEEDLE of their scale, mostly by
+    their round-off bound: they could not see an error of that size, and a coarser step would (where the levels
+    disagree instead, fn is rougher than its rounding, and coarser steps only look smoother)."""
+    with np.errstate(invalid="ignore"):
+        return (v.ok & ~v.unchecked & ~v.kink & ~v.zero & (2 * v.roundoff >= v.error)
+                & ~(v.error <= large.NEEDLE * (np.abs(v.numerical) + natural)))
 
 
 def _loose(v: Verdict, natural: np.ndarray, extra: float, loosest: float) -> np.ndarray:
@@ -398,8 +430,8 @@ def _cotangent_types(split: Split, vjp: list) -> list[Mismatch]:
 
 def _entries_to_judge(diffs: Differences, flat: Flat, a_main: np.ndarray, natural: np.ndarray,
                       allowed: np.ndarray, scale: np.ndarray, step: float, as_called: bool, r_user: float,
-                      levels: int, loosest: float, failing: Callable[[np.ndarray], np.ndarray]
-                      ) -> tuple[np.ndarray, list[Method], dict[int, large.LeafSearch]]:
+                      levels: int, loosest: float, failing: Callable[[np.ndarray], np.ndarray],
+                      rng: np.random.Generator) -> tuple[np.ndarray, list[Method], dict[int, large.LeafSearch]]:
     """Small leaves: every entry. Large ones: searched block by block (:mod:`.search`); the entries it narrows
     down to are judged one by one, and its verdicts on the blocks are returned per leaf."""
     elementwise = min(ELEMENTWISE, 2**26 // max(1, flat.size + diffs.outputs))
@@ -416,7 +448,7 @@ def _entries_to_judge(diffs: Differences, flat: Flat, a_main: np.ndarray, natura
             if device is None:
                 magnitude = finite_abs(a_main) + natural
                 device = diffs.block_device(a_main, [magnitude, r_user * magnitude + allowed, np.ones(flat.size)],
-                                            scale)
+                                            scale, rng)
             sharpness = large.SHARPNESS_OF_RTOL * r_user if as_called else large.SHARPNESS_FLOAT64
             searches[i] = large.search(diffs, lo, hi, device, step, sharpness, levels, loosest, failing)
             methods.append(Method.FAILING_BLOCKS if searches[i].failed else Method.BLOCKS)

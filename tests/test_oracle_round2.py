@@ -1,0 +1,271 @@
+"""Soundness, round 2: classes of wrong rule a red team found passing, each drawn as a class (sizes on both sides
+of the oracle's switches, seeds, magnitudes), not as the one example that was found.
+
+* entries rearranged within a block where |x| is constant and the gradients share a sign;
+* a dropped cotangent of a small output;
+* a large output entry that never moves (a mask fill) or that does (an offset), beside the entries that move;
+* a function that depends on its dtype (its float64 version is another function);
+* a while loop on the input path (leniency earned by measuring the loop's own stopping error).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import Phase, assume, given, settings
+from hypothesis import strategies as st
+
+from reference import VJPMismatch, check_vjp
+from reference.oracle import differences, search, vjp
+
+EXAMPLES = max(5, settings().max_examples // 10)  # 10 under handgrad-ci, 100 under handgrad-thorough
+QUICK = dict(phases=[Phase.explicit, Phase.reuse, Phase.generate], deadline=None)
+# Leaves judged in blocks: just past the per-entry limit, around CHEAP, and a few blocks of the first cut.
+BLOCK_SIZES = [vjp.ELEMENTWISE + 1, 2048, differences.CHEAP - 1, differences.CHEAP + 1, 3 * search.BLOCKS * 256]
+
+
+# ------------------------------------------------------------------ entries rearranged within a block
+def _rearranged(n: int, chunk: int, how: str, seed: int) -> np.ndarray:
+    """A permutation of range(n) that rearranges each run of ``chunk`` entries (the tail less than a chunk as is)."""
+    idx = np.arange(n)
+    rng = np.random.default_rng(seed)
+    for lo in range(0, n - chunk + 1, chunk):
+        part = idx[lo:lo + chunk]
+        if how == "halves swapped":
+            idx[lo:lo + chunk] = np.concatenate([part[chunk // 2:], part[:chunk // 2]])
+        elif how == "reversed":
+            idx[lo:lo + chunk] = part[::-1]
+        elif how == "shuffled":
+            idx[lo:lo + chunk] = rng.permutation(part)
+        else:  # "sorted by a key": descending order where the gradient ascends
+            idx[lo:lo + chunk] = np.sort(part)[::-1]
+    return idx
+
+
+def _bias_loss(idx: np.ndarray | None):
+    """A scalar loss of a bias whose gradient has one sign and differs entry by entry; the rule reads it through
+    ``idx`` (a wrong rule: rearranged)."""
+    k = np.linspace(0.5, 2.0, len(idx) if idx is not None else 0)
+
+    def loss(b):
+        return jnp.sum(jax.nn.softplus(b * jnp.asarray(k, b.dtype) + 0.3))
+
+    f = jax.custom_vjp(loss)
+    taken = None if idx is None else jnp.asarray(idx, jnp.int32)
+
+    def bwd(b, g):
+        grad = g * jax.nn.sigmoid(b * jnp.asarray(k, b.dtype) + 0.3) * jnp.asarray(k, b.dtype)
+        return (grad if taken is None else grad[taken],)
+
+    f.defvjp(lambda b: (loss(b), b), bwd)
+    return f
+
+
+@settings(max_examples=EXAMPLES, **QUICK)
+@given(n=st.sampled_from(BLOCK_SIZES), chunk=st.sampled_from([2, 8, 64, 128, 256]),
+       how=st.sampled_from(["halves swapped", "reversed", "shuffled", "sorted"]),
+       at=st.sampled_from([0.0, 1.0, -0.5]), seed=st.integers(0, 2**16))
+def test_entries_rearranged_within_a_block_fail_where_x_is_constant(n, chunk, how, at, seed):
+    idx = _rearranged(n, chunk, how, seed)
+    assume(np.any(idx != np.arange(n)))
+    with pytest.raises(VJPMismatch):
+        check_vjp(_bias_loss(idx), (jnp.full(n, at, jnp.float32),), seed=seed)
+
+
+@pytest.mark.parametrize("at", [0.0, 1.0])
+def test_the_same_loss_with_its_right_rule_passes_where_x_is_constant(at):
+    n = differences.CHEAP + 1
+    report = check_vjp(_bias_loss(np.arange(n)), (jnp.full(n, at, jnp.float32),))
+    assert report.unchecked == 0
+
+
+def test_one_swapped_pair_in_a_constant_leaf_of_65536_fails():
+    idx = np.arange(65536)
+    idx[[1000, 60_000]] = idx[[60_000, 1000]]  # gradients a factor 2 apart
+    with pytest.raises(VJPMismatch):
+        check_vjp(_bias_loss(idx), (jnp.zeros(65536, jnp.float32),))
+
+
+# ------------------------------------------------------------------ a dropped cotangent of a small output
+MAINS = {"tanh": jnp.tanh, "x @ W": lambda x: x @ jnp.asarray(np.eye(x.shape[-1]) * 0.5 + 0.1, x.dtype),
+         "softplus rows": lambda x: jnp.sum(jax.nn.softplus(x), axis=-1)}
+AUXES = {"sum of squares": lambda x: jnp.sum(x**2), "logsumexp": lambda x: jax.nn.logsumexp(x),
+         "per row": lambda x: jnp.mean(jnp.abs(x) ** 1.5, axis=-1)}
+AUX_ERRORS = {"dropped": lambda g: 0 * g, "sign": lambda g: -g, "doubled": lambda g: 2 * g}
+
+
+def _with_aux(main, aux, weight: float, error):
+    """``(main(x), weight · aux(x))``: an activation and its auxiliary loss; the rule gets the aux part wrong
+    (``error`` applied to it) or right (None)."""
+    def fn(x):
+        return main(x), weight * aux(x)
+
+    f = jax.custom_vjp(fn)
+
+    def bwd(x, g):
+        (gm,) = jax.vjp(main, x)[1](g[0])
+        (ga,) = jax.vjp(lambda x: weight * aux(x), x)[1](g[1])
+        return (gm + (ga if error is None else error(ga)),)
+
+    f.defvjp(lambda x: (fn(x), x), bwd)
+    return f
+
+
+@settings(max_examples=EXAMPLES, **QUICK)
+@given(main=st.sampled_from(sorted(MAINS)), aux=st.sampled_from(sorted(AUXES)), error=st.sampled_from(sorted(AUX_ERRORS)),
+       weight=st.sampled_from([1e-2, 1e-5, 1e-8, 1e-12]), x64=st.booleans(),
+       n=st.sampled_from([1, 8, 200, vjp.ELEMENTWISE + 1]), seed=st.integers(0, 2**16))
+def test_a_small_outputs_lost_or_wrong_part_fails(main, aux, error, weight, x64, n, seed):
+    rng = np.random.default_rng(seed)
+    shape = (n,) if main == "tanh" else (max(1, n // 8), 8)
+    with jax.enable_x64(x64):
+        x = jnp.asarray(rng.standard_normal(shape), jnp.float64 if x64 else jnp.float32)
+        with pytest.raises(VJPMismatch):
+            check_vjp(_with_aux(MAINS[main], AUXES[aux], weight, AUX_ERRORS[error]), (x,), seed=seed)
+
+
+@pytest.mark.parametrize("weight", [1e-5, 1e-12])
+@pytest.mark.parametrize("x64", [False, True])
+def test_the_right_rule_with_a_small_output_passes(weight, x64):
+    with jax.enable_x64(x64):
+        x = jnp.asarray(np.random.default_rng(1).standard_normal((16, 8)), jnp.float64 if x64 else jnp.float32)
+        report = check_vjp(_with_aux(MAINS["x @ W"], AUXES["per row"], weight, None), (x,))
+    assert report.unchecked == 0
+
+
+# ------------------------------------------------------------------ a large output entry beside those that move
+ERRORS = {"3% off": lambda g: 1.03 * g, "sign": lambda g: -g, "noise 5%": lambda g: g * (
+    1 + 0.05 * jax.random.normal(jax.random.key(3), g.shape).astype(g.dtype)),
+          "every 7th 10% off": lambda g: g * jnp.where(jnp.arange(g.size).reshape(g.shape) % 7 == 3, 1.1, 1.0
+                                                           ).astype(g.dtype)}
+
+
+def _masked_logits(mask: np.ndarray, fill: float, cap: float, error):
+    """Soft-capped logits, ``cap · tanh(x / cap)``, filled with ``fill`` where ``mask`` is False (attention's
+    masking); the rule is wrong by ``error`` where the logits move, or right (None)."""
+    def fn(x):
+        return jnp.where(mask, cap * jnp.tanh(x / cap), jnp.asarray(fill, x.dtype))
+
+    f = jax.custom_vjp(fn)
+
+    def bwd(x, g):
+        grad = jnp.where(mask, g * (1 - jnp.tanh(x / cap) ** 2), 0.0).astype(x.dtype)
+        return (grad if error is None else error(grad),)
+
+    f.defvjp(lambda x: (fn(x), x), bwd)
+    return f
+
+
+def _offset_loss(big: float, error):
+    """A scalar loss with a large constant added: ``big + Σ sin(x)²``."""
+    def fn(x):
+        return big + jnp.sum(jnp.sin(x) ** 2)
+
+    f = jax.custom_vjp(fn)
+    f.defvjp(lambda x: (fn(x), x), lambda x, g: ((g * jnp.sin(2 * x)) if error is None else error(g * jnp.sin(2 * x)),))
+    return f
+
+
+@settings(max_examples=EXAMPLES, **QUICK)
+@given(error=st.sampled_from(sorted(ERRORS)), fill=st.sampled_from([-1e9, -1e30, 1e9, -3e38]),
+       cap=st.sampled_from([5.0, 30.0]), masked=st.sampled_from([0.25, 0.5, 0.9]), x64=st.booleans(),
+       n=st.sampled_from([16, 256, vjp.ELEMENTWISE + 1, 4096]), seed=st.integers(0, 2**16))
+def test_a_wrong_rule_beside_a_mask_fill_fails(error, fill, cap, masked, x64, n, seed):
+    rng = np.random.default_rng(seed)
+    mask = rng.random((n // 16, 16)) >= masked
+    assume(mask.sum() >= 1)
+    with jax.enable_x64(x64):
+        x = jnp.asarray(rng.standard_normal((n // 16, 16)) * 2, jnp.float64 if x64 else jnp.float32)
+        with pytest.raises(VJPMismatch):
+            check_vjp(_masked_logits(mask, fill, cap, ERRORS[error]), (x,), seed=seed)
+
+
+@settings(max_examples=EXAMPLES, **QUICK)
+@given(error=st.sampled_from(sorted(ERRORS)), big=st.sampled_from([1e6, 1e9, 1e10]), x64=st.booleans(),
+       n=st.sampled_from([1, 8, 300]), seed=st.integers(0, 2**16))
+def test_a_wrong_rule_of_a_loss_with_a_large_offset_fails(error, big, x64, n, seed):
+    rng = np.random.default_rng(seed)
+    with jax.enable_x64(x64):
+        x = jnp.asarray(rng.standard_normal(n), jnp.float64 if x64 else jnp.float32)
+        fn = _offset_loss(big, ERRORS[error])
+        assume(not np.allclose(np.asarray(jax.grad(fn)(x)), np.asarray(jnp.sin(2 * x)), rtol=1e-3, atol=1e-6))
+        with pytest.raises(VJPMismatch):
+            check_vjp(fn, (x,), seed=seed)
+
+
+@pytest.mark.parametrize("x64", [False, True])
+@pytest.mark.parametrize("n", [256, 4096])
+def test_right_rules_beside_large_outputs_pass(x64, n):
+    rng = np.random.default_rng(4)
+    mask = rng.random((n // 16, 16)) > 0.5
+    with jax.enable_x64(x64):
+        x = jnp.asarray(rng.standard_normal((n // 16, 16)) * 2, jnp.float64 if x64 else jnp.float32)
+        assert check_vjp(_masked_logits(mask, -1e9, 5.0, None), (x,)).unchecked == 0
+        assert check_vjp(_offset_loss(1e9, None), (x[:4].ravel(),)).unchecked == 0
+
+
+# ------------------------------------------------------------------ a function of its own dtype
+def _eps_softsign(k: float, rule_eps: str):
+    """``x·|x| / √(x² + k·eps)`` with eps of x's dtype (a smooth |x|·sign, as code guards a division); the rule uses
+    the eps of x's dtype ("own", right), float64's ("float64", wrong in float32), or none ("none", wrong)."""
+    def fn(x):
+        return x * jnp.abs(x) / jnp.sqrt(x * x + k * jnp.finfo(x.dtype).eps)
+
+    f = jax.custom_vjp(fn)
+
+    def bwd(x, g):
+        e = {"own": k * jnp.finfo(x.dtype).eps, "float64": k * float(np.finfo(np.float64).eps), "none": 0.0}[rule_eps]
+        r = jnp.sqrt(x * x + e)
+        return (g * (2 * jnp.abs(x) * r - x * jnp.abs(x) * x / r) / r**2,)
+
+    f.defvjp(lambda x: (fn(x), x), bwd)
+    return f
+
+
+def _dtype_branch(wrong: bool):
+    """A scale chosen by a branch on the dtype: 1.25 in float32, 1 otherwise; the wrong rule uses 1."""
+    def fn(x):
+        return jnp.sin(x) * (1.25 if x.dtype == jnp.float32 else 1.0)
+
+    f = jax.custom_vjp(fn)
+    f.defvjp(lambda x: (fn(x), x), lambda x, g: (g * jnp.cos(x) * (1.0 if wrong or x.dtype != jnp.float32 else 1.25),))
+    return f
+
+
+def _small_and_large(rng: np.random.Generator, n: int, k: float, largest: float) -> jax.Array:
+    """Entries at the scale of √(k·eps) of float32, where eps matters, beside entries of order ``largest``."""
+    small = rng.choice([-1.0, 1.0], n) * np.sqrt(k * np.finfo(np.float32).eps) * rng.uniform(0.5, 4.0, n)
+    big = rng.standard_normal(n) * largest
+    return jnp.asarray(np.where(rng.random(n) < 0.5, small, big), jnp.float32)
+
+
+@settings(max_examples=EXAMPLES, **QUICK)
+@given(k=st.sampled_from([1.0, 4.0, 16.0]), largest=st.sampled_from([0.5, 1.0, 2.0]),
+       rule_eps=st.sampled_from(["float64", "none"]), n=st.sampled_from([2, 8, 100]), seed=st.integers(0, 2**16))
+def test_a_rule_that_ignores_its_dtypes_eps_fails(k, largest, rule_eps, n, seed):
+    x = _small_and_large(np.random.default_rng(seed), n, k, largest)
+    right, wrong = (np.asarray(jax.vjp(_eps_softsign(k, e), x)[1](jnp.ones_like(x))[0]) for e in ("own", rule_eps))
+    assume(np.max(np.abs(wrong - right) / np.abs(right)) > 1e-2)  # every entry large: eps does not show
+    with pytest.raises(VJPMismatch):
+        check_vjp(_eps_softsign(k, rule_eps), (x,), seed=seed)
+
+
+@settings(max_examples=EXAMPLES, **QUICK)
+@given(k=st.sampled_from([1.0, 4.0, 16.0]), largest=st.sampled_from([0.5, 1.0, 2.0]), n=st.sampled_from([2, 8, 100]),
+       seed=st.integers(0, 2**16))
+def test_the_rule_that_uses_its_dtypes_eps_passes(k, largest, n, seed):
+    x = _small_and_large(np.random.default_rng(seed), n, k, largest)
+    report = check_vjp(_eps_softsign(k, "own"), (x,), seed=seed)
+    assert report.unchecked == 0, str(report)  # in float64 where every entry is large (eps does not show)
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_a_branch_on_the_dtype_is_judged_as_called(wrong):
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(16), jnp.float32)
+    if wrong:
+        with pytest.raises(VJPMismatch):
+            check_vjp(_dtype_branch(True), (x,))
+    else:
+        assert check_vjp(_dtype_branch(False), (x,)).precision == "float32"
