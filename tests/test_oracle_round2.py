@@ -17,7 +17,7 @@ import pytest
 from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 
-from reference import VJPMismatch, check_vjp
+from reference import Loops, VJPMismatch, check_vjp
 from reference.oracle import differences, search, vjp
 
 EXAMPLES = max(5, settings().max_examples // 10)  # 10 under handgrad-ci, 100 under handgrad-thorough
@@ -269,3 +269,117 @@ def test_a_branch_on_the_dtype_is_judged_as_called(wrong):
             check_vjp(_dtype_branch(True), (x,))
     else:
         assert check_vjp(_dtype_branch(False), (x,)).precision == "float32"
+
+
+# ------------------------------------------------------------------ a while loop on the input path
+def _halving(steps: int):
+    """``y ← y + (x − y)/2`` for a fixed number of steps: ``x·(1 − 2⁻ˢᵗᵉᵖˢ)``, with the rule of the exact limit."""
+    def fn(x):
+        return jax.lax.while_loop(lambda c: c[1] < steps, lambda c: (c[0] + (x - c[0]) / 2, c[1] + 1),
+                                  (jnp.zeros_like(x), 0))[0]
+
+    f = jax.custom_vjp(fn)
+    f.defvjp(lambda x: (fn(x), None), lambda _, g: (g,))
+    return f
+
+
+@pytest.mark.parametrize("steps, loops", [(5, Loops.MEASURED), (4, Loops.FIXED)])
+def test_a_loop_converges_where_running_it_longer_moves_it_within_5_percent(steps, loops):
+    """solvers.CONVERGED from both sides: five halvings are 3.2% from their limit (a solver, its stopping error
+    measured: the limit's rule passes), four are 6.7% (a loop of a fixed count: the limit's rule fails)."""
+    x = jnp.asarray(np.random.default_rng(0).uniform(1, 2, 6), jnp.float32)
+    if loops is Loops.MEASURED:
+        assert check_vjp(_halving(steps), (x,)).loops is loops
+    else:
+        with pytest.raises(VJPMismatch) as info:
+            check_vjp(_halving(steps), (x,))
+        assert info.value.report.loops is loops
+
+
+def _newton_cbrt(signs: np.ndarray | None, count: bool):
+    """Newton's cube root, 30 steps (a count) or to a tolerance of 1e-6; the rule flips the sign where ``signs``."""
+    def fn(a):
+        step = lambda y: y - (y**3 - a) / (3 * y * y)  # noqa: E731
+        if count:
+            return jax.lax.while_loop(lambda c: c[1] < 30, lambda c: (step(c[0]), c[1] + 1), (a * 0 + 1.5, 0))[0]
+        return jax.lax.while_loop(lambda y: jnp.max(jnp.abs(y**3 - a)) > 1e-6, step, a * 0 + 1.5)
+
+    f = jax.custom_vjp(fn)
+    f.defvjp(lambda a: (fn(a), fn(a)), lambda y, g: ((g if signs is None else g * signs) / (3 * y * y),))
+    return f
+
+
+@settings(max_examples=EXAMPLES, **QUICK)
+@given(n=st.sampled_from([1, 3, 8, 40]), flipped=st.integers(1, 40), count=st.booleans(), x64=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_a_wrong_rule_through_a_converged_while_loop_fails(n, flipped, count, x64, seed):
+    """A loop that converged to the last ulp earns nothing: any entry whose sign the rule flips fails."""
+    rng = np.random.default_rng(seed)
+    signs = np.ones(n)
+    signs[rng.permutation(n)[:min(flipped, n)]] = -1
+    with jax.enable_x64(x64):
+        a = jnp.asarray(rng.uniform(0.5, 3.0, n), jnp.float64 if x64 else jnp.float32)
+        with pytest.raises(VJPMismatch) as info:
+            check_vjp(_newton_cbrt(jnp.asarray(signs, a.dtype), count), (a,), seed=seed)
+    assert info.value.report.unchecked == 0
+    assert sum(p.kind == "value" for p in info.value.problems) == min(flipped, n)
+
+
+def test_the_right_rule_through_a_converged_while_loop_passes():
+    a = jnp.asarray(np.random.default_rng(2).uniform(0.5, 3.0, 8), jnp.float32)
+    for count in (True, False):
+        report = check_vjp(_newton_cbrt(None, count), (a,))
+        assert report.loops is Loops.MEASURED and report.unchecked == 0
+
+
+def _cg(tol: float, off: float = 0.0):
+    def solve(A, b):
+        return jax.scipy.sparse.linalg.cg((A + A.T) / 2, b, tol=tol)[0]
+
+    f = jax.custom_vjp(solve)
+
+    def bwd(r, g):
+        dA, db = jax.vjp(solve, *r)[1](g)
+        return dA, (1 + off) * db
+
+    f.defvjp(lambda A, b: (solve(A, b), (A, b)), bwd)
+    return f
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-5])
+@pytest.mark.parametrize("off", [0.0, 0.03])
+def test_cg_at_its_tolerance_passes_right_and_fails_3_percent_off(tol, off):
+    rng = np.random.default_rng(3)
+    m = rng.standard_normal((6, 6))
+    A, b = jnp.asarray(m @ m.T / 6 + np.eye(6), jnp.float32), jnp.asarray(rng.standard_normal(6), jnp.float32)
+    if off:
+        with pytest.raises(VJPMismatch):
+            check_vjp(_cg(tol, off), (A, b))
+    else:
+        assert check_vjp(_cg(tol), (A, b)).loops is Loops.MEASURED
+
+
+def test_cg_at_order_2_is_no_false_alarm():
+    rng = np.random.default_rng(4)
+    m = rng.standard_normal((5, 5))
+    A, b = jnp.asarray(m @ m.T / 5 + np.eye(5), jnp.float32), jnp.asarray(rng.standard_normal(5), jnp.float32)
+    check_vjp(_cg(1e-5), (A, b), order=2)
+
+
+# ------------------------------------------------------------------ thresholds of the same-function test
+def _float16_branch(delta: float):
+    """``sin(x)·(1 + delta)`` in float16, ``sin(x)`` otherwise: a dtype branch of a given size."""
+    def fn(x):
+        return jnp.sin(x) * (1 + delta if x.dtype == jnp.float16 else 1.0)
+
+    f = jax.custom_vjp(fn)
+    f.defvjp(lambda x: (fn(x), x), lambda x, g: (g * jnp.cos(x) * (1 + delta if x.dtype == jnp.float16 else 1.0),))
+    return f
+
+
+@pytest.mark.parametrize("delta, precision", [(0.05, "float16"), (0.002, "float64")])
+def test_the_float64_version_is_the_same_function_within_a_64th_of_each_entry(delta, precision):
+    """precision.SAME_FUNCTION_REL from both sides: 1000 ulps of float16 are 100%, so a float16 function 5% from its
+    float64 version is another function (checked as called), and one 0.2% from it is the same."""
+    x = jnp.asarray(np.random.default_rng(5).uniform(0.1, 1.0, 16), jnp.float16)
+    assert check_vjp(_float16_branch(delta), (x,)).precision == precision

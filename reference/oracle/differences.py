@@ -139,12 +139,15 @@ class Differences:
                        ) -> tuple[jax.Array, jax.Array]:
                 """The change of φ and its round-off bound: the outputs a probe moved, and once more the largest
                 output that may have moved below one ulp: for an entry, the largest output coupled to it (``floor``,
-                :meth:`floors`) at FUNCTION_ULPS; for a block, any output that moves at all (_live: never a mask
-                fill), whose many moved outputs' sum dominates."""
+                :meth:`floors`) at FUNCTION_ULPS, or any output alive where the probe moved none; for a block, any
+                output alive (_live: never a mask fill), whose many moved outputs' sum dominates."""
                 s, n, most, alive = sizes(out, reference, ct)
                 if floor is None:
                     return s, (n + jnp.maximum(most, alive)) * eps_out + 2 * noise_floor
-                return s, (n + FUNCTION_ULPS * jnp.maximum(most, floor)) * eps_out + 2 * noise_floor
+                # A probe that moves no output at all may have moved any output that moves below one ulp (a
+                # logsumexp's tail logit): the largest alive is its floor then.
+                hidden = jnp.where(n > 0, jnp.maximum(most, floor), alive)
+                return s, (n + FUNCTION_ULPS * hidden) * eps_out + 2 * noise_floor
 
             self.base = base if base is not None else jit_or_eager(lambda x: f(*flat.leaves_of(x)))(self.x)
             self.outputs = sum(int(np.size(b)) for b in self.base)
