@@ -122,8 +122,10 @@ class Differences:
                 """Σ c·(o − b); Σ and max of |c|·(|o| + |b|) over the outputs that moved; max over those alive."""
                 s = n = most = alive = zero = jnp.zeros((), work)
                 for c, o, b, live in zip(ct, out, *reference, strict=True):
-                    d = o - b
+                    same = _unchanged(o, b)  # a −inf mask fill, a NaN pad: no change, no round-off
+                    d = jnp.where(same, 0, o - b)
                     size = (jnp.abs(o).astype(work) + jnp.abs(b).astype(work)) * jnp.abs(c).astype(work)
+                    size = jnp.where(same & ~(jnp.isfinite(o) & jnp.isfinite(b)), 0, size)
                     moved = jnp.where(d != 0, size, 0)
                     # One reduction of four operands, so that f is evaluated once per entry (separate sums each
                     # recompute it: 2.2x the time of a probe of a 10^7-entry leaf).
@@ -174,7 +176,8 @@ class Differences:
                 j = jax.lax.iota(jnp.int32, x.shape[0])
                 out = f(*flat.leaves_of(jnp.where(j == i, x + d, x)))
                 return (functools.reduce(jnp.maximum, [
-                    jnp.max(jnp.where(o != b, 2 * jnp.abs(b).astype(work) * jnp.abs(c).astype(work), 0),
+                    jnp.max(jnp.where(_unchanged(o, b) | ~jnp.isfinite(b), 0,
+                                      2 * jnp.abs(b).astype(work) * jnp.abs(c).astype(work)),
                             initial=0) for c, o, b in zip(ct, out, reference[0][0], strict=True)],
                     jnp.zeros((), work)),)
 
@@ -213,7 +216,7 @@ class Differences:
             moved = [run(jnp.asarray(flat.x + m * LIVE_MOVE * signs * floored, work)) for m in (1, -1)]
         except Exception:  # whatever fn raises that far out (a check of its domain): every output counts as moving
             return [jnp.ones(np.shape(b), bool) for b in self.base]
-        return [(a != b) | (c != b) for b, a, c in zip(self.base, *moved, strict=True)]
+        return [~_unchanged(a, b) | ~_unchanged(c, b) for b, a, c in zip(self.base, *moved, strict=True)]
 
     def floors(self, index: np.ndarray) -> np.ndarray:
         """Per entry, the size of the largest output coupled to it: one that moves when the entry moves by LIVE_MOVE
@@ -342,6 +345,11 @@ class Differences:
                         side_round2=(n[2] + n[3]) / (2 * eta), finite=np.all(np.isfinite(s), axis=0),
                         jump=_jumps(s, n))
         return probes, np.stack([(w[0][0] + w[1][0]) / w1[0] for w in weighted]).reshape(n_weights, rows)
+
+
+def _unchanged(o: jax.Array, b: jax.Array) -> jax.Array:
+    """Per entry, whether an output is what it was: equal (the same inf too), or NaN both times."""
+    return (o == b) | (jnp.isnan(o) & jnp.isnan(b))
 
 
 def jit_or_eager(fn: Callable) -> Callable:

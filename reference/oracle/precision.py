@@ -242,13 +242,15 @@ class Choice:
 
 
 def _same_function(call: Version, out: list, v64: Version, out64: list, cotangent: list,
-                   rng: np.random.Generator) -> tuple[bool, float]:
+                   rng: np.random.Generator, stopping: Callable[[Version], list | None] | None
+                   ) -> tuple[bool, float]:
     """Whether the float64 version's outputs are the call's, entry by entry: each within SAME_FUNCTION_ULPS of
     the call's precision of itself (never more than SAME_FUNCTION_REL), plus how far the float64 version moves
     there when its inputs move by as much (``lgamma`` near its root, whose float32 version is off by an absolute
     error), or plus what rounding in the call's forward explains (sin(t·f) at t = 10⁴ in float32 is 6e-4 from
     its float64 version, by the rounding of t·f alone). Never relative to the largest output: a function of its
-    dtype (``finfo(x.dtype).eps`` beside a small entry) differs 100% there, and is another function."""
+    dtype (``finfo(x.dtype).eps`` beside a small entry) differs 100% there, and is another function. A function
+    that iterates to a tolerance (``stopping``) is allowed each version's measured stopping error besides."""
     rel = min(SAME_FUNCTION_ULPS * call.precision.eps, SAME_FUNCTION_REL)
     pairs = [(np.asarray(o).astype(np.complex128), np.asarray(p).astype(np.complex128))
              for o, p in zip(out, out64, strict=True)]
@@ -262,6 +264,13 @@ def _same_function(call: Version, out: list, v64: Version, out64: list, cotangen
     allowed = [rel * np.abs(p) + call.precision.tiny for _, p in pairs]
     if _all_within(pairs, allowed):
         return True, worst
+    if stopping is not None:  # each version's stopping error, where its loops converge
+        for version in (call, v64):
+            error = stopping(version)
+            if error is not None:
+                allowed = [a + e for a, e in zip(allowed, error, strict=True)]
+        if _all_within(pairs, allowed):
+            return True, worst
     allowed = [a + m for a, m in zip(allowed, _moved_by(v64, rel, rng), strict=True)]
     if _all_within(pairs, allowed):
         return True, worst
@@ -296,12 +305,12 @@ def _all_within(pairs: list[tuple[np.ndarray, np.ndarray]], allowed: list[np.nda
 
 @np.errstate(invalid="ignore")  # inf − inf: NaN, never within
 def _within(o: np.ndarray, p: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """Entry by entry, ``|o − p| ≤ allowed``; equal values (the same inf) are within."""
-    return (np.abs(o - p) <= allowed) | (o == p)
+    """Entry by entry, ``|o − p| ≤ allowed``; equal values (the same inf) and two NaNs are within."""
+    return (np.abs(o - p) <= allowed) | (o == p) | (np.isnan(o) & np.isnan(p))
 
 
 def choose(fn: Callable, name: str, split: Split, call: Version, out: list, cts: list[list], a_call: list,
-           refused64: str | None = None) -> Choice:
+           refused64: str | None = None, stopping: Callable[[Version], list | None] | None = None) -> Choice:
     """fn on float64 copies of the arguments, where it computes in float64 and agrees with the call; else the
     call itself."""
     if call.precision.key >= 64:
@@ -322,7 +331,7 @@ def choose(fn: Callable, name: str, split: Split, call: Version, out: list, cts:
         why = f"{name} fails on float64 inputs ({type(e).__name__})"
         return Choice(call, out, a_call, cts, f"as called ({call.precision.name}): {why}")
     v64.precision = precision_of(closed64, split64.diff_leaves(), out64)
-    same, worst = _same_function(call, out, v64, out64, cts[0], np.random.default_rng(0))
+    same, worst = _same_function(call, out, v64, out64, cts[0], np.random.default_rng(0), stopping)
     if same and v64.precision.key == 64:
         return Choice(v64, out64, a64, cts64, f"the float64 version of {name} (it agrees with the call), and the "
                                               f"call's own {call.precision.name} VJP against it entry by entry")

@@ -276,9 +276,11 @@ def _judge_blocks(diffs: Differences, queue: Sequence[tuple[int, int, Block | No
     verdict = dataclasses.replace(verdict, ok=(verdict.ok | quick) & ~held,
                                   unchecked=verdict.unchecked & ~quick & ~held)
     with np.errstate(invalid="ignore"):
-        vague = verdict.kink | ~(verdict.error <= loosest * weighted[SCALE]) & ~verdict.zero  # its entries can tell
-        # A typical entry's 1% unresolved (an exact zero found zero is judged on its tolerance alone: Verdict.zero).
-        coarse = (verdict.tol > NEEDLE * np.abs(verdict.analytic) / (hi - lo)) & ~verdict.zero
+        # An exact zero that no probe moved is judged on its tolerance alone; one the differences find within their
+        # noise is vague where that noise is beyond its scale (a leaf whose gradient the rule drops has none).
+        still = verdict.zero & (verdict.numerical == 0)
+        vague = verdict.kink | ~(verdict.error <= loosest * weighted[SCALE]) & ~still  # its entries can tell
+        coarse = (verdict.tol > NEEDLE * np.abs(verdict.analytic) / (hi - lo)) & ~still  # a typical entry's 1%
     vague |= coarse
     fates = [Fate.FAILED if held[j] and beyond[j] else _fate(verdict, j, weighted[ALLOWANCE][j], bool(vague[j]),
                                                               bool(verified[j])) for j in range(len(queue))]

@@ -84,6 +84,21 @@ def plan(fn: Callable, leaves: Sequence[Any]) -> tuple[Loops, Callable | None, s
                                        "probe's uncertainty including how far the two runs' changes differ")
 
 
+def stopping_error(version: Any) -> list[np.ndarray] | None:
+    """Per output entry, how far ``version`` (a :class:`Version`) moves when its while loops run longer: what its
+    own stopping error may reach. None where they cannot be run longer or do not converge."""
+    leaves = version.split.diff_leaves()
+    with version.context():
+        longer = tightened(version.fn, leaves)
+        if longer.fn is None:
+            return None
+        out, more = jit_or_eager(version.fn)(*leaves), jit_or_eager(longer.fn)(*leaves)
+    if not converged(out, more):
+        return None
+    return [np.abs(np.asarray(m).astype(np.complex128) - np.asarray(o).astype(np.complex128))
+            for o, m in zip(out, more, strict=True)]
+
+
 def converged(out: Sequence[Any], longer: Sequence[Any]) -> bool:
     """Whether the longer run's outputs are within CONVERGED of the call's, relative to each output's largest
     entry: a solver that converges, not a loop of a fixed count."""

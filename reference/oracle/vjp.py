@@ -184,7 +184,8 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
         raise NotDifferentiable(name, subject.order, e) from e
     problems = _cotangent_types(split, a_call[0])
     call.precision = precision_of(closed, split.diff_leaves(), out)
-    chosen = choose(subject.fn, name, split, call, out, cts, a_call, refused64)
+    chosen = choose(subject.fn, name, split, call, out, cts, a_call, refused64,
+                    solvers.stopping_error if iterative(closed) else None)
     if used is not None:
         used["float64"] = chosen.version is not call
     evaluate = chosen.version
@@ -219,6 +220,9 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     diffs = Differences(numeric, flat, ct, evaluate.precision.eps, noise_floor, base=base, iterative=loops is not None,
                         longer=longer)
     floored, relative = step_scales(flat)
+    leaf_scale = np.concatenate([np.full(flat.part(i).stop - flat.part(i).start,
+                                         float(np.max(natural[flat.part(i)], initial=0.0))) for i in range(len(paths))]
+                                or [np.zeros(0)])
 
     def judge_entries(index: np.ndarray, diffs: Differences = diffs, a_main: np.ndarray = a_main) -> Verdict:
         """The first level for every entry; every level, of steps relative to the floored |x| and to |x|
@@ -261,8 +265,9 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
             coarse = judge(diffs.entry_probes(index[loose], a_main, step * LEVEL_RATIO**2, floored, range(levels)),
                            noise[loose])
             verdict = _keep_better(verdict, loose, coarse)
-            again = verdict.take(loose)  # still loose, and not an exact 0 the differences find 0 within their noise
-            still = loose[_loose(again, natural[index][loose], extra, loosest) & ~again.zero]
+            again = verdict.take(loose)  # still loose, and not an exact 0 the differences tell from their noise
+            still = loose[_loose(again, natural[index][loose], extra, loosest)
+                          & ~_told_zero(again, leaf_scale[index][loose], extra, loosest)]
             too_uncertain.append(len(still))
             verdict = verdict.replaced(still, dataclasses.replace(verdict.take(still), unchecked=np.ones(len(still),
                                                                                                        bool)))
@@ -384,6 +389,15 @@ def _imprecise(v: Verdict, natural: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         return (v.ok & ~v.unchecked & ~v.kink & ~v.zero & (2 * v.roundoff >= v.error)
                 & ~(v.error <= large.NEEDLE * (np.abs(v.numerical) + natural)))
+
+
+def _told_zero(v: Verdict, leaf_scale: np.ndarray, extra: float, loosest: float) -> np.ndarray:
+    """An exact 0 the differences tell from their noise: they found no change at all (fn does not reach the entry
+    at these steps: relu's dead side), or their tolerance is within ``loosest`` of the largest scale in its leaf.
+    A rule that drops a leaf's gradient (all zeros, so no scale of its own) where the differences cannot resolve
+    it is unchecked, as the right rule would be, never passed on a tolerance larger than what it hides."""
+    with np.errstate(invalid="ignore"):
+        return v.zero & ((v.numerical == 0) | (v.tol - extra <= loosest * leaf_scale))
 
 
 def _loose(v: Verdict, natural: np.ndarray, extra: float, loosest: float) -> np.ndarray:
