@@ -383,3 +383,108 @@ def test_the_float64_version_is_the_same_function_within_a_64th_of_each_entry(de
     float64 version is another function (checked as called), and one 0.2% from it is the same."""
     x = jnp.asarray(np.random.default_rng(5).uniform(0.1, 1.0, 16), jnp.float16)
     assert check_vjp(_float16_branch(delta), (x,)).precision == precision
+
+
+# ------------------------------------------------------------------ found by the second red team (2026-12-06)
+def _two_scales(weight: float, drop_b: bool, cast: bool):
+    """``sin(a) + weight·cos(b)``: b's gradient is ``weight`` times a's; the rule drops it or not."""
+    def loss(a, b):
+        if cast:
+            a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+        return jnp.sin(a) + weight * jnp.cos(b)
+
+    f = jax.custom_vjp(loss)
+
+    def bwd(r, g):
+        ga, gb = jax.vjp(loss, *r)[1](g)
+        return ga, 0 * gb if drop_b else gb
+
+    f.defvjp(lambda a, b: (loss(a, b), (a, b)), bwd)
+    return f
+
+
+@settings(max_examples=EXAMPLES, **QUICK)
+@given(weight=st.sampled_from([1e-3, 1e-5, 1e-7, 1e-12]), cast=st.booleans(), n=st.sampled_from([1, 4, 64]),
+       seed=st.integers(0, 2**16))
+def test_a_dropped_gradient_is_never_a_clean_pass_where_the_differences_cannot_see_it(weight, cast, n, seed):
+    """An exact 0 passed on differences whose noise exceeded the gradient it hid, while the right rule was
+    unchecked: the dropped rule now fails, or leaves b's entries unchecked as the right rule does."""
+    rng = np.random.default_rng(seed)
+    a, b = (jnp.asarray(rng.standard_normal(n), jnp.float32) for _ in range(2))
+    right = _two_scales(weight, False, cast)
+    base = np.asarray(right(a, b))
+    # The entries of b whose 1% move shows in fn's outputs at all; below every ulp fn is, as computed, b's constant.
+    seen = sum(bool(np.any(np.asarray(right(a, b.at[i].multiply(1.01))) != base)) for i in range(n))
+    assume(seen > 0)
+    try:
+        report = check_vjp(_two_scales(weight, True, cast), (a, b), seed=seed)
+    except VJPMismatch:
+        return
+    assert report.leaves[1].unchecked >= seen, str(report)
+
+
+@pytest.mark.parametrize("fill", [-np.inf, np.inf, np.nan])
+@pytest.mark.parametrize("off", [1.0, 1.03])
+def test_outputs_filled_with_inf_or_nan_are_checked_where_they_move(fill, off):
+    mask = np.array([1, 1, 0, 1, 0, 0, 1, 1], bool)
+
+    def fn(x):
+        return jnp.where(mask, 3 * jnp.tanh(x / 3), jnp.asarray(fill, x.dtype))
+
+    f = jax.custom_vjp(fn)
+    f.defvjp(lambda x: (fn(x), x), lambda x, g: (jnp.where(mask, off * g * (1 - jnp.tanh(x / 3) ** 2), 0.0),))
+    x = jnp.asarray(np.random.default_rng(6).standard_normal(8), jnp.float32)
+    if off == 1.0:
+        assert check_vjp(f, (x,)).unchecked == 0
+    else:
+        with pytest.raises(VJPMismatch):
+            check_vjp(f, (x,))
+
+
+MIXED_ERRORS = {"W dropped": (0.0, 1.0), "b dropped": (1.0, 0.0), "both 1.5x": (1.5, 1.5), "W 1% off": (1.01, 1.0),
+                "b 3% off": (1.0, 1.03)}
+
+
+def _mixed_layer(kW: float, kb: float):
+    """``tanh(x.astype(float32) @ W + b)``: activations in 16 bits, float32 weights and computation."""
+    def layer(x, W, b):
+        return jnp.tanh(x.astype(jnp.float32) @ W + b)
+
+    f = jax.custom_vjp(layer)
+
+    def bwd(r, g):
+        gx, gW, gb = jax.vjp(layer, *r)[1](g)
+        return gx, kW * gW, kb * gb
+
+    f.defvjp(lambda x, W, b: (layer(x, W, b), (x, W, b)), bwd)
+    return f
+
+
+def _mixed_args(rng: np.random.Generator, dtype, rows: int) -> tuple:
+    return (jnp.asarray(rng.standard_normal((rows, 8)), dtype), jnp.asarray(rng.standard_normal((8, 3)) / 3, jnp.float32),
+            jnp.asarray(0.1 * rng.standard_normal(3), jnp.float32))
+
+
+@settings(max_examples=EXAMPLES, **QUICK)
+@given(error=st.sampled_from(sorted(MIXED_ERRORS)), dtype=st.sampled_from([jnp.bfloat16, jnp.float16]),
+       rows=st.sampled_from([1, 4, 32]), seed=st.integers(0, 2**16))
+def test_float32_weights_beside_16_bit_activations_are_judged_at_float32(error, dtype, rows, seed):
+    """Differenced at the activations' 16 bits, a rule that dropped the weights' gradients passed."""
+    with pytest.raises(VJPMismatch):
+        check_vjp(_mixed_layer(*MIXED_ERRORS[error]), _mixed_args(np.random.default_rng(seed), dtype, rows), seed=seed)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_the_right_mixed_precision_rule_passes_with_every_entry_checked(dtype):
+    report = check_vjp(_mixed_layer(1.0, 1.0), _mixed_args(np.random.default_rng(7), dtype, 4))
+    assert report.unchecked == 0 and report.precision == "float32", str(report)
+
+
+@pytest.mark.parametrize("k", [1.02, 1.1])
+def test_a_float16_input_to_a_float32_computation_is_judged_at_float32(k):
+    f = jax.custom_vjp(lambda x: jnp.sin(x.astype(jnp.float32)))
+    f.defvjp(lambda x: (jnp.sin(x.astype(jnp.float32)), x),
+             lambda x, g: ((k * g * jnp.cos(x.astype(jnp.float32))).astype(x.dtype),))
+    x = jnp.asarray(np.random.default_rng(8).standard_normal(40), jnp.float16)
+    with pytest.raises(VJPMismatch):
+        check_vjp(f, (x,))

@@ -21,7 +21,7 @@ def mismatch(kind: str, flat: Flat, paths: list[str], k: int, **fields: Any) -> 
 
 
 def against_float64(call: Version, flat: Flat, paths: list[str], a_user: np.ndarray, a_main: np.ndarray,
-                        natural: np.ndarray, spread: np.ndarray, rtol: float, extra: float, cotangent: list,
+                        natural: np.ndarray, spread: np.ndarray, rtol: np.ndarray, extra: float, cotangent: list,
                         skip: set[int]) -> tuple[list[Mismatch], list[Mismatch]]:
     """Every entry of the call's own VJP against the same rule in float64: (failures, precision notes).
 
@@ -51,7 +51,7 @@ def against_float64(call: Version, flat: Flat, paths: list[str], a_user: np.ndar
         if noted or len(kept) < REPORTED:  # every note is listed; failures, the worst
             kept.append(mismatch("precision", flat, paths, k, analytic=float(a_user[k]), numerical=float(a_main[k]),
                                   tolerance=float(tol[k]), badness=float(err[k] / tol[k]) if np.isfinite(err[k])
-                                  else np.inf, rtol=rtol, precision=call.precision.name,
+                                  else np.inf, rtol=float(rtol[k]), precision=call.precision.name,
                                   explained=float(explained[k]) if bound is not None else None))
     return failures, notes
 

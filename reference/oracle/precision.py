@@ -29,7 +29,7 @@ from reference.oracle import tolerance
 from reference.oracle.differences import jit_or_eager
 from reference.oracle.rounding import CALLS, ROUNDING_FACTOR, forward_rounding
 from reference.oracle.tolerance import Precision
-from reference.oracle.trees import Split, comparable
+from reference.oracle.trees import Flat, Split, comparable
 from reference.oracle.versions import Version, to64
 
 # The float64 version is the same function if each of its outputs is the call's within this many ulps of the call's
@@ -215,18 +215,31 @@ def iterative(closed: Any) -> bool:
     return closed is not None and _walk_all(closed).loops > 0
 
 
-def _walk_all(closed: Any) -> _Found:
-    found = _Found(min([b for b in (_bits(v.aval) for v in closed.jaxpr.invars) if b is not None], default=52))
+def _walk_all(closed: Any, inputs: bool = True) -> _Found:
+    """What a walk from every input finds; its inputs' own dtypes counted where ``inputs``."""
+    found = _Found(min([b for b in (_bits(v.aval) for v in closed.jaxpr.invars) if b is not None], default=52)
+                   if inputs else 52)
     _walk(closed.jaxpr, [True] * len(closed.jaxpr.invars), found)
     return found
 
 
 def precision_of(closed: Any, leaves: Sequence[Any], outs: Sequence[Any]) -> Precision:
-    """What fn computes in: its trace's narrowest dependent float, and its in- and outputs'."""
-    found = [tolerance.of_dtype(jnp.result_type(x)) for x in (*leaves, *outs)]
+    """What fn computes in: the narrowest float its trace computes from the inputs, and its outputs'. The inputs'
+    own dtypes count entry by entry (:func:`leaf_precisions`), not here: a bfloat16 activation cast to float32
+    beside float32 weights is a float32 computation, differenced as one (a bfloat16 step and tolerance for the
+    weights passed their gradients dropped). Untraced, the inputs count too."""
+    found = [tolerance.of_dtype(jnp.result_type(x)) for x in outs]
     if closed is not None:
-        found.append(tolerance.of_mantissa(narrowest_float(closed)))
+        found.append(tolerance.of_mantissa(_walk_all(closed, inputs=False).bits))
+    else:
+        found += [tolerance.of_dtype(jnp.result_type(x)) for x in leaves]
     return min(found, key=lambda p: p.key)
+
+
+def leaf_precisions(flat: Flat, computed: Precision) -> list[Precision]:
+    """Per differentiable leaf, the precision its entries are judged at: the computation's, or the leaf's own
+    dtype where that is narrower (a VJP of a bfloat16 leaf is rounded to bfloat16; its steps must span ulps)."""
+    return [min(computed, tolerance.of_dtype(d), key=lambda p: p.key) for d in flat.dtypes]
 
 
 # ---------------------------------------------------------------- the choice

@@ -35,7 +35,7 @@ from reference.oracle import search as large
 from reference.oracle.compare import REPORTED, against_float64, against_reference, mismatch
 from reference.oracle.differences import LEVEL_RATIO, Differences, step_scales
 from reference.oracle.domains import projected
-from reference.oracle.precision import choose, iterative, precision_of
+from reference.oracle.precision import choose, iterative, leaf_precisions, precision_of
 from reference.oracle.refusals import as_args, function_name, require_checkable, trace_deterministic
 from reference.oracle.report import (
     AT_INPUTS,
@@ -201,7 +201,10 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
                          a_scale + natural)
     spread = spread_call if evaluate is call else capped(INPUT_SPREAD * input_spread(
         evaluate, chosen.cotangents, flat, vjps, evaluate.precision.eps, rng), a_scale + natural)
-    r_user = rtol if rtol is not None else call.precision.rtol
+    # Per entry: the rtol of the computation, or of the entry's own leaf where that is narrower (a bfloat16 leaf's
+    # VJP is rounded to bfloat16); a user's rtol everywhere.
+    per_leaf = leaf_precisions(Flat(split.diff_leaves()), call.precision)
+    r_user = _per_entry(flat, [rtol if rtol is not None else p.rtol for p in per_leaf])
     extra = atol or 0.0
     step = eps if eps is not None else evaluate.precision.step
     levels = subject.levels or evaluate.precision.levels
@@ -220,9 +223,15 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     diffs = Differences(numeric, flat, ct, evaluate.precision.eps, noise_floor, base=base, iterative=loops is not None,
                         longer=longer)
     floored, relative = step_scales(flat)
-    leaf_scale = np.concatenate([np.full(flat.part(i).stop - flat.part(i).start,
-                                         float(np.max(natural[flat.part(i)], initial=0.0))) for i in range(len(paths))]
-                                or [np.zeros(0)])
+    if evaluate is call and eps is None:  # a leaf narrower than the computation is moved by steps that span its ulps
+        wider = _per_entry(flat, [max(1.0, p.step / step) for p in per_leaf])
+        floored, relative = floored * wider, relative * wider
+    # The scale an exact 0 is told from the differences' noise against: its leaf's largest; none (0) for a leaf the
+    # rule makes 0 beside others that are not; any (inf) where the rule is 0 everywhere (a second derivative that
+    # is 0 everywhere: the differences are all there is to judge it on).
+    leaf_scale = _per_entry(flat, [float(np.max(natural[flat.part(i)], initial=0.0)) for i in range(len(paths))])
+    if not np.any(leaf_scale):
+        leaf_scale = np.full(flat.size, np.inf)
 
     def judge_entries(index: np.ndarray, diffs: Differences = diffs, a_main: np.ndarray = a_main) -> Verdict:
         """The first level for every entry; every level, of steps relative to the floored |x| and to |x|
@@ -231,9 +240,9 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
         only because its differences are too uncertain to tell (a tolerance above ``loosest`` of its scale,
         :mod:`.tolerance`) is tried
         at coarser steps, and unchecked if they do no better: a tolerance of the order of the entry passes
-        anything; an exact 0 that the differences find 0 within their noise stays judged (a second derivative that
-        is 0 everywhere, differenced down to round-off)."""
-        noise = r_user * (natural[index] + a_scale[index]) + spread[index] + extra
+        anything; an exact 0 stays judged where the differences tell it from their noise (_told_zero: a second
+        derivative that is 0 everywhere, differenced down to round-off)."""
+        noise = r_user[index] * (natural[index] + a_scale[index]) + spread[index] + extra
         first = diffs.entry_probes(index, a_main, step, floored, [0])
         verdict, slow = judge(first, noise), np.flatnonzero(~first_pass(first, noise))
         if slow.size:
@@ -408,6 +417,12 @@ def _loose(v: Verdict, natural: np.ndarray, extra: float, loosest: float) -> np.
         return v.ok & ~v.unchecked & ~v.kink & ~(v.tol - extra <= loosest * (np.abs(v.numerical) + natural))
 
 
+def _per_entry(flat: Flat, values: Sequence[float]) -> np.ndarray:
+    """One value per leaf, laid out per entry of the flat vector."""
+    return np.concatenate([np.full(flat.part(i).stop - flat.part(i).start, v) for i, v in enumerate(values)]
+                          or [np.zeros(0)])
+
+
 def _also(why: str | None, more: str) -> str:
     return f"{why}; {more}" if why else more
 
@@ -423,11 +438,11 @@ def _unresolved_why(found: large.LeafSearch, path: str) -> str:
             f"not narrowed down ({why}{stop})")
 
 
-def _block_problem(flat: Flat, paths: list[str], leaf: int, b: large.Block, rtol: float) -> Mismatch:
+def _block_problem(flat: Flat, paths: list[str], leaf: int, b: large.Block, rtol: np.ndarray) -> Mismatch:
     start = flat.part(leaf).start
     off = abs(b.analytic - b.numerical)
     return Mismatch("block", paths[leaf], b.lo - start, b.analytic, b.numerical, b.tolerance,
-                    off / b.tolerance if b.tolerance > 0 and np.isfinite(off) else np.inf, rtol=rtol,
+                    off / b.tolerance if b.tolerance > 0 and np.isfinite(off) else np.inf, rtol=float(rtol[b.lo]),
                     stop=b.hi - start)
 
 
@@ -443,7 +458,7 @@ def _cotangent_types(split: Split, vjp: list) -> list[Mismatch]:
 
 
 def _entries_to_judge(diffs: Differences, flat: Flat, a_main: np.ndarray, natural: np.ndarray,
-                      allowed: np.ndarray, scale: np.ndarray, step: float, as_called: bool, r_user: float,
+                      allowed: np.ndarray, scale: np.ndarray, step: float, as_called: bool, r_user: np.ndarray,
                       levels: int, loosest: float, failing: Callable[[np.ndarray], np.ndarray],
                       rng: np.random.Generator) -> tuple[np.ndarray, list[Method], dict[int, large.LeafSearch]]:
     """Small leaves: every entry. Large ones: searched block by block (:mod:`.search`); the entries it narrows
@@ -463,7 +478,7 @@ def _entries_to_judge(diffs: Differences, flat: Flat, a_main: np.ndarray, natura
                 magnitude = finite_abs(a_main) + natural
                 device = diffs.block_device(a_main, [magnitude, r_user * magnitude + allowed, np.ones(flat.size)],
                                             scale, rng)
-            sharpness = large.SHARPNESS_OF_RTOL * r_user if as_called else large.SHARPNESS_FLOAT64
+            sharpness = large.SHARPNESS_OF_RTOL * float(np.min(r_user[lo:hi])) if as_called else large.SHARPNESS_FLOAT64
             searches[i] = large.search(diffs, lo, hi, device, step, sharpness, levels, loosest, failing)
             methods.append(Method.FAILING_BLOCKS if searches[i].failed else Method.BLOCKS)
             picked.append(searches[i].entries)
@@ -517,11 +532,13 @@ class _LeafStats:
                           self.unchecked, ref_abs, ref_rel, level, self.tolerance_rel, self.judged)
 
 
-def _value_problems(flat: Flat, paths: list[str], index: np.ndarray, v: Verdict, rtol: float) -> list[Mismatch]:
+def _value_problems(flat: Flat, paths: list[str], index: np.ndarray, v: Verdict, rtol: np.ndarray
+                    ) -> list[Mismatch]:
     found = []
     for j in np.flatnonzero(~v.ok)[np.argsort(-v.badness[~v.ok])][:REPORTED]:
         interval = (v.analytic[j] + v.low[j], v.analytic[j] + v.high[j]) if v.kink[j] else None
         found.append(mismatch("kink" if v.kink[j] else "value", flat, paths, int(index[j]),
                                analytic=float(v.analytic[j]), numerical=float(v.numerical[j]),
-                               tolerance=float(v.tol[j]), badness=float(v.badness[j]), rtol=rtol, interval=interval))
+                               tolerance=float(v.tol[j]), badness=float(v.badness[j]), rtol=float(rtol[index[j]]),
+                               interval=interval))
     return found
