@@ -488,3 +488,17 @@ def test_a_float16_input_to_a_float32_computation_is_judged_at_float32(k):
     x = jnp.asarray(np.random.default_rng(8).standard_normal(40), jnp.float16)
     with pytest.raises(VJPMismatch):
         check_vjp(f, (x,))
+
+
+@pytest.mark.parametrize("k", [2.0, 2.2])
+def test_outputs_that_underflow_to_subnormals_are_no_false_alarm(k):
+    """x·x at x ≈ 1e-20 in float32 is 1e-40, flushed to 0: the float64 version is still the same function (within
+    float32's smallest normal number), so the rule is judged there; a rule 10% off still fails."""
+    f = jax.custom_vjp(lambda x: x * x)
+    f.defvjp(lambda x: (x * x, x), lambda x, g: (k * g * x,))
+    x = jnp.asarray(np.random.default_rng(9).uniform(0.5, 2.0, 8) * 1e-20, jnp.float32)
+    if k == 2.0:
+        assert check_vjp(f, (x,)).precision == "float64"
+    else:
+        with pytest.raises(VJPMismatch):
+            check_vjp(f, (x,))

@@ -270,8 +270,9 @@ def _same_function(call: Version, out: list, v64: Version, out64: list, cotangen
     worst = 0.0
     for o, p in pairs:
         scale = float(np.max(np.abs(p), initial=0.0)) or 1.0
-        with np.errstate(invalid="ignore"):  # inf − inf: NaN, which is never close
-            worst = max(worst, float(np.max(np.abs(o - p), initial=0.0)) / scale)
+        with np.errstate(invalid="ignore"):  # inf − inf: NaN, which is never close; below tiny: flushed to zero
+            off = np.where(_within(o, p, call.precision.tiny), 0.0, np.abs(o - p))
+            worst = max(worst, float(np.max(off, initial=0.0)) / scale)
     if worst > SAME_FUNCTION_CAP:
         return False, worst
     allowed = [rel * np.abs(p) + call.precision.tiny for _, p in pairs]
