@@ -118,48 +118,40 @@ class Differences:
             self.ct = [jnp.asarray(c) for c in cotangent]
             f = version.fn
 
-            def sizes(out: list, reference: tuple[list, list], ct: list) -> tuple[jax.Array, ...]:
-                """Σ c·(o − b); Σ and max of |c|·(|o| + |b|) over the outputs that moved; max over those alive."""
-                s = n = most = alive = zero = jnp.zeros((), work)
-                for c, o, b, live in zip(ct, out, *reference, strict=True):
-                    same = _unchanged(o, b)  # a −inf mask fill, a NaN pad: no change, no round-off
-                    d = jnp.where(same, 0, o - b)
-                    size = (jnp.abs(o).astype(work) + jnp.abs(b).astype(work)) * jnp.abs(c).astype(work)
-                    size = jnp.where(same & ~(jnp.isfinite(o) & jnp.isfinite(b)), 0, size)
-                    moved = jnp.where(d != 0, size, 0)
-                    # One reduction of four operands, so that f is evaluated once per entry (separate sums each
-                    # recompute it: 2.2x the time of a probe of a 10^7-entry leaf).
-                    terms = (jnp.real(c * d).astype(work), moved, moved, jnp.where(live, size, 0))
-                    ds, dn, dm, dl = jax.lax.reduce(
-                        tuple(v.ravel() for v in terms), (zero, zero, zero, zero),
-                        lambda p, q: (p[0] + q[0], p[1] + q[1], jnp.maximum(p[2], q[2]), jnp.maximum(p[3], q[3])),
-                        (0,))
-                    s, n, most, alive = s + ds, n + dn, jnp.maximum(most, dm), jnp.maximum(alive, dl)
-                return s, n, most, alive
-
-            def reduce(out: list, reference: tuple[list, list], ct: list, floor: jax.Array | None
-                       ) -> tuple[jax.Array, jax.Array]:
-                """The change of φ and its round-off bound: the outputs a probe moved, and once more the largest
-                output that may have moved below one ulp: for an entry, the largest output coupled to it (``floor``,
-                :meth:`floors`) at FUNCTION_ULPS, or any output alive where the probe moved none; for a block, any
-                output alive (_live: never a mask fill), whose many moved outputs' sum dominates."""
-                s, n, most, alive = sizes(out, reference, ct)
-                if floor is None:
-                    return s, (n + jnp.maximum(most, alive)) * eps_out + 2 * noise_floor
-                # A probe that moves no output at all may have moved any output that moves below one ulp (a
-                # logsumexp's tail logit): the largest alive is its floor then.
-                hidden = jnp.where(n > 0, jnp.maximum(most, floor), alive)
-                return s, (n + FUNCTION_ULPS * hidden) * eps_out + 2 * noise_floor
-
             self.base = base if base is not None else jit_or_eager(lambda x: f(*flat.leaves_of(x)))(self.x)
             self.outputs = sum(int(np.size(b)) for b in self.base)
-            live = self._live(f, flat, work)
-            self.reference = [(self.base, live)]
-            if longer is not None:
-                self.reference.append((jit_or_eager(lambda x: longer(*flat.leaves_of(x)))(self.x), live))
+            # Outputs holding inf or NaN (a −inf mask fill, a NaN pad) are compared entry by entry: one that stays
+            # so is no change; the rest are subtracted as they are (known when tracing: no cost where all finite).
+            filled = [not bool(np.all(np.isfinite(np.asarray(b)))) for b in self.base]
 
-            def changes(leaves: list, reference: list, ct: list, floor: jax.Array | None = None
-                        ) -> tuple[jax.Array, jax.Array]:
+            def reduce(out: list, base: list, ct: list, floor: jax.Array) -> tuple[jax.Array, jax.Array]:
+                """The change of φ and its round-off bound: Σ c·(o − b), and over the outputs that moved
+                Σ |c|·(|o| + |b|), plus FUNCTION_ULPS times the largest output that may have moved below one ulp:
+                ``floor`` (:meth:`floors` for an entry; for a block, any output alive), or any output alive where
+                the probe moved none (a logsumexp's tail logit may move any below one ulp)."""
+                s = n = zero = jnp.zeros((), work)
+                for c, o, b, nonfinite in zip(ct, out, base, filled, strict=True):
+                    d = jnp.where(_unchanged(o, b), 0, o - b) if nonfinite else o - b
+                    size = (jnp.abs(o).astype(work) + jnp.abs(b).astype(work)) * jnp.abs(c).astype(work)
+                    # One reduction of two operands, so that f is evaluated once per entry (separate sums each
+                    # recompute it: 2.2x the time of a probe of a 10^7-entry leaf).
+                    terms = (jnp.real(c * d).astype(work), jnp.where(d != 0, size, 0))
+                    ds, dn = jax.lax.reduce(tuple(v.ravel() for v in terms), (zero, zero),
+                                            lambda p, q: (p[0] + q[0], p[1] + q[1]), (0,))
+                    s, n = s + ds, n + dn
+                hidden = jnp.where(n > 0, floor, self.alive)
+                return s, (n + FUNCTION_ULPS * hidden) * eps_out + 2 * noise_floor
+
+            live = self._live(f, flat, work)
+            # The largest output that moves at all (a mask fill does not), sized where the probes are.
+            self.alive = max([float(np.max(np.where(np.asarray(v) & np.isfinite(np.asarray(b)),
+                                                     2 * np.abs(np.asarray(b) * np.asarray(c)), 0), initial=0.0))
+                              for b, c, v in zip(self.base, cotangent, live, strict=True)], default=0.0)
+            self.reference = [self.base]
+            if longer is not None:
+                self.reference.append(jit_or_eager(lambda x: longer(*flat.leaves_of(x)))(self.x))
+
+            def changes(leaves: list, reference: list, ct: list, floor: jax.Array) -> tuple[jax.Array, jax.Array]:
                 s, n = reduce(f(*leaves), reference[0], ct, floor)
                 if longer is None:
                     return s, n
@@ -178,7 +170,7 @@ class Differences:
                 return (functools.reduce(jnp.maximum, [
                     jnp.max(jnp.where(_unchanged(o, b) | ~jnp.isfinite(b), 0,
                                       2 * jnp.abs(b).astype(work) * jnp.abs(c).astype(work)),
-                            initial=0) for c, o, b in zip(ct, out, reference[0][0], strict=True)],
+                            initial=0) for c, o, b in zip(ct, out, reference[0], strict=True)],
                     jnp.zeros((), work)),)
 
             # Leaves that are the working dtype move exactly as asked (to a part in 1e12 of the step), so the
@@ -189,7 +181,7 @@ class Differences:
                 j = jax.lax.iota(jnp.int32, x.shape[0])
                 moved = jnp.where((j >= lo_) & (j < hi_), x + t_ * signed, x)  # the rest exactly x (-0.0 too)
                 leaves = flat.leaves_of(moved)
-                s, n = changes(leaves, reference, ct)  # a block's floor: any output alive
+                s, n = changes(leaves, reference, ct, jnp.asarray(self.alive, work))  # a block's floor: any alive
                 if self.exact:
                     return s, n
                 actual = jnp.concatenate([_real_parts(v, c).astype(work) for v, c in
