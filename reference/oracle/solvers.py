@@ -99,6 +99,25 @@ def stopping_error(version: Any) -> list[np.ndarray] | None:
             for o, m in zip(out, more, strict=True)]
 
 
+def vjp_stopping_error(version: Any, cotangent: list) -> list[np.ndarray] | None:
+    """Per VJP leaf, how ``version``'s VJP for ``cotangent`` moves when the while loops of its forward and
+    backward run longer (an implicit rule's linear solve stops at a tolerance too). None where they cannot be run
+    longer or do not converge."""
+    leaves = version.split.diff_leaves()
+
+    def pulled(*xs: Any) -> list:
+        return list(jax.vjp(version.fn, *xs)[1](list(cotangent)))
+
+    with version.context():
+        longer = tightened(pulled, leaves)
+        if longer.fn is None:
+            return None
+        now, more = jit_or_eager(pulled)(*leaves), jit_or_eager(longer.fn)(*leaves)
+    if not converged(now, more):
+        return None
+    return [np.asarray(m) - np.asarray(o) for o, m in zip(now, more, strict=True)]
+
+
 def converged(out: Sequence[Any], longer: Sequence[Any]) -> bool:
     """Whether the longer run's outputs are within CONVERGED of the call's, relative to each output's largest
     entry: a solver that converges, not a loop of a fixed count."""
