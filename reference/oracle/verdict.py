@@ -43,12 +43,6 @@ FINER_AGREE = 4.0
 # could not turn it into a pass.
 CONFIDENT = 4.0
 
-# A function that iterates to a tolerance (a while loop on its values: cg, a fixed point, Sinkhorn) is
-# differenced along its stopping error, while an implicit rule gives the derivative of the exact solution. An
-# entry off by at most this fraction of its scale there is unchecked (counted, explained), not failed; an
-# error of order one (a sign, a factor) still fails. cg at tol 1e-5 is 0.5% off; at 1e-12, 1e-10.
-SOLVER_GAP = 0.05
-
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
@@ -76,13 +70,6 @@ class Verdict:
         for key, value in fields.items():
             value[rows] = getattr(other, key)
         return Verdict(**fields)
-
-    def solver_noise(self, scale: np.ndarray) -> np.ndarray:
-        """Failing entries (not kinks) off by at most SOLVER_GAP of ``|numerical| + scale``: what stopping an
-        iteration at a tolerance can explain."""
-        with np.errstate(invalid="ignore"):
-            gap = np.abs(self.analytic - self.numerical) / (np.abs(self.numerical) + scale)
-        return ~self.ok & ~self.kink & ~self.unchecked & (gap <= SOLVER_GAP)
 
     @property
     def zero(self) -> np.ndarray:
