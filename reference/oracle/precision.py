@@ -318,7 +318,7 @@ def _all_within(pairs: list[tuple[np.ndarray, np.ndarray]], allowed: list[np.nda
 
 
 @np.errstate(invalid="ignore")  # inf − inf: NaN, never within
-def _within(o: np.ndarray, p: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+def _within(o: np.ndarray, p: np.ndarray, allowed: np.ndarray | float) -> np.ndarray:
     """Entry by entry, ``|o − p| ≤ allowed``; equal values (the same inf) and two NaNs are within."""
     return (np.abs(o - p) <= allowed) | (o == p) | (np.isnan(o) & np.isnan(p))
 

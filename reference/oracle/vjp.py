@@ -211,7 +211,8 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     levels = subject.levels or evaluate.precision.levels
     loosest = (evaluate.precision.loosest if subject.order == 1 or evaluate.precision.key == 64
                else LOOSEST_AS_CALLED)
-    numeric, ct, base, noise_floor = evaluate, chosen.cotangents[0], chosen.out, 0.0
+    numeric, ct, noise_floor = evaluate, chosen.cotangents[0], 0.0
+    base: list | None = chosen.out
     if subject.truth is not None:
         phi, noise_floor = subject.truth(evaluate, chosen.cotangents[0])
         numeric, base = Version(evaluate.split, phi, evaluate.x64, evaluate.precision), None
