@@ -198,11 +198,15 @@ def _rewrite_value(value: Any, primitive: str) -> Any:
     if not _holds_while(value):
         return value
     if isinstance(value, ClosedJaxpr):
-        avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype, weak_type=v.aval.weak_type)
-                 for v in value.jaxpr.invars]
+        avals = [_struct(v.aval) for v in value.jaxpr.invars]
         return jax.make_jaxpr(lambda *xs: _evaluate(value.jaxpr, value.consts, list(xs)))(*avals)
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple of jaxprs (custom_linear_solve)
         return type(value)(*(_rewrite_value(v, primitive) for v in value))
     if isinstance(value, tuple | list):
         return type(value)(_rewrite_value(v, primitive) for v in value)
     raise NotRewritable(f"a while loop inside {primitive}, whose jaxpr is not a closed one")
+
+
+def _struct(aval: Any) -> jax.ShapeDtypeStruct:
+    """An array's abstract value as a ShapeDtypeStruct, its weak type kept where JAX records one."""
+    return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=bool(getattr(aval, "weak_type", False)))
