@@ -155,6 +155,8 @@ def _evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> list:
 def _longer_while(eqn: Any, values: list) -> list:
     """The loop as it runs (counting its steps), then MIN_EXTRA steps or as many again, never a non-finite one."""
     cond, body = eqn.params["cond_jaxpr"], eqn.params["body_jaxpr"]
+    if getattr(cond.jaxpr.outvars[0].aval, "shape", ()) != ():  # a batched predicate (JAX 0.12, under vmap)
+        raise NotRewritable("a while loop whose predicate is batched (one per lane of a vmap)")
     n = len(body.jaxpr.outvars)
     bn, cn = len(body.jaxpr.invars) - n, len(cond.jaxpr.invars) - n
     cond_consts, body_consts, init = values[:cn], values[cn:cn + bn], values[cn + bn:]
