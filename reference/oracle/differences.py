@@ -106,6 +106,7 @@ class Differences:
     def __init__(self, version: Any, flat: Flat, cotangent: Sequence[Any], eps_out: float, noise_floor: float = 0.0,
                  base: list | None = None, iterative: bool = False, longer: Callable | None = None):
         self.version, self.flat, self.eps_out = version, flat, eps_out
+        self.floored = step_scales(flat)[0]  # each entry's step scale, for _live and floors (a pass over the leaf)
         self.iterative = iterative  # f loops until its values say stop: each probe's cost unknown, batches kept small
         # f with its while loops run longer (solvers.py): differenced instead of f, each probe's round-off bound
         # widened by how far the two runs' changes differ there (the stopping error's own change).
@@ -201,7 +202,7 @@ class Differences:
         """Per output entry, whether it moves at all when the inputs do: moved by LIVE_MOVE of their step scales
         along pseudo-random signs, both ways. An entry that stays put there (a mask fill of −1e9, a constant) is
         no output a probe moves, and its size is no floor for any probe's round-off."""
-        floored, _ = step_scales(flat)
+        floored = self.floored
         signs = 1.0 - 2.0 * ((np.arange(flat.size, dtype=np.uint64) * 2246822519) // 4096 % 2)
         run = jit_or_eager(lambda x: f(*flat.leaves_of(x)))
         try:
@@ -217,8 +218,7 @@ class Differences:
         large entry of an elementwise function, a mask fill) is no part of it."""
         new = np.array(sorted({int(i) for i in index} - self._floors.keys()), np.int64)
         if new.size:
-            floored, _ = step_scales(self.flat)
-            d = LIVE_MOVE * floored[new]
+            d = LIVE_MOVE * self.floored[new]
             found = self._chunked(self._coupled, [np.concatenate([new, new]), np.concatenate([d, -d])],
                                   [jnp.int32, self.work], ())[0]
             self._floors.update(zip(new.tolist(), np.maximum(found[:new.size], found[new.size:]).tolist(),
