@@ -10,6 +10,8 @@ A spec says what one positional argument is:
   ``@x.npy``: that array.
 
 MODULE is a dotted module (importable from the current directory) or a path to a ``.py`` file.
+With ``--plot PATH`` a failing check_vjp also draws where the VJP is off (:mod:`reference.oracle.plot`) to
+PATH, a PNG; a failing order 2 to PATH with ``-order2`` before its extension.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ import sys
 import time
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from reference import VJPMismatch
 
 _DTYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32", "f64": "float64", "c64": "complex64",
            "c128": "complex128", "i8": "int8", "i32": "int32", "i64": "int64", "u8": "uint8", "u32": "uint32",
@@ -146,29 +151,38 @@ def _from_file(source: str) -> list[Any]:
 @dataclasses.dataclass(frozen=True)
 class CheckRow:
     check: str  # "vjp", "vjp of the vjp", "transformations"
-    status: str  # "ok" or "FAIL: …"
+    status: str  # "ok", "FAIL" or "UNPROVEN" (passed, with more than 1% of the entries unchecked)
     detail: str
     seconds: float
+    picture: str | None = None  # the PNG of a FAIL drawn with --plot
 
 
 def run(fn: Callable, name: str, args: list[Any], *, order: int = 1, transforms: bool = False,
-        seed: int = 0) -> list[CheckRow]:
-    """The checks of ``handgrad check``: check_vjp at each order up to ``order``, then check_transforms."""
+        seed: int = 0, plot: str | None = None) -> list[CheckRow]:
+    """The checks of ``handgrad check``: check_vjp at each order up to ``order``, then check_transforms; a
+    failing check_vjp drawn to ``plot`` (see the module docstring)."""
     from reference import TransformMismatch, VJPMismatch, check_transforms, check_vjp
 
     rows = []
     for k in range(1, order + 1):
         start = time.perf_counter()
+        picture = None
         try:
             report = check_vjp(fn, tuple(args), seed=seed, order=k)
             detail = (f"{len(report.leaves)} leaves, differences in {report.precision}; max rel err "
                       f"{report.max_rel_err:.1e}, {report.kinks} kinks, {report.unchecked} unchecked")
-            status = "ok"
+            status = "ok" if report.proven else "UNPROVEN"  # a pass is a proof: most entries checked
+            if not report.proven:
+                detail = f"not a proof: {report.unproven_why}"
         except VJPMismatch as e:
             status = "FAIL"
             detail = "\n".join([f"{len(e.problems)} mismatches ({', '.join(sorted(e.kinds))}), differences in "
                                  f"{e.report.precision}", *(str(p) for p in e.problems[:3])])
-        rows.append(CheckRow("vjp" if k == 1 else "vjp of the vjp", status, detail, time.perf_counter() - start))
+            if plot is not None:
+                picture, why_not = _picture(e, plot if k == 1 else "-order2".join(os.path.splitext(plot)))
+                detail += why_not
+        rows.append(CheckRow("vjp" if k == 1 else "vjp of the vjp", status, detail, time.perf_counter() - start,
+                             picture))
     if transforms:
         start = time.perf_counter()
         try:
@@ -181,6 +195,28 @@ def run(fn: Callable, name: str, args: list[Any], *, order: int = 1, transforms:
     return rows
 
 
+def exit_code(rows: list[CheckRow]) -> int:
+    """1 on a FAIL; else 3 (handgrad.audit.checks.EXIT_UNPROVEN) on a check that passed unproven; else 0."""
+    from handgrad.audit.checks import EXIT_UNPROVEN
+
+    if any(r.status == "FAIL" for r in rows):
+        return 1
+    return EXIT_UNPROVEN if any(r.status == "UNPROVEN" for r in rows) else 0
+
+
+def _picture(mismatch: VJPMismatch, path: str) -> tuple[str | None, str]:
+    """The mismatch drawn to ``path``: (the path, "") or (None, a line that says why not)."""
+    from reference.oracle.plot import NeedsMatplotlib
+
+    try:
+        mismatch.plot(path)
+    except NeedsMatplotlib as e:
+        return None, f"\nno picture: {e}"
+    except OSError as e:
+        return None, f"\nno picture: cannot write {path}: {e.strerror or e}"
+    return path, ""
+
+
 def print_rows(name: str, specs: list[str], rows: list[CheckRow]) -> None:
     print(f"handgrad check {name}({', '.join(specs)})")
     print(f"{'check':<16} {'status':<6} {'time':>7}  detail")
@@ -189,6 +225,8 @@ def print_rows(name: str, specs: list[str], rows: list[CheckRow]) -> None:
         print(f"{r.check:<16} {r.status:<6} {r.seconds:6.2f}s  {first}")
         for line in rest:
             print(f"{'':<33}{line}")
+        if r.picture:
+            print(f"{'':<33}picture: {r.picture}")
 
 
 def write_json(name: str, specs: list[str], rows: list[CheckRow], path: str) -> None:

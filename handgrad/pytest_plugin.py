@@ -8,17 +8,21 @@ when ``--handgrad-audit`` is given or a test asks for the fixture.
 * ``--handgrad-audit PACKAGE`` (repeatable) adds one test item per rule the audit discovers in
   PACKAGE, named ``handgrad-audit::module:qualname``; the item runs ``check_vjp`` at orders 1
   and 2 and ``check_transforms`` on three draws of inputs, as ``handgrad audit`` does, with the
-  same configuration (``[tool.handgrad.audit]``). A FAIL or an oracle error fails the item; a
+  same configuration (``[tool.handgrad.audit]``). A FAIL or an oracle error fails the item, and so does
+  a check that passed with more than 1% of its entries unchecked (``unproven``: a pass is a proof); a
   rule skipped or refused at every check is a skipped test, with the reason.
 * ``--handgrad-record`` records every call of a ``custom_vjp`` or ``custom_jvp`` rule that the session's
   tests make (:mod:`handgrad.audit.record`), and checks each distinct rule, shapes and dtypes at the session's
   end, at the recorded arguments (or at draws of their shapes, where the call was under ``jit``). The results
-  are a ``handgrad record`` section of the summary; a FAIL or an oracle error fails the session. Under
+  are a ``handgrad record`` section of the summary; a FAIL, an oracle error or an unproven check fails the
+  session. Under
   pytest-xdist each worker checks what it recorded and sends the rows to the controller.
 * ``--handgrad-baseline FILE`` (written by ``handgrad audit --write-baseline``) fails the audit's items and
   the recording only on what got worse than FILE.
 * The ``check_vjp`` fixture is :func:`reference.check_vjp` with a seed of its own per test
-  (from the test's id and ``--handgrad-seed``), named in the failure so the run can be repeated.
+  (from the test's id and ``--handgrad-seed``), named in the failure so the run can be repeated. A report
+  that is no proof (more than 1% of its entries unchecked) fails the test too, unless the call says
+  ``allow_unproven=True``.
 """
 
 from __future__ import annotations
@@ -104,12 +108,13 @@ class AuditItem(pytest.Item):
 
 
 def _failing(config: pytest.Config, rows: list) -> list:
-    """The rows that fail the run: a FAIL or an oracle error, or with a baseline what got worse than it."""
-    from handgrad.audit.checks import FAILING
+    """The rows that fail the run: a FAIL, an oracle error or an unproven pass, or with a baseline what got worse
+    than it."""
+    from handgrad.audit.checks import FAILING, UNPROVEN
 
     if _BASELINE in config.stash:
         return config.stash[_BASELINE].worse(rows)
-    return [r for r in rows if r.status in FAILING]
+    return [r for r in rows if r.status in FAILING or r.status == UNPROVEN]
 
 
 _BASELINE = pytest.StashKey[Any]()
@@ -154,8 +159,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     recorder = config.stash.get(_RECORDER, None)
     if recorder is None:
         return
-    import dataclasses
-
     from handgrad.audit.checks import select
     from handgrad.audit.record import check
 
@@ -165,7 +168,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                  timeout=config.getoption("handgrad_timeout"), overrun=_overrun)
     config.stash[_RECORDED].extend(rows)
     if hasattr(config, "workeroutput"):  # a pytest-xdist worker: the controller reports
-        config.workeroutput["handgrad_record"] = {"rows": [dataclasses.asdict(r) for r in rows],
+        config.workeroutput["handgrad_record"] = {"rows": [r.as_json() for r in rows],
                                                   "seconds": recorder.seconds}
         return
     config.stash[_RECORDER_SECONDS] = config.stash.get(_RECORDER_SECONDS, 0.0) + recorder.seconds
@@ -191,7 +194,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     import io
 
     from handgrad.audit import Discovery
-    from handgrad.audit.record import merged
+    from handgrad.audit.recorded import merged
     from handgrad.audit.report import print_table
 
     rows = merged(config.stash[_RECORDED])
@@ -207,7 +210,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 class AuditFailure(Exception):
     def __init__(self, rows: list):
-        super().__init__(f"{sum(r.status == 'FAIL' for r in rows)} checks failed")
+        super().__init__(f"{sum(r.status != 'ok' for r in rows)} checks failed or unproven")
         self.rows = rows
 
 
@@ -223,12 +226,16 @@ def check_vjp(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
     base = request.config.getoption("handgrad_seed")
     seed = (zlib.crc32(request.node.nodeid.encode()) + base) % 2**31
 
-    def check(fn: Callable, args: Any, **options: Any) -> Any:
+    def check(fn: Callable, args: Any, *, allow_unproven: bool = False, **options: Any) -> Any:
         options.setdefault("seed", seed)
         try:
-            return oracle(fn, args, **options)
+            report = oracle(fn, args, **options)
         except VJPMismatch as e:
             e.add_note(f"check_vjp seed {options['seed']} (this test's id with --handgrad-seed {base})")
             raise
+        if not report.proven and not allow_unproven:
+            pytest.fail(f"check_vjp passed, but is no proof: {report.unproven_why} (check_vjp seed {options['seed']}; "
+                        f"allow_unproven=True accepts it)\n{report}", pytrace=False)
+        return report
 
     yield check

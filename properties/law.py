@@ -11,7 +11,6 @@ for, by name prefix; the tests hold the table to it. Laws about optimizers need 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -28,44 +27,9 @@ import reference.gates
 import reference.regularizers
 from properties import laws
 from properties import strategies as hs
-from properties.op import Op
+from properties.op import Law, Op, OptimizerLaw
 
 F32 = jnp.float32
-# A law compares two float32 evaluations to a few ulps (tolerance.FLOAT32.agree); a GPU runs float32 matmuls as TF32
-# by default (10 mantissa bits), further apart than that on both sides. Laws hold the rule's mathematics, so their
-# products run at full float32, inside the law only.
-FULL_FLOAT32 = "float32"
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Law:
-    """One law of backprop for an op row."""
-
-    name: str  # the law function's name in properties.laws
-    draw: Callable[[Op, st.DataObject], tuple]  # the inputs for this row
-    check: Callable[[Op, tuple], None]  # the law applied to op.fn and those inputs; raises PropertyViolation
-    meant_for: tuple[str, ...] = ("",)  # the rows it fits, by name prefix ("" is every row)
-
-    def fits(self, op: Op) -> bool:
-        return op.name.startswith(self.meant_for)
-
-    def __call__(self, op: Op, data: st.DataObject) -> None:
-        with jax.default_matmul_precision(FULL_FLOAT32):
-            self.check(op, self.draw(op, data))
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class OptimizerLaw:
-    """A law that holds an optimizer (and penalty) to an equivalence; it needs no op row."""
-
-    name: str
-    subject: str  # what it holds to the law, in words
-    draw: Callable[[st.DataObject], tuple]
-    check: Callable[[tuple], None]
-
-    def __call__(self, data: st.DataObject) -> None:
-        with jax.default_matmul_precision(FULL_FLOAT32):
-            self.check(self.draw(data))
 
 
 # ---------------------------------------------------------------------------- helpers of the draws

@@ -1,4 +1,5 @@
-"""A row of the op table: one op and everything the checkers need to know about it."""
+"""A row of the op table (:class:`Op`): one op and everything the checkers need to know about it; and the laws' types
+(:class:`Law`, :class:`OptimizerLaw`), whose instances live in :mod:`properties.law`."""
 
 from __future__ import annotations
 
@@ -6,13 +7,11 @@ import dataclasses
 import functools
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import jax
 import numpy as np
 from hypothesis import strategies as st
-
-if TYPE_CHECKING:
-    from properties.law import Law
 
 
 def _row_site() -> str:
@@ -63,3 +62,39 @@ def bind(op: Callable, **settings: Any) -> Callable:
     bound = functools.partial(op, **settings)
     bound.__name__ = bound.__qualname__ = f"{op.__name__}({', '.join(f'{k}={v!r}' for k, v in settings.items())})"
     return bound
+
+# A law compares two float32 evaluations to a few ulps (tolerance.FLOAT32.agree); a GPU runs float32 matmuls as TF32
+# by default (10 mantissa bits), further apart than that on both sides. Laws hold the rule's mathematics, so their
+# products run at full float32, inside the law only.
+FULL_FLOAT32 = "float32"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Law:
+    """One law of backprop for an op row."""
+
+    name: str  # the law function's name in properties.laws
+    draw: Callable[[Op, st.DataObject], tuple]  # the inputs for this row
+    check: Callable[[Op, tuple], None]  # the law applied to op.fn and those inputs; raises PropertyViolation
+    meant_for: tuple[str, ...] = ("",)  # the rows it fits, by name prefix ("" is every row)
+
+    def fits(self, op: Op) -> bool:
+        return op.name.startswith(self.meant_for)
+
+    def __call__(self, op: Op, data: st.DataObject) -> None:
+        with jax.default_matmul_precision(FULL_FLOAT32):
+            self.check(op, self.draw(op, data))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OptimizerLaw:
+    """A law that holds an optimizer (and penalty) to an equivalence; it needs no op row."""
+
+    name: str
+    subject: str  # what it holds to the law, in words
+    draw: Callable[[st.DataObject], tuple]
+    check: Callable[[tuple], None]
+
+    def __call__(self, data: st.DataObject) -> None:
+        with jax.default_matmul_precision(FULL_FLOAT32):
+            self.check(self.draw(data))

@@ -11,12 +11,12 @@ import pytest
 from jax import lax
 from jax.extend.core import Primitive
 
-from reference.oracle import precision
+from reference.oracle import jaxprs
 
 
 def _walk(closed, dependent):
-    found = precision._Found(bits=52)
-    return precision._walk(closed.jaxpr, dependent, found), found
+    found = jaxprs._Found(bits=52)
+    return jaxprs._walk(closed.jaxpr, dependent, found), found
 
 
 # A primitive no JAX version has: it runs its nested program once, like a jit, but the walk cannot know that.
@@ -49,7 +49,7 @@ def test_an_unknown_primitive_without_a_nested_program_marks_every_output():
 
 def _strip(closed):
     """The same program with every param that holds no jaxpr removed from its loops: what the walk may not read."""
-    eqns = [e.replace(params={n: v for n, v in e.params.items() if n in dict(precision._jaxprs(e.params))})
+    eqns = [e.replace(params={n: v for n, v in e.params.items() if n in dict(jaxprs._jaxprs(e.params))})
             if e.primitive.name in ("scan", "while") else e for e in closed.jaxpr.eqns]
     return closed.replace(jaxpr=closed.jaxpr.replace(eqns=eqns))
 

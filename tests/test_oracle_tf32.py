@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reference import VJPMismatch, check_vjp
-from reference.oracle import precision, rounding
+from reference.oracle import jaxprs, rounding
 
 
 def _tf32(v):
@@ -61,7 +61,7 @@ def test_a_wrong_rule_still_fails_with_tf32_dots(gpu, name, wrong):
 
 def test_a_function_rounding_to_10_bits_computes_at_that_precision():
     closed = jax.make_jaxpr(lambda v: jax.lax.reduce_precision(v, exponent_bits=8, mantissa_bits=10) * 2)(ARGS[0])
-    assert precision.narrowest_float(closed) == 10
+    assert jaxprs.narrowest_float(closed) == 10
 
 
 def test_only_a_gpus_default_float32_dot_runs_as_tf32(gpu):

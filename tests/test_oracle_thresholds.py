@@ -1,6 +1,6 @@
 """Every threshold and decision of the oracle and the laws, pinned from both sides: a case just beyond it
 must be caught and a case just within must pass. Loosen (or tighten) a threshold tenfold and a test here
-fails; the README's contributor section lists which test pins which constant."""
+fails; docs/oracle.md has the table of which test pins which constant."""
 
 import jax
 import jax.numpy as jnp

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from handgrad import cli
 from handgrad.audit import Discovery, baseline
+from handgrad.audit import command as audit_command
 from handgrad.audit.checks import Row
 from handgrad.audit.record import Recorder, check
 
@@ -112,7 +112,7 @@ def test_recording_changes_no_result_and_survives_its_own_failure(monkeypatch):
         return jnp.sum(_sin(1.0)(x) ** 2)
     plain = (loss(x), jax.grad(loss)(x), jax.jit(jax.grad(loss))(x))
     rec = Recorder()
-    monkeypatch.setattr("handgrad.audit.record._site", lambda: 1 / 0)  # the recorder's own bug
+    monkeypatch.setattr("handgrad.audit.calls.site", lambda: 1 / 0)  # the recorder's own bug
     with rec.recording():
         recorded = (loss(x), jax.grad(loss)(x), jax.jit(jax.grad(loss))(x))
     for a, b in zip(plain, recorded, strict=True):
@@ -178,8 +178,9 @@ def test_audit_record_with_a_baseline_both_ways(project, capsys):
     rows = [Row(**r) for r in json.loads((project / "rows.json").read_text())["rows"]]
 
     def audited_against(path):  # the same rows reported again, as the next CI run's would be
-        args = argparse.Namespace(x64=False, seed=0, json=None, junit_xml=None, write_baseline=None, baseline=path)
-        return cli._audit_report(args, Discovery("--record", (), (), ()), rows, 0.0, "recorded")
+        args = argparse.Namespace(x64=False, seed=0, json=None, junit_xml=None, html=None, write_baseline=None,
+                                  baseline=path)
+        return audit_command.report(args, Discovery("--record", (), (), ()), rows, 0.0, "recorded")
 
     assert audited_against(str(project / "baseline.json")) == 0  # unchanged: passes
     stored = json.loads((project / "baseline.json").read_text())

@@ -18,7 +18,7 @@ import pytest
 
 import pure.nn
 from handgrad.cli import main
-from handgrad.train import command
+from handgrad.train import command, loop
 from handgrad.train import data as datasets
 from handgrad.train.checkpoints import CheckpointError
 from handgrad.train.config import TrainConfig, TrainError
@@ -152,7 +152,7 @@ def test_kfold_folds_are_scikit_learns_and_each_score_is_that_folds_own_run():
     scores = []
     for k, (a, b) in enumerate(folds):  # each fold trained again on its own, from scikit-learn's indices
         run = Run(config, data, "softmax", rest[a], rest[b], rest[:0], log=lambda _: None)
-        _, progress = run.fit(*run.initial_state(), command._QuietBar)
+        _, progress = loop.fit(run, *run.initial_state(), command._QuietBar)
         score = progress.history[-1].val_metric
         assert summary["folds"][k]["val_metric"] == score
         assert score * len(b) == pytest.approx(round(score * len(b)))  # a count over the fold

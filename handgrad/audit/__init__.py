@@ -7,7 +7,9 @@
 * :mod:`.checks`: ``check_vjp`` at orders 1 and 2 and ``check_transforms``, every outcome a row;
 * :mod:`.runner`: the checks in a worker process, each under a time limit;
 * :mod:`.report`: the table, JSON and JUnit XML;
-* :mod:`.record`: the rules a program calls, recorded while it runs (``--record``, ``pytest --handgrad-record``);
+* :mod:`.html`: a static page with each FAIL's picture (``--html``);
+* :mod:`.record` (with :mod:`.calls`, :mod:`.recorded` and :mod:`.watchdog`): the rules a program calls, recorded
+  while it runs (``--record``, ``pytest --handgrad-record``);
 * :mod:`.baseline`: a stored audit, so that only what got worse fails (``--baseline``).
 
 Nothing here imports JAX at module level: the pytest plugin imports this package lazily.

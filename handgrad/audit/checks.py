@@ -12,7 +12,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from handgrad.audit.config import FunctionConfig
 from handgrad.audit.discover import Rule
@@ -27,11 +27,25 @@ from handgrad.audit.inputs import (
     in_domain,
 )
 
+if TYPE_CHECKING:
+    from reference import Mismatch, VJPReport
+
 CHECKS = ("vjp", "vjp of the vjp", "transformations")
 SHORT = {"vjp": "vjp", "order2": "vjp of the vjp", "transforms": "transformations"}  # as --checks names them
 # The order rows are summarised in: the first status any draw has, wins.
-PRIORITY = ("oracle error", "FAIL", "timeout", "expected", "note", "ok", "refused", "skipped")
+PRIORITY = ("oracle error", "FAIL", "timeout", "unproven", "expected", "note", "ok", "refused", "skipped")
 FAILING = ("FAIL", "oracle error")  # a row with one of these makes the audit exit 1
+# A check_vjp that passed with more than reference.oracle.report.PROVEN of its entries unchecked: no failure, and
+# no pass either (a pass is a proof). Without a failing row, such a row makes handgrad's commands exit 3.
+UNPROVEN = "unproven"
+EXIT_UNPROVEN = 3
+
+
+class Picture(NamedTuple):
+    """What a picture of a check_vjp mismatch needs: ``report.plot(path, problems)`` draws it."""
+
+    report: VJPReport
+    problems: tuple[Mismatch, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +59,13 @@ class Row:
     detail: str  # one line for ok; for the others, what and where
     inputs: str  # "annotations: f32[3,4], i32[3]<2" or "config: …" or "guessed: …"
     seconds: float
+    # A check_vjp mismatch (FAIL, expected), of the draw the detail is from; it stays in the processes of one
+    # run: as_json leaves it out, so a row read back from JSON (--record) has none.
+    picture: Picture | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def as_json(self) -> dict[str, Any]:
+        """The fields JSON holds: all but the picture."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "picture"}
 
 
 def select(text: str) -> tuple[str, ...]:
@@ -61,22 +82,22 @@ def run_check(rule: Rule, check: str, entry: FunctionConfig, seed: int, given: S
     start = time.perf_counter()
     if entry.skip:
         return Row(rule.name, rule.kind, check, "skipped", entry.skip, "", 0.0)
-    outcomes: list[tuple[str, str]] = []
+    outcomes: list[tuple[str, str, Picture | None]] = []
     described = ""
     for draw in range(len(given) or DRAWS):
         try:
             inputs = given[draw] if given else _inputs(rule, entry, draw, seed)
         except NoInputs as e:
-            outcomes.append(("skipped", e.why))
+            outcomes.append(("skipped", e.why, None))
             break
         described = f"{inputs.source}: {inputs.described}"
         outcomes.append(_one(rule, check, inputs, entry, seed, draw))
         if outcomes[-1][0] in ("skipped", "oracle error"):
             break
-    status = min((s for s, _ in outcomes), key=PRIORITY.index)
-    details = [d for s, d in outcomes if s == status]
-    detail = details[0] + (f" (in {len(details)} of {len(outcomes)} draws)" if len(outcomes) > 1 else "")
-    return Row(rule.name, rule.kind, check, status, detail, described, time.perf_counter() - start)
+    status = min((s for s, _, _ in outcomes), key=PRIORITY.index)
+    chosen = [(d, p) for s, d, p in outcomes if s == status]
+    detail = chosen[0][0] + (f" (in {len(chosen)} of {len(outcomes)} draws)" if len(outcomes) > 1 else "")
+    return Row(rule.name, rule.kind, check, status, detail, described, time.perf_counter() - start, chosen[0][1])
 
 
 def _inputs(rule: Rule, entry: FunctionConfig, draw: int, seed: int) -> Inputs:
@@ -97,7 +118,8 @@ def _inputs(rule: Rule, entry: FunctionConfig, draw: int, seed: int) -> Inputs:
     return dataclasses.replace(inputs, args=in_domain(inputs.args, entry.domain))
 
 
-def _one(rule: Rule, check: str, inputs: Inputs, entry: FunctionConfig, seed: int, draw: int) -> tuple[str, str]:
+def _one(rule: Rule, check: str, inputs: Inputs, entry: FunctionConfig, seed: int, draw: int
+         ) -> tuple[str, str, Picture | None]:
     import jax
 
     from reference import CheckRefused, TransformMismatch, VJPMismatch, check_transforms, check_vjp
@@ -108,36 +130,39 @@ def _one(rule: Rule, check: str, inputs: Inputs, entry: FunctionConfig, seed: in
         jax.eval_shape(fn, *args)
     except Exception as e:
         fix = "; give specs in the audit config" if inputs.source != "config" else ""
-        return "skipped", f"{_short(rule.name)}({inputs.described}) raised {said(e)}{fix}"
+        return "skipped", f"{_short(rule.name)}({inputs.described}) raised {said(e)}{fix}", None
     try:
         if check == "transformations":
             t = check_transforms(fn, args, seed=seed + draw)
             within = sum(t.rounding.values())
             skipped = f"; {t.skipped}" if t.skipped else ""
             rounded = f"; {within} entries differ within rounding" if within else ""
-            return "ok", f"jit, vmap, scan, checkpoint, grad of jit agree with eager{skipped}{rounded}"
+            return "ok", f"jit, vmap, scan, checkpoint, grad of jit agree with eager{skipped}{rounded}", None
         report = check_vjp(fn, args, seed=seed + draw, order=1 if check == "vjp" else 2,
                            domain=_directions(entry.domain, inputs.args))
     except (VJPMismatch, TransformMismatch) as e:
         first = e.problems[0]
         what = f"{len(e.problems)} mismatches; {first}" if isinstance(e, VJPMismatch) else \
             f"differs from eager under {', '.join(e.transforms)}; {first}"
+        picture = Picture(e.report, tuple(e.problems)) if isinstance(e, VJPMismatch) else None
         if entry.expect or inputs.expect:
-            return "expected", f"{entry.expect or inputs.expect}: {what}"
-        return "FAIL", what + f" [draw {draw}]"
+            return "expected", f"{entry.expect or inputs.expect}: {what}", picture
+        return "FAIL", what + f" [draw {draw}]", picture
     except CheckRefused as e:
         hint = "; the inputs were not configured: a domain in the audit config may fit fn" \
             if inputs.source != "config" and entry.domain is None and "nothing could be checked" in e.reason else ""
-        return "refused", e.reason + hint
+        return "refused", e.reason + hint, None
     except Exception as e:  # the oracle's own failure: reported with where, never raised
-        return "oracle error", f"{said(e)} at {where(e)}"
+        return "oracle error", f"{said(e)} at {where(e)}", None
+    if not report.proven:
+        return UNPROVEN, report.unproven_why + f" [draw {draw}]", None
     if report.notes:
         note = report.notes[0]
-        return "note", f"{len(report.notes)} precision notes; {note}"
+        return "note", f"{len(report.notes)} precision notes; {note}", None
     unchecked = sum(leaf.unchecked for leaf in report.leaves)
     extra = f", {unchecked} entries unchecked" + (f" ({report.unchecked_why})" if report.unchecked_why else "") \
         if unchecked else ""
-    return "ok", f"max rel err {report.max_rel_err:.1e}, {report.kinks} kinks{extra}"
+    return "ok", f"max rel err {report.max_rel_err:.1e}, {report.kinks} kinks{extra}", None
 
 
 def _directions(domain: str | list[str] | None, args: tuple) -> list[str | None] | None:

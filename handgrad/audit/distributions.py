@@ -104,7 +104,7 @@ def _applied(fn: Callable, args: list) -> set[str]:
     """The primitives fn applies; NoInputs where it cannot be traced (a sampler that is not reparametrized)."""
     import jax
 
-    from reference.oracle.precision import primitives
+    from reference.oracle.jaxprs import primitives
 
     try:
         return primitives(jax.make_jaxpr(fn)(*args))

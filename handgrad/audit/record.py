@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from handgrad.audit.checks import PRIORITY, Row, run_check
+from handgrad.audit import calls
+from handgrad.audit.checks import Row, run_check
 from handgrad.audit.config import FunctionConfig
-from handgrad.audit.discover import Rule, filled
-from handgrad.audit.inputs import DRAWS, Inputs, from_shapes, short_dtype
+from handgrad.audit.discover import Rule
+from handgrad.audit.inputs import DRAWS, Inputs, from_shapes
+from handgrad.audit.watchdog import watchdog
 
-KEPT = 10**6  # entries of an eager argument kept concrete; a larger one is kept as its shape and drawn
-CLOSURE_DEPTH = 2  # closures of closures searched for tracers
 JAX_PACKAGES = ("jax", "jaxlib")  # their own rules (jax.nn.relu, jnp.logaddexp) are counted, not checked
 
 
@@ -110,51 +108,50 @@ class Recorder:
         return __call__
 
     def _record(self, rule: Any, kind: str, args: tuple, kwargs: dict) -> None:
-        import jax
-
-        fun = _unwrapped(rule.fun)
+        """The call's key (:func:`~handgrad.audit.calls.bound`); the first call of a key is kept, later ones
+        counted."""
+        fun = calls.unwrapped(rule.fun)
         module = getattr(fun, "__module__", None) or "?"
         qualname = getattr(fun, "__qualname__", None) or type(fun).__name__
         if module.partition(".")[0] in JAX_PACKAGES and not self.include_jax:
             self.jax_rules.add(f"{module}:{qualname}")
             return
-        bound = inspect.signature(rule.fun).bind(*args, **kwargs)
-        bound.apply_defaults()
-        positional = list(bound.args)
-        static = set(getattr(rule, "nondiff_argnums", ()))
-        leaves, treedef = jax.tree_util.tree_flatten([a for i, a in enumerate(positional) if i not in static])
-        arrays = [i for i, leaf in enumerate(leaves) if hasattr(leaf, "shape") and hasattr(leaf, "dtype")]
-        signature = ", ".join(_spec(leaves[i]) for i in arrays)
-        fixed = [leaf for i, leaf in enumerate(leaves) if i not in arrays]
-        fixed += [positional[i] for i in sorted(static) if i < len(positional)]
-        key = (_defined(fun), qualname, signature, treedef, tuple(_described(v) for v in fixed),
-               tuple(_described(v) for part in _parts(rule) for v in _captured(part)))
+        b = calls.bound(rule, args, kwargs)
         with self._lock:
-            if key in self.calls:
-                self.calls[key].calls += 1
+            if b.key in self.calls:
+                self.calls[b.key].calls += 1
                 return
-        why = _unreplayable(rule, positional, static, bound.kwargs)
-        values = tuple(_kept(leaves[i]) for i in arrays)
-
-        def replay(*xs: Any) -> Any:
-            filled = list(leaves)
-            for i, x in zip(arrays, xs, strict=True):
-                filled[i] = x
-            given = iter(jax.tree_util.tree_unflatten(treedef, filled))
-            return rule(*[positional[i] if i in static else next(given) for i in range(len(positional))])
-
-        replay.__name__ = qualname
-        call = Call(f"{module}:{qualname}({signature})", kind, _defined(fun), _site(), None if why else replay,
-                    values, why or ("" if any(_is_float(leaves[i]) for i in arrays) else "no float array argument"),
-                    x64=bool(jax.config.read("jax_enable_x64")))
+        call = _first_call(rule, kind, b, f"{module}:{qualname}", qualname)
         with self._lock:
-            self.calls.setdefault(key, call)
+            self.calls.setdefault(b.key, call)
 
     def _failed(self, rule: Any, kind: str, why: str) -> None:
-        fun = _unwrapped(getattr(rule, "fun", rule))
+        fun = calls.unwrapped(getattr(rule, "fun", rule))
         name = f"{getattr(fun, '__module__', '?')}:{getattr(fun, '__qualname__', repr(fun))}"
         with self._lock:
-            self.calls.setdefault((name, why), Call(name, kind, _defined(fun), "?", None, (), why))
+            self.calls.setdefault((name, why), Call(name, kind, calls.defined(fun), "?", None, (), why))
+
+
+def _first_call(rule: Any, kind: str, b: calls.Bound, name: str, qualname: str) -> Call:
+    """The kept call: its arguments (concrete where they were, :func:`~handgrad.audit.calls.kept`) and a replay
+    that calls the rule with its static values in place, or why there can be none."""
+    import jax
+
+    why = calls.unreplayable(rule, b.positional, b.static, b.kwargs)
+    values = tuple(calls.kept(b.leaves[i]) for i in b.arrays)
+
+    def replay(*xs: Any) -> Any:
+        filled = list(b.leaves)
+        for i, x in zip(b.arrays, xs, strict=True):
+            filled[i] = x
+        given = iter(jax.tree_util.tree_unflatten(b.treedef, filled))
+        return rule(*[b.positional[i] if i in b.static else next(given) for i in range(len(b.positional))])
+
+    replay.__name__ = qualname
+    no_float = not any(calls.is_float(b.leaves[i]) for i in b.arrays)
+    return Call(f"{name}({b.signature})", kind, calls.defined(calls.unwrapped(rule.fun)), calls.site(),
+                None if why else replay, values, why or ("no float array argument" if no_float else ""),
+                x64=bool(jax.config.read("jax_enable_x64")))
 
 
 def check(calls: Sequence[Call], checks: Sequence[str], seed: int = 0,
@@ -186,56 +183,9 @@ def check(calls: Sequence[Call], checks: Sequence[str], seed: int = 0,
                 progress(f"{name} {check_name}")
                 late = Row(name, call.kind, check_name, "timeout", f"still running after {timeout} s",
                            f"called at {call.site}", timeout or 0.0)
-                with _watchdog().armed(timeout, lambda late=late: overrun(rows + [late]) if overrun else None):
+                with watchdog().armed(timeout, lambda late=late: overrun(rows + [late]) if overrun else None):
                     rows.append(run_check(rule, check_name, FunctionConfig(), seed, given=given))
     return rows
-
-
-class _Watchdog:
-    """One daemon thread that calls ``fire`` when an armed deadline passes. It is started before the interpreter
-    shuts down (:func:`record_this_process`): Python 3.12 starts no thread in an atexit callback."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._deadline: float | None = None
-        self._fire: Callable[[], None] = lambda: None
-        threading.Thread(target=self._run, daemon=True, name="handgrad-record-watchdog").start()
-
-    def _run(self) -> None:
-        with self._cond:
-            while True:
-                if self._deadline is None:
-                    self._cond.wait()
-                elif time.monotonic() >= self._deadline:
-                    self._deadline = None
-                    self._fire()
-                else:
-                    self._cond.wait(self._deadline - time.monotonic())
-
-    @contextlib.contextmanager
-    def armed(self, seconds: float | None, fire: Callable[[], None]) -> Iterator[None]:
-        """``fire`` is called if the block is still running after ``seconds`` (None: never)."""
-        if seconds is None:
-            yield
-            return
-        with self._cond:
-            self._deadline, self._fire = time.monotonic() + seconds, fire
-            self._cond.notify()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._deadline = None
-                self._cond.notify()
-
-
-_watchdogs: list[_Watchdog] = []  # at most one a process, started on first use
-
-
-def _watchdog() -> _Watchdog:
-    if not _watchdogs:
-        _watchdogs.append(_Watchdog())
-    return _watchdogs[0]
 
 
 def _inputs(call: Call, seed: int) -> list[Inputs]:
@@ -248,262 +198,3 @@ def _inputs(call: Call, seed: int) -> list[Inputs]:
         return [Inputs(tuple(jnp.asarray(a) for a in call.arrays), "recorded", signature + site)]
     drawn = [from_shapes(call.arrays, draw, seed) for draw in range(DRAWS)]
     return [dataclasses.replace(d, described=d.described + site) for d in drawn]
-
-
-def _is_float(leaf: Any) -> bool:
-    return getattr(getattr(leaf, "dtype", None), "kind", None) in ("f", "c")  # a key's dtype has no kind
-
-
-def _spec(leaf: Any) -> str:
-    return f"{short_dtype(str(leaf.dtype))}[{','.join(map(str, leaf.shape))}]"
-
-
-def _kept(leaf: Any) -> Any:
-    """A numpy copy of a concrete leaf (a later donation or mutation cannot change it), else its shape."""
-    import jax
-
-    if isinstance(leaf, jax.core.Tracer):
-        concrete = getattr(leaf, "to_concrete_value", lambda: None)()  # a JVP tracer of an eager grad has one
-        if concrete is None:
-            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
-        leaf = concrete
-    if np.size(leaf) > KEPT:
-        return jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype)
-    return np.array(leaf, copy=True)
-
-
-def _unreplayable(rule: Any, positional: list, static: set[int], kwargs: dict) -> str:
-    """Why the rule cannot be called again after the run: "" when it can."""
-    import jax
-
-    if kwargs:
-        return f"takes keyword-only arguments ({', '.join(kwargs)}), which a replay cannot pass"
-    for i in sorted(static):
-        if i < len(positional) and any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(
-                positional[i])):
-            return f"its static argument {i} (nondiff_argnums) was traced, so its value is not known"
-    if any(_closes_over_tracer(f, CLOSURE_DEPTH) for f in _parts(rule)):
-        return "it closes over a tracer (a value of the transformation it was built in), so it only exists there"
-    return ""
-
-
-def _parts(rule: Any) -> list[Callable]:
-    """The functions a rule is made of: its primal, and its fwd and bwd or its jvp."""
-    return [f for f in (getattr(rule, name, None) for name in ("fun", "fwd", "bwd", "jvp")) if f is not None]
-
-
-def _captured(fn: Any) -> list[Any]:
-    """What fn closes over, and a functools.partial's bound arguments."""
-    values = list(getattr(fn, "args", ())) + list(getattr(fn, "keywords", {}).values())
-    fn = _unwrapped(fn)
-    return values + [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if filled(c)]
-
-
-def _described(value: Any) -> str:
-    """A value as the recording's key sees it: an array by its shape and dtype (two rules built by one function
-    with different arrays are one rule), a function by where it is defined, anything else by its repr."""
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
-        return f"{value.dtype}{list(value.shape)}"
-    if callable(value) and hasattr(_unwrapped(value), "__code__"):
-        return _defined(_unwrapped(value))
-    return repr(value)[:80]
-
-
-def _closes_over_tracer(fn: Any, depth: int) -> bool:
-    import jax
-
-    for value in _captured(fn):
-        if callable(value) and not isinstance(value, type):
-            if depth > 0 and _closes_over_tracer(value, depth - 1):
-                return True
-            continue
-        try:
-            leaves = jax.tree_util.tree_leaves(value)
-        except Exception:  # an object jax cannot flatten: it holds no tracer jax could see
-            continue
-        if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
-            return True
-    return False
-
-
-def _unwrapped(fn: Any) -> Any:
-    while callable(getattr(fn, "func", None)) and hasattr(fn, "args"):  # functools.partial
-        fn = fn.func
-    return inspect.unwrap(fn) if callable(fn) else fn
-
-
-def _defined(fn: Any) -> str:
-    code = getattr(fn, "__code__", None)
-    return f"{code.co_filename}:{code.co_firstlineno}" if code is not None else "?"
-
-
-def _site() -> str:
-    """The innermost frame outside JAX and this module: where the user's code called the rule."""
-    skip = (os.sep + "jax" + os.sep, os.sep + "jaxlib" + os.sep, __file__, os.sep + "contextlib.py",
-            os.sep + "functools.py")
-    frame = inspect.currentframe()
-    while frame is not None and any(s in frame.f_code.co_filename for s in skip):
-        frame = frame.f_back
-    return f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
-
-
-# Recording another command (``handgrad audit --record CMD``): its Python processes load a sitecustomize that
-# records from the moment they import jax, checks at exit, and writes rows to a file of their own.
-DIRECTORY = "HANDGRAD_RECORD_DIR"  # the environment variables the recorded processes read
-CHECKS = "HANDGRAD_RECORD_CHECKS"
-SEED = "HANDGRAD_RECORD_SEED"
-TIMEOUT = "HANDGRAD_RECORD_TIMEOUT"
-SITECUSTOMIZE = '''"""handgrad audit --record: records the rules this process runs (from handgrad.audit.record)."""
-import os
-import sys
-
-if os.environ.get("HANDGRAD_RECORD_DIR"):
-    import importlib.machinery
-    import importlib.util
-
-    _here = os.path.dirname(os.path.abspath(__file__))
-    _spec = importlib.machinery.PathFinder.find_spec(  # the sitecustomize this one shadows, if any, runs first
-        "sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != _here])
-    if _spec is not None and _spec.loader is not None:
-        _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
-    from handgrad.audit.record import record_this_process
-
-    record_this_process()
-'''
-
-
-@dataclasses.dataclass(frozen=True)
-class Recording:
-    """What the processes of a recorded command wrote."""
-
-    rows: list[Row]
-    jax_rules: list[str]  # JAX's own rules that were called: counted, not checked
-    processes: int
-    seconds: float  # time spent recording, over all processes
-    overran: bool = False  # a check ran past its time limit and ended its process: the rest is not yet checked
-
-
-def prepare(directory: str, checks: Sequence[str], seed: int, timeout: float = 60.0) -> dict[str, str]:
-    """Writes the sitecustomize into ``directory``; returns the environment a recorded command runs with."""
-    with open(os.path.join(directory, "sitecustomize.py"), "w") as f:
-        f.write(SITECUSTOMIZE)
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # handgrad's own root
-    path = [directory, here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), DIRECTORY: directory, CHECKS: ",".join(checks),
-            SEED: str(seed), TIMEOUT: str(timeout)}
-
-
-def record_this_process() -> None:
-    """Starts recording once this process imports jax; at exit, checks and writes ``<pid>.json``."""
-    import atexit
-    import importlib.abc
-    import importlib.util
-    import sys
-
-    def begin() -> None:
-        recorder = Recorder()
-        recorder.start()
-        _watchdog()  # its thread, now: none can start once the interpreter is shutting down
-        atexit.register(_finish, recorder)
-
-    class AfterJax(importlib.abc.MetaPathFinder):
-        def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-            if name != "jax":
-                return None
-            sys.meta_path.remove(self)
-            spec = importlib.util.find_spec(name)
-            if spec is not None and spec.loader is not None:
-                load = spec.loader.exec_module
-
-                def exec_module(module: Any) -> None:
-                    load(module)
-                    begin()
-
-                spec.loader.exec_module = exec_module  # type: ignore[method-assign]
-            return spec
-
-    if "jax" in sys.modules:
-        begin()
-    else:
-        sys.meta_path.insert(0, AfterJax())
-
-
-def _finish(recorder: Recorder) -> None:
-    """At exit: the recorded rules checked, their rows written; a check past its time limit writes the rows so far
-    and ends the process (the command is run again for the rest, :func:`collected` says whether)."""
-    import json
-
-    recorder.stop()
-    checks = tuple(os.environ[CHECKS].split(","))
-    path = os.path.join(os.environ[DIRECTORY], f"{os.getpid()}-{time.time_ns()}.json")  # pids recur across runs
-    done = _done(os.environ[DIRECTORY])
-
-    def write(rows: list[Row], overran: bool) -> None:  # whole or not at all: another process may be reading
-        with open(path + ".part", "w") as f:
-            json.dump({"rows": [dataclasses.asdict(r) for r in rows], "jax_rules": sorted(recorder.jax_rules),
-                       "seconds": recorder.seconds, "overran": overran}, f)
-        os.replace(path + ".part", path)
-
-    def overrun(rows: list[Row]) -> None:
-        write(rows, True)
-        os._exit(0)  # the check cannot be stopped, and this process was exiting: end it here
-
-    timeout = float(os.environ.get(TIMEOUT, "60"))
-    write(check(list(recorder.calls.values()), checks, int(os.environ.get(SEED, "0")), timeout=timeout,
-                overrun=overrun, done=done), False)
-
-
-def _done(directory: str) -> frozenset[tuple[str, str]]:
-    """The (rule, check) pairs that earlier runs of the command already wrote rows for."""
-    import json
-
-    pairs = set()
-    for name in os.listdir(directory):
-        if name.endswith(".json"):
-            with open(os.path.join(directory, name)) as f:
-                pairs.update((r["rule"], r["check"]) for r in json.load(f)["rows"])
-    return frozenset(pairs)
-
-
-RUNS = 20  # runs of a recorded command at most, each after a check that ran past its time limit
-
-
-def settled(path: str) -> None:
-    """Marks a process's rows as taken in, so that a process that overran is not counted again."""
-    import json
-
-    if path.endswith(".json"):
-        with open(path) as f:
-            data = json.load(f)
-        if data["overran"]:
-            with open(path, "w") as f:
-                json.dump({**data, "overran": False}, f)
-
-
-def collected(directory: str) -> Recording:
-    """The rows every recorded process wrote into ``directory``."""
-    import json
-
-    rows: list[Row] = []
-    jax_rules: set[str] = set()
-    files = sorted(f for f in os.listdir(directory) if f.endswith(".json"))
-    seconds, overran = 0.0, False
-    for name in files:
-        with open(os.path.join(directory, name)) as f:
-            data = json.load(f)
-        rows += [Row(**r) for r in data["rows"]]
-        jax_rules.update(data["jax_rules"])
-        seconds += data["seconds"]
-        overran |= data["overran"]
-    return Recording(merged(rows), sorted(jax_rules), len(files), seconds, overran)
-
-
-def merged(rows: Sequence[Row]) -> list[Row]:
-    """One row per (rule, check), the worst, in first-seen order: processes (pytest-xdist's workers) that ran
-    the same rule each checked it."""
-    kept: dict[tuple[str, str], Row] = {}
-    for r in rows:
-        old = kept.get((r.rule, r.check))
-        if old is None or PRIORITY.index(r.status) < PRIORITY.index(old.status):
-            kept[(r.rule, r.check)] = r
-    return list(kept.values())

@@ -9,17 +9,31 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import TextIO
 
-from handgrad.audit.checks import CHECKS, FAILING, Row, summarise
+from handgrad.audit.checks import CHECKS, EXIT_UNPROVEN, FAILING, UNPROVEN, Row, summarise
 from handgrad.audit.discover import Discovery
 
 SHOWN_SKIPPED = 8  # names listed per skip reason; the rest are counted (all are in the JSON)
 HEADER = {"vjp": "vjp", "vjp of the vjp": "order 2", "transformations": "transforms"}
 
 
-def print_table(discovery: Discovery, rows: Sequence[Row], seconds: float, out: TextIO) -> None:
-    by_rule: dict[str, dict[str, Row]] = collections.defaultdict(dict)
+def rows_by_rule(rows: Sequence[Row]) -> dict[str, dict[str, Row]]:
+    """Each rule's rows by check, rules in first-seen order."""
+    found: dict[str, dict[str, Row]] = collections.defaultdict(dict)
     for r in rows:
-        by_rule[r.rule][r.check] = r
+        found[r.rule][r.check] = r
+    return found
+
+
+def skipped_by_reason(discovery: Discovery) -> list[tuple[str, list[str]]]:
+    """What discovery skipped, grouped by why (every failed import as one reason), the largest group first."""
+    reasons: dict[str, list[str]] = collections.defaultdict(list)
+    for s in discovery.skipped:
+        reasons[s.why.split(":")[0] if s.why.startswith("import failed") else s.why].append(s.name)
+    return sorted(reasons.items(), key=lambda kv: -len(kv[1]))
+
+
+def print_table(discovery: Discovery, rows: Sequence[Row], seconds: float, out: TextIO) -> None:
+    by_rule = rows_by_rule(rows)
     width = max([len(name) for name in by_rule] + [4])
     checks = [c for c in CHECKS if any(c in v for v in by_rule.values())]
     print(f"{'rule':<{width}}  {'kind':<10} " + " ".join(f"{HEADER[c]:<12}" for c in checks) + "   time", file=out)
@@ -39,12 +53,10 @@ def print_table(discovery: Discovery, rows: Sequence[Row], seconds: float, out: 
         print(f"  {r.rule} [{', '.join(same)}] {r.status}: {r.detail}", file=out)
         if r.inputs:
             print(f"      inputs {r.inputs}", file=out)
-    reasons: dict[str, list[str]] = collections.defaultdict(list)
-    for s in discovery.skipped:
-        reasons[s.why.split(":")[0] if s.why.startswith("import failed") else s.why].append(s.name)
+    reasons = skipped_by_reason(discovery)
     if reasons:
         print("\nnot audited", file=out)
-    for why, names in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
+    for why, names in reasons:
         shown = ", ".join(names[:SHOWN_SKIPPED]) + (f", … {len(names) - SHOWN_SKIPPED} more"
                                                      if len(names) > SHOWN_SKIPPED else "")
         print(f"  {len(names):4d} {why}: {shown}", file=out)
@@ -57,7 +69,7 @@ def print_table(discovery: Discovery, rows: Sequence[Row], seconds: float, out: 
 def write_json(discovery: Discovery, rows: Sequence[Row], seconds: float, path: str, **meta: object) -> None:
     with open(path, "w") as f:
         json.dump({"target": discovery.target, **meta, "seconds": seconds, "modules": len(discovery.modules),
-                   "summary": summarise(list(rows)), "rows": [dataclasses.asdict(r) for r in rows],
+                   "summary": summarise(list(rows)), "rows": [r.as_json() for r in rows],
                    "skipped": [dataclasses.asdict(s) for s in discovery.skipped]}, f, indent=2)
 
 
@@ -82,4 +94,7 @@ def write_junit(discovery: Discovery, rows: Sequence[Row], seconds: float, path:
 
 
 def exit_code(rows: Sequence[Row]) -> int:
-    return 1 if any(r.status in FAILING for r in rows) else 0
+    """1 on a FAIL or an oracle error; else EXIT_UNPROVEN (3) on a check that passed unproven; else 0."""
+    if any(r.status in FAILING for r in rows):
+        return 1
+    return EXIT_UNPROVEN if any(r.status == UNPROVEN for r in rows) else 0

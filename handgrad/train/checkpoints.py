@@ -61,7 +61,7 @@ class Checkpoints:
         # instead of in orbax's background threads (a disk-full run printed 18 tracebacks that way).
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
-        for name in self._remove_partial():  # one run writes here at a time: a torn write is a stopped run's
+        for name in _remove_partial(self.directory):  # one run writes here at a time: a torn write is a stopped run's
             (log or (lambda _: None))(f"removed {name}, a checkpoint write that a stopped run left unfinished")
         self._last_good: int | None = self._manager.latest_step()
         self._closed = False
@@ -92,30 +92,11 @@ class Checkpoints:
                                                               record=args.JsonSave(snapshot)))
                 self._manager.wait_until_finished()
             except Exception as e:  # disk full, permission lost: whatever orbax wraps the OSError in
-                self._settle()
-                self._remove_partial()
+                _settle(self._manager)
+                self._closed = True
+                _remove_partial(self.directory)
                 raise CheckpointWriteError(self.directory, step, e, self._last_good) from None
         self._last_good = step
-
-    def _settle(self) -> None:
-        """After a failed write: lets orbax's writers and tensorstore's writes still in flight finish failing
-        (:func:`_closed_loop_callbacks_dropped`), and closes the manager; the writers' errors are logged."""
-        for finish in (self._manager.wait_until_finished, *(t.join for t in _writer_threads()), self._manager.close):
-            try:
-                finish()
-            except Exception:  # the same failure again, already reported
-                pass
-        _tensorstore_settled()
-        gc.collect()  # asyncio reports a task of the closed loop when it is collected: here, to the log
-        self._closed = True
-
-    def _remove_partial(self) -> list[str]:
-        """Removes the temporary directories of writes that did not finish (orbax renames them when done)."""
-        names = [name for name in (os.listdir(self.directory) if os.path.isdir(self.directory) else [])
-                 if ".orbax-checkpoint-tmp" in name]
-        for name in names:
-            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-        return names
 
     def wait(self) -> None:
         """Blocks until every save started has been written and renamed into place."""
@@ -140,7 +121,7 @@ class Checkpoints:
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 record = self._manager.restore(step, args=args.Composite(record=args.JsonRestore()))["record"]
-                self._require_same_run(step, record)
+                _require_same_run(self.directory, self.signature, step, record)
                 tree = self._manager.restore(step, args=args.Composite(state=args.StandardRestore(abstract)))["state"]
             except CheckpointError:
                 raise
@@ -157,13 +138,34 @@ class Checkpoints:
         raise CheckpointError(f"no checkpoint in {self.directory} reads back whole: "
                               + "; ".join(f"step {bad}: {why}" for bad, why in damaged.items()))
 
-    def _require_same_run(self, step: int, record: dict[str, Any]) -> None:
-        theirs = record.get("signature", {})
-        diffs = [f"{k} is {theirs.get(k)!r} there but {v!r} here" for k, v in self.signature.items()
-                 if theirs.get(k) != v]
-        if diffs:
-            raise CheckpointError(f"the checkpoint in {self.directory} (step {step}) is from a different run: "
-                                  + "; ".join(diffs))
+def _require_same_run(directory: str, signature: dict[str, Any], step: int, record: dict[str, Any]) -> None:
+    theirs = record.get("signature", {})
+    diffs = [f"{k} is {theirs.get(k)!r} there but {v!r} here" for k, v in signature.items()
+             if theirs.get(k) != v]
+    if diffs:
+        raise CheckpointError(f"the checkpoint in {directory} (step {step}) is from a different run: "
+                              + "; ".join(diffs))
+
+
+def _settle(manager: Any) -> None:
+    """After a failed write: lets orbax's writers and tensorstore's writes still in flight finish failing
+    (:func:`_closed_loop_callbacks_dropped`), and closes the manager; the writers' errors are logged."""
+    for finish in (manager.wait_until_finished, *(t.join for t in _writer_threads()), manager.close):
+        try:
+            finish()
+        except Exception:  # the same failure again, already reported
+            pass
+    _tensorstore_settled()
+    gc.collect()  # asyncio reports a task of the closed loop when it is collected: here, to the log
+
+
+def _remove_partial(directory: str) -> list[str]:
+    """Removes the temporary directories of writes that did not finish (orbax renames them when done)."""
+    names = [name for name in (os.listdir(directory) if os.path.isdir(directory) else [])
+             if ".orbax-checkpoint-tmp" in name]
+    for name in names:
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    return names
 
 
 def _writer_threads() -> list[threading.Thread]:

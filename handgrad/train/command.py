@@ -19,7 +19,7 @@ import numpy as np
 
 import pure.linear
 from handgrad.train import data as datasets
-from handgrad.train import model, outputs
+from handgrad.train import loop, model, outputs
 from handgrad.train.checkpoints import Checkpoints
 from handgrad.train.config import TrainConfig, TrainError
 from handgrad.train.run import Moment, Run
@@ -135,7 +135,7 @@ def _one_run(config: TrainConfig, data: datasets.Dataset, loss: str, parts: dict
     log(header(data.task, config.reference))
     for row in progress.history:
         log(row.format(config.reference))
-    state, progress = run.fit(state, progress, bar)
+    state, progress = loop.fit(run, state, progress, bar)
     params = run.final_params(state)
     summary.update(history=list(progress.history), best_epoch=progress.best_epoch)
     if config.reference:
@@ -159,7 +159,7 @@ def _cross_validate(config: TrainConfig, data: datasets.Dataset, loss: str, inde
         log(f"fold {k + 1}/{config.kfold}: {len(train_idx)} train, {len(val_idx)} val")
         log(header(data.task, False))
         run = Run(config, data, loss, train_idx, val_idx, val_idx[:0], log=log)
-        _, progress = run.fit(*run.initial_state(), bar)
+        _, progress = loop.fit(run, *run.initial_state(), bar)
         best = progress.best_epoch if config.early_stopping else progress.epoch
         folds.append({"fold": k + 1, "val_metric": progress.history[best - 1].val_metric, "epoch": best,
                       "history": list(progress.history)})

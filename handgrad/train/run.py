@@ -1,15 +1,11 @@
-"""One training run: the data placed on the devices, a fresh or resumed state, and the loop that trains it.
+"""One training run: the data placed on the devices, a fresh or resumed state, and its checkpoints.
 
-The loop trains with :func:`pure.train.make_epoch` (a ``lax.scan`` of the jitted step), one
-epoch, or one stretch of ``checkpoint_every`` steps, per call. After every epoch it evaluates
-train and val, logs an :class:`~handgrad.train.state.EpochRow`, applies early stopping, and with
-``reference=True`` trains the same model with ``jax.grad`` + optax beside it. With more than one
-device (or process) every batch is split over all of them (:func:`pure.train.data_sharding`).
+The loop that trains it is :mod:`handgrad.train.loop`. With more than one device (or process) every batch is
+split over all of them (:func:`pure.train.data_sharding`).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -22,14 +18,9 @@ from handgrad.train import data as datasets
 from handgrad.train import model
 from handgrad.train.checkpoints import Checkpoints, CheckpointWriteError
 from handgrad.train.config import TrainConfig, TrainError
-from handgrad.train.state import EpochRow, EpochSums, Progress, RefState, TrainState, metric_name
-from reference import max_abs_diff
+from handgrad.train.state import EpochSums, Progress, RefState, TrainState
 
 Moment = Literal["stretch", "evaluate", "checkpoint"]
-
-
-class Diverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the step."""
 
 
 def host(tree: Any) -> Any:
@@ -38,7 +29,7 @@ def host(tree: Any) -> Any:
         lambda x: np.asarray(x if x.is_fully_addressable else x.addressable_data(0)), tree)
 
 
-def _copy(params: Any) -> Any:
+def copy(params: Any) -> Any:
     """Fresh buffers with the same values: the step donates (and so invalidates) the ones it is given."""
     return jax.tree_util.tree_map(jnp.copy, params)
 
@@ -97,9 +88,9 @@ class Run:
         params, opt_state = self.put((fresh.params, fresh.opt_state))
         ref = None
         if self.programs.reference is not None:
-            ref_params = _copy(params)
+            ref_params = copy(params)
             ref = RefState(ref_params, jax.jit(self.programs.ref_optimizer.init)(ref_params))
-        best = _copy(params) if self.config.early_stopping else None
+        best = copy(params) if self.config.early_stopping else None
         state = TrainState(params, opt_state, fresh.key, best, ref)
         return state, Progress(EpochSums.zero(len(self.sizes) - 1), data_seed=self.config.seed)
 
@@ -127,75 +118,11 @@ class Run:
             self.missed = e
             self.log(f"warning: {e}; training goes on without checkpoints")
 
-    # -- the loop -----------------------------------------------------------------------------
-    def fit(self, state: TrainState, progress: Progress, bar: Callable[..., Any]) -> tuple[TrainState, Progress]:
-        """Trains from ``state`` and ``progress`` to the last epoch (or early stop); returns where it ended."""
-        cfg = self.config
-        stretch = cfg.checkpoint_every if self.checkpoints is not None else self.per_epoch
-        X, y = self.arrays["train"]
-        while progress.epoch < cfg.epochs and not (cfg.early_stopping and progress.stale >= cfg.early_stopping):
-            epoch_key = self.epoch_key(state.key, progress.epoch)
-            shown = bar(total=self.per_epoch, initial=progress.batch, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}")
-            while progress.batch < self.per_epoch:
-                steps = min(stretch, self.per_epoch - progress.batch)
-                start = time.perf_counter()
-                params, opt_state, metrics = self.programs.stretch(steps)(
-                    state.params, state.opt_state, X, y, cfg.seed, progress.epoch, epoch_key, progress.batch)
-                self.at("stretch", progress.step + steps)
-                losses, norms = host((metrics["loss"], [layer["W"] for layer in metrics["grad_norms"]]))
-                self._require_finite(losses, progress)
-                state = state._replace(params=params, opt_state=opt_state)
-                progress = progress.advance(progress.sums.add(losses, norms, time.perf_counter() - start))
-                shown.update(steps)
-                shown.set_postfix(loss=f"{progress.sums.loss_sum / progress.sums.steps:.4f}",
-                                  ex_s=f"{progress.sums.examples_per_s(cfg.batch_size):.0f}")
-                if progress.batch < self.per_epoch:
-                    self.save(state, progress)
-            shown.close()
-            state, progress = self._end_epoch(state, progress)
-            self.save(state, progress)
-        if self.checkpoints is not None:
-            self.checkpoints.wait()
-        return state, progress
-
-    def _require_finite(self, losses: np.ndarray, progress: Progress) -> None:
-        bad = np.flatnonzero(~np.isfinite(losses))
-        if bad.size:
-            i = int(bad[0])
-            raise Diverged(f"non-finite loss ({losses[i]}) at step {progress.step + i + 1} "
-                           f"(epoch {progress.epoch + 1}, batch {progress.batch + i + 1}); training stopped, "
-                           f"{self.where_saved()}")
-
     def where_saved(self) -> str:
         """Where the newest complete checkpoint is, in words."""
         last = self.checkpoints.latest() if self.checkpoints is not None else None
         return (f"the last good checkpoint is step {last} in {self.checkpoints.directory}" if last is not None
                 else "no checkpoint was written")
-
-    def _end_epoch(self, state: TrainState, progress: Progress) -> tuple[TrainState, Progress]:
-        cfg, sums = self.config, progress.sums
-        train_loss, train_metric = self.evaluate(state.params, "train")
-        self.at("evaluate", progress.step)
-        val_loss, val_metric = self.evaluate(state.params, "val")
-        ref_max_diff = None
-        if state.ref is not None:
-            epoch_key = self.epoch_key(state.key, progress.epoch)
-            ref_params, ref_opt_state, _ = self.programs.reference(
-                state.ref.params, state.ref.opt_state, *self.host["train"], cfg.seed, progress.epoch, epoch_key)
-            state = state._replace(ref=RefState(ref_params, ref_opt_state))
-            ref_max_diff = max_abs_diff(state.params, ref_params)
-        row = EpochRow(progress.epoch + 1, progress.step, sums.loss_sum / sums.steps, train_loss, train_metric,
-                       val_loss, val_metric, float(self.programs.learning_rate(progress.step)),
-                       sums.examples_per_s(cfg.batch_size), tuple(s / sums.steps for s in sums.grad_sums),
-                       ref_max_diff)
-        progress = progress.finish_epoch(row)
-        if progress.improved and state.best_params is not None:
-            state = state._replace(best_params=_copy(state.params))
-        self.log(row.format(cfg.reference))
-        if cfg.early_stopping and progress.stale >= cfg.early_stopping:
-            self.log(f"early stopping: no better val {metric_name(self.data.task)} for {cfg.early_stopping} epochs; "
-                     f"keeping the parameters of epoch {progress.best_epoch}")
-        return state, progress
 
     def final_params(self, state: TrainState) -> Any:
         return state.best_params if state.best_params is not None else state.params

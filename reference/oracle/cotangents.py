@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from reference.oracle import tolerance
-from reference.oracle.differences import jit_or_eager, step_scales
+from reference.oracle.differences import step_scales
+from reference.oracle.programs import jit_or_eager
 from reference.oracle.trees import Flat, random_like
 from reference.oracle.versions import Version
 

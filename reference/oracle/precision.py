@@ -6,30 +6,24 @@ there, sharply, and the call's own VJP is compared entry by entry with that floa
 Otherwise (random draws in the default dtype, internal casts, dtype-dependent code)
 everything is checked on the call as made, at the precision it really computes in.
 
-The precision is the narrowest float on any path from the inputs. A function called on float64
-inputs may still cast to float32 or bfloat16 inside (``x.astype(jnp.float32)``, a mixed-precision
-policy). Finite differences must then be taken with that precision's step and tolerance. This
-walks the jaxpr of the forward computation, following only the values that depend on the
-differentiable inputs (a float32 random draw that does not depend on them is not a loss of
-precision), into nested jaxprs: jit, scan, while, cond, remat and the *primal* of a custom_vjp
-or custom_jvp (never its backward, whose precision is what the check is about).
+The precision a function computes in is read from its jaxpr (:mod:`.jaxprs`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from reference.oracle import tolerance
-from reference.oracle.differences import jit_or_eager
-from reference.oracle.rounding import CALLS, ROUNDING_FACTOR, forward_rounding
+from reference.oracle.jaxprs import precision_of, trace
+from reference.oracle.programs import jit_or_eager
+from reference.oracle.rounding import ROUNDING_FACTOR, forward_rounding
 from reference.oracle.tolerance import Precision
-from reference.oracle.trees import Flat, Split, comparable
+from reference.oracle.trees import Flat, Split
 from reference.oracle.versions import Version, to64
 
 # The float64 version is the same function if each of its outputs is the call's within this many ulps of the call's
@@ -37,203 +31,6 @@ from reference.oracle.versions import Version, to64
 SAME_FUNCTION_ULPS = 1000
 SAME_FUNCTION_REL = 2.0**-6  # and never more than this, relative (1000 ulps of float16 are 100%)
 SAME_FUNCTION_CAP = 0.25  # and never when they are a quarter apart: that is another function
-
-
-def _bits(aval: Any) -> int | None:
-    """Mantissa bits of a float (or of a complex number's parts); None for anything else."""
-    dtype = getattr(aval, "dtype", None)
-    if dtype is None or not jax.dtypes.issubdtype(dtype, np.inexact):
-        return None
-    if jax.dtypes.issubdtype(dtype, np.complexfloating):
-        return int(np.finfo(dtype).nmant)
-    return int(jax.dtypes.finfo(dtype).nmant)
-
-
-def _jaxprs(params: dict) -> list[tuple[str, Any]]:
-    found = []
-    for name, value in params.items():
-        for v in value if isinstance(value, tuple | list) else (value,):
-            inner = getattr(v, "jaxpr", v)
-            if hasattr(inner, "eqns") and hasattr(inner, "invars"):
-                found.append((name, inner))
-    return found
-
-
-@dataclasses.dataclass
-class _Found:
-    """What a walk of a trace finds on the paths from the inputs."""
-
-    bits: int  # the fewest mantissa bits of a float there
-    loops: int = 0  # while loops there: iterations that stop when a test on the values says so
-
-
-def _walk(jaxpr: Any, dependent: Sequence[bool], found: _Found) -> list[bool]:
-    """Marks the variables that depend on the ``dependent`` invars; returns the outvars' marks."""
-    marked = {v for v, d in zip(jaxpr.invars, dependent, strict=True) if d}
-
-    def is_marked(v: Any) -> bool:
-        return not hasattr(v, "val") and v in marked  # literals never depend on the inputs
-
-    for eqn in jaxpr.eqns:
-        ins = [is_marked(v) for v in eqn.invars]
-        if not any(ins):
-            continue
-        inner = [(n, j) for n, j in _jaxprs(eqn.params) if n not in ("fwd_jaxpr_thunk", "bwd", "jvp_jaxpr_fun")]
-        outs = _walk_nested(eqn, inner, ins, found)
-        for v, d in zip(eqn.outvars, outs, strict=True):
-            if d:
-                marked.add(v)
-                bits = _bits(v.aval)
-                if bits is not None and eqn.primitive.name == "reduce_precision":  # a float32 rounded to fewer bits
-                    bits = min(bits, int(eqn.params.get("mantissa_bits", bits)))
-                if bits is not None:
-                    found.bits = min(found.bits, bits)
-    return [is_marked(v) for v in jaxpr.outvars]
-
-
-# Primitives that run their one jaxpr once on their own operands (rounding.CALLS), and shard_map, which runs it
-# on shards of them: an output depends on what that jaxpr's output does.
-_CALLS = CALLS | {"shard_map"}
-
-
-def _leading(same: list[bool]) -> int | None:
-    """How many entries lead as True, where all the rest are False; else None."""
-    k = same.index(False) if False in same else len(same)
-    return None if any(same[k:]) else k
-
-
-def _same_shapes(outer: Sequence[Any], inner: Sequence[Any]) -> list[bool]:
-    return [getattr(a, "aval", None) is not None and getattr(a.aval, "shape", None) == getattr(b.aval, "shape", ())
-            for a, b in zip(outer, inner, strict=True)]
-
-
-def _scan_counts(eqn: Any, body: Any) -> tuple[int, int] | None:
-    """A scan's (consts, carry), read from its types rather than its params (JAX 0.11 dropped num_consts and
-    num_carry): xs and ys have the leading axis that their slices in the body lack; consts and carry do not.
-    None where the types do not read that way."""
-    if len(body.invars) != len(eqn.invars) or len(body.outvars) != len(eqn.outvars):
-        return None
-    fixed = _leading(_same_shapes(eqn.invars, body.invars))
-    carry = _leading(_same_shapes(eqn.outvars, body.outvars))
-    if fixed is None or carry is None or carry > fixed:
-        return None
-    consts = fixed - carry
-    if not all(_same_shapes(body.invars[consts:fixed], body.outvars[:carry])):
-        return None
-    return consts, carry
-
-
-def _walk_nested(eqn: Any, inner: list, ins: list[bool], found: _Found) -> list[bool]:
-    """The marks of an equation's outputs. Loops and branches have their counts read from their jaxprs' arities
-    and types, never from params by name: a primitive or layout it does not know takes the last, conservative
-    path."""
-    name = eqn.primitive.name
-    by_name = dict(inner)
-    counts = _scan_counts(eqn, by_name["jaxpr"]) if name == "scan" and len(inner) == 1 and "jaxpr" in by_name else None
-    if counts is not None:
-        body, (consts, carry) = by_name["jaxpr"], counts
-        flags = list(ins)
-        for _ in range(carry + 1):  # a carry becomes dependent once any iteration makes it so
-            outs = _walk(body, flags, found)
-            new = [a or b for a, b in zip(flags[consts:consts + carry], outs[:carry], strict=True)]
-            if new == flags[consts:consts + carry]:
-                return outs
-            flags[consts:consts + carry] = new
-        return outs
-    if name == "while":
-        found.loops += 1  # whatever its layout: a loop that stops when a test on the values says so
-    body, cond = by_name.get("body_jaxpr"), by_name.get("cond_jaxpr")
-    if name == "while" and len(inner) == 2 and body is not None and cond is not None:
-        n = len(body.outvars)
-        bn, cn = len(body.invars) - n, len(cond.invars) - n
-        if min(bn, cn) >= 0 and cn + bn + n == len(ins) and len(eqn.outvars) == n:
-            body_consts, state = ins[cn:cn + bn], list(ins[cn + bn:])
-            for _ in range(n + 1):  # a carry becomes dependent once any iteration makes it so
-                outs = _walk(body, body_consts + state, found)
-                new = [a or b for a, b in zip(state, outs, strict=True)]
-                if new == state:
-                    break
-                state = new
-            return state
-    branches = [b for n, b in inner if n == "branches"]
-    if name == "cond" and branches and len(branches) == len(inner) and all(
-            len(b.invars) == len(ins) - 1 and len(b.outvars) == len(eqn.outvars) for b in branches):
-        branch_outs = [_walk(branch, ins[1:], found) for branch in branches]  # ins[0] is the index
-        return [any(flags) for flags in zip(*branch_outs, strict=True)]
-    if name in _CALLS and len(inner) == 1 and len(inner[0][1].invars) == len(ins) and \
-            len(inner[0][1].outvars) == len(eqn.outvars):
-        return _walk(inner[0][1], ins, found)
-    for _, sub in inner:  # anything else: every input may reach every output
-        _walk(sub, [True] * len(sub.invars), found)
-    return [True] * len(eqn.outvars)
-
-
-def trace(fn: Callable, leaves: Sequence[Any]) -> Any:
-    """``jax.make_jaxpr(fn)(*leaves)``, or None for a function that cannot be traced (it reads values)."""
-    try:
-        return jax.make_jaxpr(fn)(*leaves)
-    except Exception:  # an untraceable function: the caller falls back to running it
-        return None
-
-
-def constants(closed: Any) -> list:
-    """Every constant a trace baked in: its consts and the literals of its equations, nested jaxprs too.
-    Two traces of a deterministic function have the same; Python-side randomness shows here."""
-    found = [comparable(c) for c in closed.consts]
-
-    def walk(jaxpr: Any) -> None:
-        for eqn in jaxpr.eqns:
-            found.extend(comparable(v.val) for v in eqn.invars if hasattr(v, "val"))
-            for _, inner in _jaxprs(eqn.params):
-                walk(inner)
-    walk(closed.jaxpr)
-    return found
-
-
-def primitives(closed: Any) -> set[str]:
-    """The names of the primitives a trace applies, in nested jaxprs too (``"random_gamma"``, ``"while"``)."""
-    found: set[str] = set()
-
-    def walk(jaxpr: Any) -> None:
-        for eqn in jaxpr.eqns:
-            found.add(eqn.primitive.name)
-            for _, inner in _jaxprs(eqn.params):
-                walk(inner)
-    walk(closed.jaxpr)
-    return found
-
-
-def narrowest_float(closed: Any) -> int:
-    """The fewest mantissa bits of any float (or complex part) that depends on the inputs of a trace:
-    52 for float64, 23 for float32, 10 for float16, 7 for bfloat16."""
-    return _walk_all(closed).bits
-
-
-def iterative(closed: Any) -> bool:
-    """Whether a while loop runs on values that depend on the inputs (an iterative solver, a series summed
-    to convergence): then fn stops at its own tolerance, and its differences carry that error."""
-    return closed is not None and _walk_all(closed).loops > 0
-
-
-def _walk_all(closed: Any, inputs: bool = True) -> _Found:
-    """What a walk from every input finds; its inputs' own dtypes counted where ``inputs``."""
-    found = _Found(min([b for b in (_bits(v.aval) for v in closed.jaxpr.invars) if b is not None], default=52)
-                   if inputs else 52)
-    _walk(closed.jaxpr, [True] * len(closed.jaxpr.invars), found)
-    return found
-
-
-def precision_of(closed: Any, leaves: Sequence[Any], outs: Sequence[Any]) -> Precision:
-    """What fn computes in: the narrowest float its trace computes from the inputs, and its outputs'. The inputs'
-    own dtypes count entry by entry (:func:`leaf_precisions`), not here: a bfloat16 activation cast to float32
-    beside float32 weights is a float32 computation, differenced as one (a bfloat16 step and tolerance for the
-    weights passed their gradients dropped). Untraced, the inputs count too."""
-    found = [tolerance.of_dtype(jnp.result_type(x)) for x in outs]
-    if closed is not None:
-        found.append(tolerance.of_mantissa(_walk_all(closed, inputs=False).bits))
-    else:
-        found += [tolerance.of_dtype(jnp.result_type(x)) for x in leaves]
-    return min(found, key=lambda p: p.key)
 
 
 def leaf_precisions(flat: Flat, computed: Precision) -> list[Precision]:

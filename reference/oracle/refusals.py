@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from jax.extend.core import jaxpr_as_fun
 
-from reference.oracle.precision import constants, trace
+from reference.oracle.jaxprs import constants, trace
 from reference.oracle.report import RefusedType, RefusedValue, raised_by_fn
 from reference.oracle.trees import Split, describe
 from reference.oracle.versions import Version

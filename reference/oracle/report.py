@@ -8,9 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+import numpy as np
 
 SHOWN = 10  # mismatches (or notes) written out in a message; the rest are counted
+# A pass is a proof: a report is one only while at most this fraction of its entries is unchecked. Beyond it the
+# report is no failure, and no pass either (``VJPReport.proven``): handgrad's commands give it a status of its own.
+PROVEN = 0.01
 
 KINDS = ("value", "kink", "block", "precision", "reference", "forward", "cotangent")
 
@@ -173,6 +184,14 @@ class LeafReport:
     level: int | None = None  # blocks: the step level that decided most of them
     tolerance_rel: float = 0.0  # the largest tolerance of a judged entry (block), over its own scale
     judged: int = 0  # entries and blocks judged against the differences
+    # Each entry's error over its tolerance (≤ 1 passes; NaN: unchecked), float32, over the leaf's flat entries
+    # (real parts first): what plot() draws.
+    badness: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    @property
+    def entries(self) -> int:
+        """The leaf's real entries: a complex entry counts twice, its real and imaginary parts."""
+        return int(np.prod(self.shape, dtype=np.int64)) * (2 if self.dtype.startswith("complex") else 1)
 
     @property
     def how(self) -> str:
@@ -212,6 +231,23 @@ class VJPReport:
     def unchecked(self) -> int:
         return sum(leaf.unchecked for leaf in self.leaves)
 
+    @property
+    def entries(self) -> int:
+        return sum(leaf.entries for leaf in self.leaves)
+
+    @property
+    def proven(self) -> bool:
+        """Whether the report is a proof: at most ``PROVEN`` (1%) of its entries unchecked."""
+        return self.unchecked <= PROVEN * self.entries
+
+    @property
+    def unproven_why(self) -> str:
+        """One line on why the report is no proof ("" when it is one)."""
+        if self.proven:
+            return ""
+        return (f"{self.unchecked} of {self.entries} entries unchecked ({self.unchecked / self.entries:.0%}; a pass "
+                f"leaves at most {PROVEN:.0%}): " + (self.unchecked_why or "no step gives consistent differences"))
+
     def __str__(self) -> str:
         rows = [f"order {self.order}; differences in {self.precision}: {self.how}",
                 f"{'argument':<24} {'shape':<14} {'dtype':<9} {'method':<16} {'abs err':>9} {'rel err':>9} "
@@ -222,6 +258,8 @@ class VJPReport:
             rows.append(f"{r.path:<24} {str(r.shape):<14} {r.dtype:<9} {r.how:<16} {errors} {ref:>9} {r.kinks}")
         if self.kinks:
             rows.append(f"{self.kinks} entries sit on a kink; any value between the one-sided differences was accepted")
+        if not self.proven:
+            rows.append(f"NOT A PROOF: more than {PROVEN:.0%} of the entries could not be checked")
         if self.unchecked:
             rows.append(f"{self.unchecked} entries could not be checked: " + (
                 self.unchecked_why or "fn jumps there, is not finite a step away, or no step gives consistent "
@@ -243,6 +281,14 @@ class VJPReport:
             rows.append("held fixed (no cotangent): " + ", ".join(self.fixed))
         return "\n".join(rows)
 
+    def plot(self, path: str | os.PathLike[str], problems: Sequence[Mismatch] = (), *,
+             title: str = "check_vjp: each leaf's error over its tolerance") -> Figure:
+        """Every leaf, ``problems`` marked (none: all within), drawn to the PNG ``path`` (:mod:`.plot`; needs
+        matplotlib); returns the figure."""
+        from reference.oracle import plot
+
+        return plot.draw(path, self.leaves, problems, title)
+
 
 class VJPMismatch(AssertionError):
     """:func:`reference.check_vjp` found entries that are off: ``problems`` (worst first) and the ``report``."""
@@ -261,3 +307,12 @@ class VJPMismatch(AssertionError):
     @property
     def kinds(self) -> set[str]:
         return {p.kind for p in self.problems}
+
+    def plot(self, path: str | os.PathLike[str]) -> Figure:
+        """Each failing leaf, drawn to the PNG ``path``: where it is off, and by how many tolerances
+        (:mod:`.plot`; needs matplotlib). Returns the figure."""
+        from reference.oracle import plot
+
+        what = "VJP" if self.report.order == 1 else "VJP of the VJP"
+        return plot.draw(path, plot.failing(self.report.leaves, self.problems), self.problems,
+                         f"check_vjp: where the {what} of {self.name} is off")

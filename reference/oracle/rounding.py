@@ -240,7 +240,7 @@ def _signs(shape: tuple[int, ...], dtype: Any, salt: int) -> jax.Array:
 
 def _magnitude(t: jax.Array) -> jax.Array:
     """|t|, a complex entry's parts each on its own (they are separate entries of the flat vector)."""
-    return jnp.abs(t.real) + 1j * jnp.abs(t.imag) if jnp.iscomplexobj(t) else jnp.abs(t)
+    return jax.lax.complex(jnp.abs(t.real), jnp.abs(t.imag)) if jnp.iscomplexobj(t) else jnp.abs(t)
 
 
 def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list, context: Callable[[], Any],

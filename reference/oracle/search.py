@@ -41,7 +41,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from reference.oracle.differences import BlockDevice, Differences, Probes
+from reference.oracle.blocks import BlockDevice, block_probes
+from reference.oracle.differences import Differences, Probes
 from reference.oracle.verdict import CONFIDENT, Verdict, first_pass, judge
 
 BLOCKS = 16  # the first cut of a large leaf
@@ -197,7 +198,7 @@ class _Probed:
     def __init__(self, diffs: Differences, lo: np.ndarray, hi: np.ndarray, step: float, device: BlockDevice,
                  start: int):
         self.diffs, self.lo, self.hi, self.step, self.device = diffs, lo, hi, step, device
-        probes, self.weighted = diffs.block_probes(lo, hi, step, [start], device)
+        probes, self.weighted = block_probes(diffs, lo, hi, step, [start], device)
         self.levels = {start: probes}  # (1, blocks) each; a block's column is real where self.real says so
         self.real = {start: np.ones(len(lo), bool)}
         self.spent = len(lo)
@@ -206,7 +207,7 @@ class _Probed:
         """The blocks ``rows`` at ``levels``, (levels, rows): probed where they were not yet."""
         missing = [k for k in levels if not self.real.get(k, np.zeros(len(self.lo), bool))[rows].all()]
         if missing:
-            found, _ = self.diffs.block_probes(self.lo[rows], self.hi[rows], self.step, missing, self.device)
+            found, _ = block_probes(self.diffs, self.lo[rows], self.hi[rows], self.step, missing, self.device)
             self.spent += len(rows) * len(missing)
             for i, k in enumerate(missing):
                 if k not in self.levels:

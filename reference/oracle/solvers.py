@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import ClosedJaxpr, Literal
 
-from reference.oracle.differences import jit_or_eager
-from reference.oracle.precision import primitives, trace
+from reference.oracle.jaxprs import primitives, trace
+from reference.oracle.programs import jit_or_eager
 from reference.oracle.report import Loops
 from reference.oracle.rounding import _inline
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reference.oracle.differences import jit_or_eager
+from reference.oracle.programs import jit_or_eager
 from reference.oracle.refusals import function_name
 from reference.oracle.report import NotDifferentiable, RefusedType
 from reference.oracle.trees import Split, outputs, random_like

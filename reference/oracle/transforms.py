@@ -30,6 +30,7 @@ from reference.oracle.report import (
     said,
 )
 from reference.oracle.rounding import ROUNDING_FACTOR, forward_rounding
+from reference.oracle.transformed import PARTS, each_part, programs
 from reference.oracle.trees import Split, comparable, kind, outputs, random_like
 
 TRANSFORMS = ("jit", "vmap", "grad-of-jit", "checkpoint", "scan")
@@ -116,54 +117,6 @@ def _equal(a: Any, b: Any) -> bool:
     return bool(np.array_equal(comparable(a), comparable(b)))
 
 
-@functools.lru_cache(maxsize=128)
-def _programs(fn: Callable, treedef: Any, diff: tuple, shared: tuple, varying: tuple, static: tuple) -> tuple:
-    """The eager VJP and one jitted program for jit, grad-of-jit, vmap, checkpoint and scan, built once per
-    function and argument structure, so that repeated checks (a property's examples) reuse one compilation."""
-    out_fn = outputs(fn)
-    jitted_out, remat_out = jax.jit(out_fn), jax.checkpoint(out_fn)
-    n = len(diff) + len(shared) + len(varying) + len(static)
-
-    def vjp(fixed, d, varied, ct, *, jitted=False, remat=False):
-        def call(*dd):
-            full = dict(static) | dict(zip(shared, fixed, strict=True)) | dict(zip(varying, varied, strict=True))
-            full |= dict(zip(diff, dd, strict=True))
-            args = jax.tree_util.tree_unflatten(treedef, [full[i] for i in range(n)])
-            return (jitted_out if jitted else remat_out if remat else out_fn)(*args)
-        return jax.vjp(call, *d)[1](ct)
-
-    # One program for all five (each compilation costs more than the comparison); ``names`` picks a part of
-    # it, for a function that cannot be taken through all of them (Python control flow on values: no jit;
-    # a pure_callback without a vmap_method: no vmap).
-    @functools.partial(jax.jit, static_argnums=0)
-    def transformed(names, fixed, each, batched):
-        one = lambda d, varied, ct: vjp(fixed, d, varied, ct)  # noqa: E731
-        parts = {"each": lambda: [one(*e) for e in each], "vmap": lambda: jax.vmap(one)(*batched),
-                 "checkpoint": lambda: vjp(fixed, *each[0], remat=True),
-                 "grad-of-jit": lambda: vjp(fixed, *each[0], jitted=True),
-                 "scan": lambda: jax.lax.scan(lambda carry, x: (carry, one(*x)), None, batched)[1]}
-        return {name: parts[name]() for name in names}
-
-    return vjp, transformed
-
-
-PARTS = ("each", "vmap", "checkpoint", "grad-of-jit", "scan")
-
-
-def _each_part(transformed: Callable, fixed: list, each: list, stacked: Any, eager: Callable) -> tuple[dict, dict]:
-    """Every part that can be computed, one program each, and why the others cannot (the error's first line).
-    Without jit, each element's eager VJP stands in for "each" (the baseline of vmap and scan)."""
-    results, skipped = {}, {}
-    for name in PARTS:
-        try:
-            results.update(jax.block_until_ready(transformed((name,), fixed, each, stacked)))
-        except Exception as e:  # JAX's limit for this function: reported, and that transformation not compared
-            skipped["jit" if name == "each" else name] = said(e)
-    if "each" not in results:
-        results["each"] = [eager(*e) for e in each]
-    return results, skipped
-
-
 def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *,
                      batch: Sequence[Sequence[Any]] | None = None, rtol: float | None = None,
                      seed: int = 0) -> TransformReport:
@@ -202,123 +155,180 @@ def check_transforms(fn: Callable, args: Sequence[Any], cotangent: Any = None, *
       TransformMismatch: an AssertionError whose ``problems`` name the transformation, the batch
         element, the argument path and flat index, and both values.
     """
-    args = tuple(args)
-    elements = [tuple(e) for e in batch] if batch is not None else [_scaled(args, s) for s in _SCALES]
-    if batch is not None and not elements:
-        raise ValueError("check_transforms: batch must hold at least one tuple of arguments")
-    split = Split.of(elements[0])
-    if not split.diff:
-        raise RefusedType("check_transforms: no argument of fn has a float or complex leaf, so there is no VJP to "
-                          "check")
-    parts = [Split.of(e) for e in elements]
-    if any(p.treedef != split.treedef for p in parts):
-        raise ValueError("check_transforms: every element of batch must have the structure of the first")
-    out_fn = outputs(fn)
-    try:
-        shapes = jax.eval_shape(lambda *d: out_fn(*split.rebuild(d)), *split.diff_leaves())
-    except jax.errors.JAXTypeError:  # fn branches on values: its outputs, run
-        shapes = out_fn(*elements[0])
-    if not shapes:
-        raise RefusedType(f"check_transforms: {getattr(fn, '__name__', fn)} has no float or complex output to pull "
-                          f"back")
-    rng = np.random.default_rng(seed)
-    cts = [list(cotangent) if cotangent is not None and b == 0 else random_like(shapes, rng)
-           for b in range(len(elements))]
-    fixed = [i for i in range(len(split.leaves)) if i not in split.diff]
-    same = {i: all(_equal(p.leaves[i], split.leaves[i]) for p in parts) for i in fixed}
-    static = tuple((i, split.leaves[i]) for i in fixed if same[i] and not hasattr(split.leaves[i], "dtype"))
-    shared = tuple(i for i in fixed if same[i] and hasattr(split.leaves[i], "dtype"))
-    varying = tuple(i for i in fixed if not same[i])
-    key = (fn, split.treedef, split.diff, shared, varying, static)
-    try:
-        vjp, transformed = _programs(*key)
-    except TypeError:  # an unhashable function or static leaf: build the programs for this call alone
-        vjp, transformed = _programs.__wrapped__(*key)
-
-    def inputs(b):
-        leaves = parts[b].leaves
-        return ([leaves[i] for i in split.diff], [leaves[i] for i in varying], cts[b])
-
-    def stack(*xs: Any) -> Any:  # in numpy, but for keys, which numpy cannot hold
-        if jax.dtypes.issubdtype(getattr(xs[0], "dtype", np.float32), jax.dtypes.prng_key):
-            return jnp.stack(xs)
-        return jax.device_put(np.stack([np.asarray(x) for x in xs]))
-    fixed_values = [split.leaves[i] for i in shared]
-    try:
-        eager = jax.block_until_ready(vjp(fixed_values, *inputs(0)))
-    except Exception as error:  # fn traced (eval_shape above): JAX's limit, or a rule that refuses differentiation
-        if raised_by_fn(error):  # or fn's own runtime check, raising at these inputs
-            raise FnRaised(getattr(fn, "__name__", repr(fn)), AT_INPUTS, error) from error
-        raise NotDifferentiable(getattr(fn, "__name__", repr(fn)), 1, error) from error
-    dropped: dict[int, str] = {}
-    for b in range(1, len(elements)):  # fn's own check may refuse an element the default batch made up (args × 0.8)
-        try:
-            jax.block_until_ready(vjp(fixed_values, *inputs(b)))
-        except Exception as error:
-            if not raised_by_fn(error):
-                raise
-            if batch is not None:
-                raise FnRaised(getattr(fn, "__name__", repr(fn)), f"at batch element {b}", error) from error
-            dropped[b] = said(error)
-    kept = [b for b in range(len(elements)) if b not in dropped]
-    elements, parts, cts = [elements[b] for b in kept], [parts[b] for b in kept], [cts[b] for b in kept]
-    stacked = jax.tree_util.tree_map(stack, *[inputs(b) for b in range(len(elements))])
-    each_input = [inputs(b) for b in range(len(elements))]
-    skipped: dict[str, str] = {}
-    try:  # run to the end here: an error fn raises when run (equinox's error_if) is reported as the program ends
-        results = jax.block_until_ready(transformed(PARTS, fixed_values, each_input, stacked))
-    except Exception:
-        results, skipped = _each_part(transformed, fixed_values, each_input, stacked,
-                                      lambda *e: vjp(fixed_values, *e))
-        if len(skipped) == len(TRANSFORMS):
-            raise RefusedValue(f"check_transforms: {getattr(fn, '__name__', fn)} cannot be taken through any "
-                               f"transformation ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})") from None
+    name = getattr(fn, "__name__", repr(fn))
+    b = _Batch.of(fn, tuple(args), batch, cotangent, seed)
+    eager, dropped = _eager(b, name, given=batch is not None)
+    b = b.without(dropped)
+    results, skipped = _transformed(b, name)
     # Each batch element's VJP under jit, one element at a time: what vmap and scan must give element by element
     # (the first element's is the jit row, against eager), without an eager run for every element.
     each = [jax.tree_util.tree_map(np.asarray, e) for e in results.pop("each")]
     results["jit"] = each[0]
+    diffs, problems, explained = _compared(b, results, eager, each, skipped, rtol)
+    report = TransformReport(len(b.elements), diffs, skipped, explained, dropped)
+    if problems:
+        raise TransformMismatch(name, problems, report)
+    return report
+
+
+@dataclasses.dataclass(frozen=True)
+class _Batch:
+    """The batch elements, each split into its float leaves and the rest, with a cotangent each; and the compiled
+    VJP programs (:func:`.transformed.programs`), which take the leaves fixed across the batch once and the rest
+    per element."""
+
+    out_fn: Callable
+    split: Split
+    elements: list[tuple]
+    parts: list[Split]
+    cts: list[list]
+    shared: tuple[int, ...]  # fixed leaves the same in every element, arrays: passed once
+    varying: tuple[int, ...]  # fixed leaves that differ between elements
+    vjp: Callable
+    transformed: Callable
+
+    @classmethod
+    def of(cls, fn: Callable, args: tuple, batch: Sequence[Sequence[Any]] | None, cotangent: Any,
+           seed: int) -> _Batch:
+        elements = [tuple(e) for e in batch] if batch is not None else [_scaled(args, s) for s in _SCALES]
+        if batch is not None and not elements:
+            raise ValueError("check_transforms: batch must hold at least one tuple of arguments")
+        split = Split.of(elements[0])
+        if not split.diff:
+            raise RefusedType("check_transforms: no argument of fn has a float or complex leaf, so there is no VJP "
+                              "to check")
+        parts = [Split.of(e) for e in elements]
+        if any(p.treedef != split.treedef for p in parts):
+            raise ValueError("check_transforms: every element of batch must have the structure of the first")
+        out_fn = outputs(fn)
+        try:
+            shapes = jax.eval_shape(lambda *d: out_fn(*split.rebuild(d)), *split.diff_leaves())
+        except jax.errors.JAXTypeError:  # fn branches on values: its outputs, run
+            shapes = out_fn(*elements[0])
+        if not shapes:
+            raise RefusedType(f"check_transforms: {getattr(fn, '__name__', fn)} has no float or complex output to "
+                              f"pull back")
+        rng = np.random.default_rng(seed)
+        cts = [list(cotangent) if cotangent is not None and b == 0 else random_like(shapes, rng)
+               for b in range(len(elements))]
+        fixed = [i for i in range(len(split.leaves)) if i not in split.diff]
+        same = {i: all(_equal(p.leaves[i], split.leaves[i]) for p in parts) for i in fixed}
+        static = tuple((i, split.leaves[i]) for i in fixed if same[i] and not hasattr(split.leaves[i], "dtype"))
+        shared = tuple(i for i in fixed if same[i] and hasattr(split.leaves[i], "dtype"))
+        varying = tuple(i for i in fixed if not same[i])
+        key = (fn, split.treedef, split.diff, shared, varying, static)
+        try:
+            vjp, transformed = programs(*key)
+        except TypeError:  # an unhashable function or static leaf: build the programs for this call alone
+            vjp, transformed = programs.__wrapped__(*key)
+        return cls(out_fn, split, elements, parts, cts, shared, varying, vjp, transformed)
+
+    @property
+    def fixed_values(self) -> list:
+        return [self.split.leaves[i] for i in self.shared]
+
+    def inputs(self, b: int) -> tuple:
+        leaves = self.parts[b].leaves
+        return ([leaves[i] for i in self.split.diff], [leaves[i] for i in self.varying], self.cts[b])
+
+    def run(self, b: int) -> Any:
+        return jax.block_until_ready(self.vjp(self.fixed_values, *self.inputs(b)))
+
+    def without(self, dropped: dict[int, str]) -> _Batch:
+        kept = [b for b in range(len(self.elements)) if b not in dropped]
+        return dataclasses.replace(self, elements=[self.elements[b] for b in kept],
+                                   parts=[self.parts[b] for b in kept], cts=[self.cts[b] for b in kept])
+
+
+def _eager(b: _Batch, name: str, given: bool) -> tuple[Any, dict[int, str]]:
+    """The first element's eager VJP; and the elements fn's own check refuses (one the default batch made up,
+    args × 0.8), with why: dropped. In a ``batch`` the user gave, such an element is fn's error."""
+    try:
+        eager = b.run(0)
+    except Exception as error:  # fn traced (eval_shape above): JAX's limit, or a rule that refuses differentiation
+        if raised_by_fn(error):  # or fn's own runtime check, raising at these inputs
+            raise FnRaised(name, AT_INPUTS, error) from error
+        raise NotDifferentiable(name, 1, error) from error
+    dropped: dict[int, str] = {}
+    for k in range(1, len(b.elements)):
+        try:
+            b.run(k)
+        except Exception as error:
+            if not raised_by_fn(error):
+                raise
+            if given:
+                raise FnRaised(name, f"at batch element {k}", error) from error
+            dropped[k] = said(error)
+    return eager, dropped
+
+
+def _transformed(b: _Batch, name: str) -> tuple[dict, dict[str, str]]:
+    """Every transformation's VJP, in one program; where that fails, each on its own, and those JAX cannot apply
+    skipped with why. None applies: refused."""
+    each_input = [b.inputs(k) for k in range(len(b.elements))]
+    stacked = jax.tree_util.tree_map(_stack, *each_input)
+    try:  # run to the end here: an error fn raises when run (equinox's error_if) is reported as the program ends
+        return jax.block_until_ready(b.transformed(PARTS, b.fixed_values, each_input, stacked)), {}
+    except Exception:
+        results, skipped = each_part(b.transformed, b.fixed_values, each_input, stacked,
+                                      lambda *e: b.vjp(b.fixed_values, *e))
+    if len(skipped) == len(TRANSFORMS):
+        raise RefusedValue(f"check_transforms: {name} cannot be taken through any transformation "
+                           f"({'; '.join(f'{k}: {v}' for k, v in skipped.items())})") from None
+    return results, skipped
+
+
+def _stack(*xs: Any) -> Any:
+    """The batch elements' leaves stacked: in numpy, but for keys, which numpy cannot hold."""
+    if jax.dtypes.issubdtype(getattr(xs[0], "dtype", np.float32), jax.dtypes.prng_key):
+        return jnp.stack(xs)
+    return jax.device_put(np.stack([np.asarray(x) for x in xs]))
+
+
+def _compared(b: _Batch, results: dict, eager: Any, each: list, skipped: dict[str, str], rtol: float | None
+              ) -> tuple[dict[str, float], list[TransformProblem], dict[str, int]]:
+    """Each transformation's VJP against the eager one (vmap and scan: element by element against each's under
+    jit): the largest difference, the first entry off per leaf, and how many entries rounding explains."""
     diffs, problems = {}, []
     explained: dict[str, int] = {}
-    bounds: dict[int, Any] = {}
-
-    def rounding(b: int) -> Any:
-        """Element b's bound on how far rounding moves its VJP, per leaf (None: fn cannot be traced for it)."""
-        if b not in bounds:
-            rebuilt = parts[b]
-            found = forward_rounding(lambda *d: out_fn(*rebuilt.rebuild(d)), rebuilt.diff_leaves(), cts[b],
-                                     contextlib.nullcontext, max(tolerance.of_dtype(jnp.result_type(x)).eps
-                                                                 for x in rebuilt.diff_leaves()))
-            bounds[b] = None if found is None else found[1]
-        return bounds[b]
+    rounding = functools.cache(functools.partial(_rounding, b))
     for name in (t for t in TRANSFORMS if t not in skipped):
         got = jax.tree_util.tree_map(np.asarray, results[name])
-        per_element = [jax.tree_util.tree_map(lambda x, b=b: x[b], got) for b in range(len(elements))] \
-            if name in ("vmap", "scan") else [got]
-        baselines = each if name in ("vmap", "scan") else [eager]
+        batched = name in ("vmap", "scan")
+        per_element = [jax.tree_util.tree_map(lambda x, k=k: x[k], got) for k in range(len(b.elements))] \
+            if batched else [got]
+        baselines = each if batched else [eager]
         worst = 0.0
-        for b, value in enumerate(per_element):
+        for k, value in enumerate(per_element):
             # An entry is judged against its leaf's largest, and at least the largest of the whole VJP: a leaf
             # that is all tiny (a bias behind saturated tanh, ~1e-16) carries only round-off of the rest.
-            largest = max(_largest_finite(e) for e in baselines[b])
-            for k, (g, e) in enumerate(zip(value, baselines[b], strict=True)):
+            largest = max(_largest_finite(e) for e in baselines[k])
+            for leaf, (g, e) in enumerate(zip(value, baselines[k], strict=True)):
                 g, e = np.asarray(g), np.asarray(e)
                 r = rtol if rtol is not None else tolerance.of_dtype(e.dtype).agree
                 with np.errstate(invalid="ignore"):  # the same inf in both: agrees (tolerance.agree), no difference
                     gap = np.abs(g.astype(np.complex128) - e)
                 worst = max(worst, float(np.max(np.where(g == e, 0.0, gap), initial=0.0)))
                 off = ~tolerance.agree(g, e, r, floor=largest).ravel()
-                if off.any() and (bound := rounding(b)) is not None:  # both sides rounded: twice the bound
-                    within = (gap.ravel() <= 2 * ROUNDING_FACTOR * np.abs(bound[k]).ravel()) & off
+                if off.any() and (bound := rounding(k)) is not None:  # both sides rounded: twice the bound
+                    within = (gap.ravel() <= 2 * ROUNDING_FACTOR * np.abs(bound[leaf]).ravel()) & off
                     explained[name] = explained.get(name, 0) + int(within.sum())
                     off &= ~within
                 bad = np.flatnonzero(off)
                 if bad.size:
                     i = int(bad[0])
                     scale = float(np.abs(e.ravel()[i]) + max(_largest_finite(e), largest))
-                    problems.append(TransformProblem(name, b, split.paths[split.diff[k]], i, complex(g.ravel()[i]),
-                                                     complex(e.ravel()[i]), r * scale, int(bad.size)))
+                    problems.append(TransformProblem(name, k, b.split.paths[b.split.diff[leaf]], i,
+                                                     complex(g.ravel()[i]), complex(e.ravel()[i]), r * scale,
+                                                     int(bad.size)))
         diffs[name] = worst
-    report = TransformReport(len(elements), diffs, skipped, explained, dropped)
-    if problems:
-        raise TransformMismatch(getattr(fn, "__name__", repr(fn)), problems, report)
-    return report
+    return diffs, problems, explained
+
+
+def _rounding(b: _Batch, k: int) -> Any:
+    """Element k's bound on how far rounding moves its VJP, per leaf (None: fn cannot be traced for it)."""
+    rebuilt = b.parts[k]
+    found = forward_rounding(lambda *d: b.out_fn(*rebuilt.rebuild(d)), rebuilt.diff_leaves(), b.cts[k],
+                             contextlib.nullcontext, max(tolerance.of_dtype(jnp.result_type(x)).eps
+                                                         for x in rebuilt.diff_leaves()))
+    return None if found is None else found[1]

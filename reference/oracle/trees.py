@@ -138,7 +138,8 @@ class Flat:
             part = flat[self.part(i)]
             if c:
                 half = part.shape[0] // 2
-                out.append((part[:half] + 1j * part[half:]).astype(dtype).reshape(shape))
+                # lax.complex, not re + 1j·im: a Python complex meets a float array, which strict promotion refuses
+                out.append(jax.lax.complex(part[:half], part[half:]).astype(dtype).reshape(shape))
             else:
                 out.append(part.astype(dtype).reshape(shape))
         return out

@@ -1,0 +1,131 @@
+"""Stages 1 and 3 of :func:`check_vjp`: fn as called, and the setup every entry is judged in.
+
+:func:`call_of` traces fn (refused if it is not deterministic) and pulls balanced random cotangents back through
+it. After the choice of the version the numbers come from (:func:`.precision.choose`), :func:`setup_of` lays out
+per entry what its tolerance is made of (:class:`.entries.Scales`), the steps, and the version's differences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from reference.oracle import cotangents, solvers
+from reference.oracle.differences import Differences, step_scales
+from reference.oracle.entries import Scales
+from reference.oracle.jaxprs import iterative, precision_of
+from reference.oracle.precision import Choice, leaf_precisions
+from reference.oracle.refusals import trace_deterministic
+from reference.oracle.report import Loops, NotDifferentiable, raised_by_fn
+from reference.oracle.rounding import INPUT_SPREAD, capped, finite_abs, input_spread, natural_scale
+from reference.oracle.subjects import LOOSEST_AS_CALLED, Subject
+from reference.oracle.trees import Flat, Split
+from reference.oracle.versions import Version
+
+COTANGENTS = 4  # cotangents drawn to learn each entry's natural scale
+
+
+@dataclasses.dataclass(frozen=True)
+class Called:
+    """Stage 1: fn as called, at a balanced random cotangent (:mod:`.cotangents`), and its jaxpr."""
+
+    version: Version
+    closed: Any  # the jaxpr
+    cotangents: list  # COTANGENTS of them
+    out: list
+    vjps: list  # one per cotangent
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Stage 3: the version the numbers come from, its differences, and what every entry is judged with."""
+
+    evaluate: Version
+    flat: Flat
+    paths: list[str]  # each differentiable leaf's, as the report names it
+    a_user: np.ndarray  # the call's own VJP, flat and real
+    a_main: np.ndarray  # the version's VJP: what the differences judge
+    scales: Scales
+    spread_call: np.ndarray  # how far the call's VJP moves when its inputs move by its round-off
+    diffs: Differences
+    step: float
+    levels: int
+    loosest: float
+    how: str
+    loops: Loops | None
+    longer: Any  # the fn whose loops run longer (solvers.py), or None
+
+
+def call_of(subject: Subject, name: str, split: Split, rng: np.random.Generator) -> Called:
+    """Stage 1: fn traced (refused if not deterministic), and its VJP at balanced cotangents."""
+    call = Version.of(subject.fn, split)
+    shapes, closed = trace_deterministic(name, call)
+    try:
+        cts = cotangents.balanced(call, cotangents.drawn(shapes, rng, COTANGENTS), rng)
+        out, a_call = call.vjp(cts)
+    except Exception as e:  # traced fine (above), so JAX's own limit: a while_loop, a primitive with no rule
+        if raised_by_fn(e):  # or fn's own runtime check, raising where it ran (check_vjp says where)
+            raise
+        raise NotDifferentiable(name, subject.order, e) from e
+    call.precision = precision_of(closed, split.diff_leaves(), out)
+    return Called(call, closed, cts, out, a_call)
+
+
+def setup_of(subject: Subject, split: Split, called: Called, chosen: Choice, *, rtol: float | None,
+           atol: float | None, eps: float | None, rng: np.random.Generator) -> Setup:
+    """Stage 3: each entry's scales and allowances, the steps, and the differences of the chosen version."""
+    call, evaluate = called.version, chosen.version
+    flat = Flat(evaluate.split.diff_leaves())
+    vjps = [flat.real(a, conjugate=True) for a in chosen.vjps]
+    a_main = vjps[0]
+    natural = natural_scale(flat, vjps)
+    a_scale = finite_abs(a_main)
+    # How far each entry moves when the inputs move by one unit of round-off: of the call's precision for the call's
+    # own VJP (compared with the float64 one), of the version's for the version's VJP against its differences.
+    spread_call = capped(INPUT_SPREAD * input_spread(evaluate, chosen.cotangents, flat, vjps, call.precision.eps, rng),
+                         a_scale + natural)
+    spread = spread_call if evaluate is call else capped(INPUT_SPREAD * input_spread(
+        evaluate, chosen.cotangents, flat, vjps, evaluate.precision.eps, rng), a_scale + natural)
+    # Per entry: the rtol of the computation, or of the entry's own leaf where that is narrower (a bfloat16 leaf's
+    # VJP is rounded to bfloat16); a user's rtol everywhere.
+    per_leaf = leaf_precisions(Flat(split.diff_leaves()), call.precision)
+    r_user = _per_entry(flat, [rtol if rtol is not None else p.rtol for p in per_leaf])
+    step = eps if eps is not None else evaluate.precision.step
+    loosest = (evaluate.precision.loosest if subject.order == 1 or evaluate.precision.key == 64
+               else LOOSEST_AS_CALLED)
+    numeric, ct, noise_floor = evaluate, chosen.cotangents[0], 0.0
+    base: list | None = chosen.out
+    if subject.truth is not None:
+        phi, noise_floor = subject.truth(evaluate, chosen.cotangents[0])
+        numeric, base = Version(evaluate.split, phi, evaluate.x64, evaluate.precision), None
+        ct = [np.ones((), np.float64 if evaluate.x64 else np.float32)]
+    loops, longer, how = None, None, chosen.how
+    if iterative(called.closed):  # while loops on the input path: run longer, their stopping error measured
+        with numeric.context():
+            loops, longer, said_loops = solvers.plan(numeric.fn, evaluate.split.diff_leaves())
+        how = f"{how}; {said_loops}"
+    diffs = Differences(numeric, flat, ct, evaluate.precision.eps, noise_floor, base=base, iterative=loops is not None,
+                        longer=longer)
+    floored, relative = step_scales(flat)
+    if evaluate is call and eps is None:  # a leaf narrower than the computation is moved by steps that span its ulps
+        wider = _per_entry(flat, [max(1.0, p.step / step) for p in per_leaf])
+        floored, relative = floored * wider, relative * wider
+    # The scale an exact 0 is told from the differences' noise against: its leaf's largest; none (0) for a leaf the
+    # rule makes 0 beside others that are not; any (inf) where the rule is 0 everywhere (a second derivative that
+    # is 0 everywhere: the differences are all there is to judge it on).
+    leaf_scale = _per_entry(flat, [float(np.max(natural[flat.part(i)], initial=0.0)) for i in range(len(per_leaf))])
+    if not np.any(leaf_scale):
+        leaf_scale = np.full(flat.size, np.inf)
+    scales = Scales(natural, a_scale, spread, r_user, atol or 0.0, floored, relative, leaf_scale)
+    a_user = flat.real(called.vjps[0], conjugate=True)
+    return Setup(evaluate, flat, split.diff_paths(), a_user, a_main, scales, spread_call, diffs, step,
+                 subject.levels or evaluate.precision.levels, loosest, how, loops, longer)
+
+
+def _per_entry(flat: Flat, values: Sequence[float]) -> np.ndarray:
+    """One value per leaf, laid out per entry of the flat vector."""
+    return np.concatenate([np.full(flat.part(i).stop - flat.part(i).start, v) for i, v in enumerate(values)]
+                          or [np.zeros(0)])
