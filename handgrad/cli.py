@@ -116,6 +116,16 @@ def _checks(text: str) -> tuple[str, ...]:
 def _bench(args: argparse.Namespace) -> int:
     from handgrad import bench
 
+    if args.attention:
+        from handgrad import bench_attention
+
+        rows = bench_attention.run(args.lengths, rounds=args.rounds or 10,
+                                   dtype=args.dtype, progress=lambda what: print(f"  timing {what} ...",
+                                                                                 file=sys.stderr, flush=True))
+        bench_attention.print_rows(rows)
+        if args.json:
+            bench.write_json(rows, args.json)
+        return 0
     if args.oracle:
         rows = bench.oracle(args.entries,
                             progress=lambda what: print(f"  checking {what} ...", file=sys.stderr, flush=True))
@@ -127,7 +137,7 @@ def _bench(args: argparse.Namespace) -> int:
     if len(args.sizes) < 2:
         print(f"handgrad bench: --sizes needs at least an input and an output width, got {args.sizes}", file=sys.stderr)
         return 2
-    rows = bench.run(args.sizes, args.batch, args.activations.split(","), rounds=args.rounds, dtype=args.dtype,
+    rows = bench.run(args.sizes, args.batch, args.activations.split(","), rounds=args.rounds or 30, dtype=args.dtype,
                      compile_rounds=args.compile_rounds,
                      progress=lambda what: print(f"  timing {what} ...", file=sys.stderr, flush=True))
     bench.print_rows(rows)
@@ -153,10 +163,18 @@ def _distributed(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> int:
     from handgrad.train import config as train_config
 
+    if args.processes is not None:
+        from handgrad.train import launch
+
+        if args.coordinator or args.processes < 1:
+            print("handgrad train: --processes N (N ≥ 1) starts its own coordinator; it does not combine with "
+                  "--coordinator", file=sys.stderr)
+            return 2
+        return launch.local(args.argv, args.processes)
     try:
         from tqdm import tqdm
 
-        from handgrad.train import command, loop
+        from handgrad.train import command, lm, loop
         from handgrad.train.checkpoints import CheckpointError
         from handgrad.train.data import DataError
     except ModuleNotFoundError as e:
@@ -170,7 +188,8 @@ def _train(args: argparse.Namespace) -> int:
     log = tqdm.write if lead else (lambda text: None)
     bar = functools.partial(tqdm, unit="step", leave=False, disable=None if lead else True, dynamic_ncols=True)
     try:
-        command.train(train_config.from_arguments(args), log=log, bar=bar)
+        config = train_config.from_arguments(args)
+        (lm.train if isinstance(config, train_config.LMConfig) else command.train)(config, log=log, bar=bar)
     except (DataError, CheckpointError, train_config.TrainError) as e:
         print(f"handgrad train: {e}", file=sys.stderr)
         return 2
@@ -193,14 +212,19 @@ class _Parser(argparse.ArgumentParser):
 def _add_train(sub: Any) -> None:
     from handgrad.train.config import add_arguments
 
-    t = sub.add_parser("train", help="train an MLP with hand-written backprop on real data (needs the train extra)",
-                       description="Train an MLP with pure's hand-written backprop through jit. Without arguments: "
-                                   "scikit-learn's digits, 64-128-64-10, relu, SGD with momentum and cosine decay.")
+    t = sub.add_parser("train", help="train an MLP or a transformer language model with hand-written backprop on "
+                                     "real data (needs the train extra)",
+                       description="Train a model with pure's hand-written backprop through jit. Without arguments: "
+                                   "an MLP 64-128-64-10 on scikit-learn's digits, relu, SGD with momentum and cosine "
+                                   "decay. --model transformer: a byte-level language model of the standard "
+                                   "library's source (docs/training.md).")
     add_arguments(t)
     g = t.add_argument_group("several processes (jax.distributed, gloo on CPU)")
     g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (or JAX_COORDINATOR_ADDRESS)")
     g.add_argument("--num-processes", type=int, help="(or JAX_NUM_PROCESSES)")
     g.add_argument("--process-id", type=int, help="(or JAX_PROCESS_ID)")
+    g.add_argument("--processes", type=int, metavar="N", help="start N processes of this command here, joined "
+                                                               "through a free local port (handgrad.train.launch)")
     t.set_defaults(run=_train)
 
 
@@ -267,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="layer widths (default 784,512,512,10)")
     b.add_argument("--batch", type=positive_ints, default=(128, 1024), help="batch sizes (default 128,1024)")
     b.add_argument("--activations", default="relu,sigmoid,tanh", help="default relu,sigmoid,tanh")
-    b.add_argument("--rounds", type=int, default=30, help="timed rounds of H, A and O (default 30)")
+    b.add_argument("--rounds", type=int, help="timed rounds of H, A and O (default 30; with --attention, 10)")
     b.add_argument("--compile-rounds", type=int, default=3, help="compilations from scratch per step (default 3)")
     b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="compute dtype; params and loss stay float32 (default float32)")
@@ -276,10 +300,15 @@ def main(argv: list[str] | None = None) -> int:
                         "entry of leaves of 1e4 to 1e7 entries, and on the correct rule")
     b.add_argument("--entries", type=positive_ints, default=(10**4, 10**5, 10**6, 10**7),
                    help="with --oracle: the elementwise leaf sizes (default 10000,100000,1000000,10000000)")
+    b.add_argument("--attention", action="store_true", help="instead: an attention step, pure.attention against "
+                   "jax.grad of jax.nn.dot_product_attention, at each --lengths (handgrad.bench_attention)")
+    b.add_argument("--lengths", type=positive_ints, default=(512, 1024, 2048, 4096),
+                   help="--attention's sequence lengths (default 512,1024,2048,4096)")
     b.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     b.set_defaults(run=_bench)
     _add_train(sub)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for train --processes, which starts the command again
     return args.run(args)
 
 

@@ -137,6 +137,16 @@ GRADIENT_ROWS_SUM_TO_ZERO = Law("gradient_rows_sum_to_zero", lambda op, data: da
                                 meant_for=("losses.softmax_cross_entropy", "losses.multiclass_hinge"))
 
 
+# ---------------------------------------------------------------------------- the transformer's ops
+VJP_SUMS_TO_ZERO = Law("vjp_sums_to_zero", _args_and_cotangent,
+                       lambda op, inputs: laws.vjp_sums_to_zero(op.fn, *inputs, axis=op.settings.get("axis", -1)),
+                       meant_for=("softmax.", "norms.layer_norm"))
+EMBEDDING_GRADIENT_IS_A_SCATTER_SUM = Law(
+    "embedding_gradient_is_a_scatter_sum", _args_and_cotangent,
+    lambda op, inputs: laws.embedding_gradient_is_a_scatter_sum(op.fn, *inputs[0], inputs[1]),
+    meant_for=("embedding.",))
+
+
 # ---------------------------------------------------------------------------- the network
 @functools.cache
 def _one_sample(loss: Callable) -> Callable:

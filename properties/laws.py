@@ -12,7 +12,8 @@ stable function (not a new lambda per example): then every example of a shape bu
 reuses one compilation. A broken law raises :class:`PropertyViolation`, naming the
 property, the op and the two sides; Hypothesis adds the shrunk input ("Falsifying example").
 The laws of training (weight decay, a loss's invariants, dropout) live in
-:mod:`properties.training_laws` and are exported here too.
+:mod:`properties.training_laws`, those of the transformer's ops in :mod:`properties.transformer_laws`; both are
+exported here too.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from properties.training_laws import (
     softmax_shift_invariance,
     weight_decay_equivalence,
 )
+from properties.transformer_laws import embedding_gradient_is_a_scatter_sum, vjp_sums_to_zero
 from properties.violation import FLOOR, PropertyViolation, agreement, assert_close, op_name
 from reference.oracle.transforms import TransformMismatch, check_transforms
 
@@ -47,7 +49,7 @@ __all__ = [  # the laws, and what they raise: the training laws live in properti
     "vjp_linearity", "adjoint_identity", "sum_over_samples", "matrix_calculus",
     "softmax_shift_invariance", "gradient_rows_sum_to_zero",
     "dropout_mask_consistency", "dropout_is_unbiased", "dropout_deterministic_identity",
-    "transformations_agree",
+    "transformations_agree", "vjp_sums_to_zero", "embedding_gradient_is_a_scatter_sum",
 ]
 
 # The adjoint identity compares two sums of products over every entry: ten times the agreement of one entry.

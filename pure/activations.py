@@ -1,13 +1,15 @@
 """Elementwise activations, each keeping the smallest residual its backward needs.
 
 Kink convention: every piecewise-linear activation here takes the left (x < 0)
-branch at exactly ``x = 0``, so relu'(0) = 0 as in ``jax.nn.relu``.
+branch at exactly ``x = 0``, so relu'(0) = 0 as in ``jax.nn.relu``. gelu has no kink.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
@@ -148,3 +150,49 @@ def _leaky_relu_bwd(slope, positive, g):
 
 
 _leaky_relu = hand_written(_leaky_relu_fwd, _leaky_relu_bwd, static=1)
+
+
+# -------------------------------------------------------------------------- gelu
+def gelu(x: Float[ArrayLike, "*shape"] | float, approximate: bool = True) -> Float[Array, "*shape"]:
+    """Gaussian error linear unit ``x·Φ(x)`` (Hendrycks & Gimpel 2016), in ``jax.nn.gelu``'s two forms.
+
+    .. math::
+       \\text{exact: } y = x\\Phi(x), \\quad y' = \\Phi(x) + x\\varphi(x); \\qquad
+       \\text{tanh: } y = \\tfrac{x}{2}(1 + \\tanh u), \\quad u = \\sqrt{2/\\pi}\\,(x + 0.044715x^3), \\quad
+       y' = \\tfrac12(1 + \\tanh u) + \\tfrac{x}{2}(1 - \\tanh^2 u)\\,\\sqrt{2/\\pi}\\,(1 + 3 \\cdot 0.044715x^2)
+
+    Smooth everywhere (no kink). Saved: ``x``.
+
+    Args:
+      x: a float array of any shape.
+      approximate: True for the tanh form (jax's default), False for the exact ``erf`` form; static.
+
+    Returns:
+      Same shape and dtype as ``x``.
+
+    Example:
+      >>> jax.grad(gelu)(0.0)  # Φ(0) = 1/2 in both forms
+      Array(0.5, dtype=float32)
+    """
+    if not isinstance(approximate, bool):
+        raise TypeError(f"gelu: approximate must be a Python bool, got {approximate!r}")
+    return _gelu(approximate, as_float_array("gelu", "x", x))
+
+
+def _gelu_fwd(approximate, x):
+    if approximate:  # jax.nn.gelu's own expressions and constants, so the values agree to the last bit
+        c = np.sqrt(2 / np.pi).astype(x.dtype)
+        return x * (0.5 * (1.0 + jnp.tanh(c * (x + 0.044715 * (x ** 3))))), x
+    return 0.5 * x * lax.erfc(-x * np.sqrt(0.5).astype(x.dtype)), x
+
+
+def _gelu_bwd(approximate, x, g):
+    if approximate:
+        c = np.sqrt(2 / np.pi).astype(x.dtype)
+        t = jnp.tanh(c * (x + 0.044715 * (x ** 3)))
+        return (g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)),)
+    pdf = jnp.exp(-0.5 * x * x) * np.sqrt(0.5 / np.pi).astype(x.dtype)
+    return (g * (0.5 * lax.erfc(-x * np.sqrt(0.5).astype(x.dtype)) + x * pdf),)
+
+
+_gelu = hand_written(_gelu_fwd, _gelu_bwd, static=1)

@@ -1,4 +1,4 @@
-"""Optax-compatible SGD with (coupled or decoupled) weight decay, and cosine decay.
+"""Optax-compatible SGD with (coupled or decoupled) weight decay, AdamW, and cosine decay.
 
 The transforms match optax's protocol structurally, a NamedTuple of ``init(params)``
 and ``update(updates, state, params)``, so they work inside ``optax.chain`` and with
@@ -52,7 +52,7 @@ def sgd(learning_rate: float | Schedule, *, momentum: float = 0.0, weight_decay:
     momentum 0, coupled or decoupled      yes: ``w ← (1 − ηλ)w − η∇L`` (d2l)
     momentum μ > 0, coupled (default)     yes: λw enters m like any gradient
     momentum μ > 0, decoupled (SGDW)      no: the decay skips the momentum trace
-    Adam + L2 penalty vs AdamW (optax)    no: Adam rescales the λw term
+    Adam + L2 penalty vs :func:`adamw`    no: Adam rescales the λw term
     ====================================  =======================================
 
     CS231n's ``reg·ΣW²`` corresponds to ``weight_decay = 2·reg``.
@@ -84,11 +84,7 @@ def sgd(learning_rate: float | Schedule, *, momentum: float = 0.0, weight_decay:
     momentum = concrete_scalar("sgd", "momentum", momentum, low=0.0, high=1.0, high_open=True)
     if not callable(weight_decay):
         weight_decay = concrete_scalar("sgd", "weight_decay", weight_decay, low=0.0)
-    if callable(learning_rate):
-        schedule = learning_rate
-    else:
-        constant = concrete_scalar("sgd", "learning_rate", learning_rate, low=0.0)
-        schedule = None
+    learning_rate = _learning_rate("sgd", learning_rate)
 
     def init(params: Any) -> SGDState:
         trace = jax.tree_util.tree_map(jnp.zeros_like, params) if momentum else None
@@ -100,27 +96,111 @@ def sgd(learning_rate: float | Schedule, *, momentum: float = 0.0, weight_decay:
         if params is not None:
             check_same_structure("sgd", "updates", updates, "params", params)
         lam = weight_decay(state.count) if callable(weight_decay) else weight_decay
-        decay = _decay_fn(params, lam, mask) if callable(weight_decay) or weight_decay else None
+        decay = _decay_fn("sgd", params, lam, mask) if callable(weight_decay) or weight_decay else None
         g = updates if decay is None or decoupled_weight_decay else decay(updates)
         trace = None
         if momentum:
             g = trace = jax.tree_util.tree_map(lambda gi, mi: gi + momentum * mi, g, state.momentum)
         if decay is not None and decoupled_weight_decay:
             g = decay(g)
-        if schedule is None:
-            out = jax.tree_util.tree_map(lambda gi: -constant * gi, g)
-        else:
-            rate = -schedule(state.count)
-            out = jax.tree_util.tree_map(lambda gi: jnp.array(rate, dtype=gi.dtype) * gi, g)
-        count = jnp.where(state.count < jnp.iinfo(jnp.int32).max, state.count + 1, state.count)
-        return out, SGDState(count, trace)
+        return _descend(g, learning_rate, state.count), SGDState(_next(state.count), trace)
 
     return GradientTransformation(init, update)
 
 
-def _decay_fn(params: Any, weight_decay: Any, mask: Any) -> Callable[[Any], Any]:
+class AdamWState(NamedTuple):
+    count: jax.Array  # type: ignore[assignment]  # int32 step counter, as in SGDState
+    mu: Any  # the first moment m, a pytree like params
+    nu: Any  # the second moment v
+
+
+def adamw(learning_rate: float | Schedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+          eps_root: float = 0.0, weight_decay: float | Schedule = 1e-4, mask: Any = None) -> GradientTransformation:
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), equal to ``optax.adamw`` bit for bit.
+
+    .. math::
+       m &\\leftarrow \\beta_1 m + (1 - \\beta_1) g, \\qquad v \\leftarrow \\beta_2 v + (1 - \\beta_2) g^2 \\\\
+       u &= -\\eta_t \\Big(\\frac{m / (1 - \\beta_1^t)}{\\sqrt{v / (1 - \\beta_2^t) + \\bar\\epsilon} + \\epsilon}
+            + \\lambda w\\Big) \\quad\\text{(λw on the leaves where mask is True)}
+
+    with ``t`` the step, counted from 1. The decay ``λw`` is added after Adam's rescaling, so it is
+    not divided by ``√v̂``: AdamW is not Adam on ``L + (λ/2)‖w‖²`` (see :func:`sgd`'s table).
+
+    Args:
+      learning_rate: η ≥ 0, a float or a schedule ``step -> η_t`` (the step counter starts at 0).
+      b1, b2: the moments' decay rates, each in [0, 1).
+      eps: ε ≥ 0, added to the denominator outside the square root.
+      eps_root: ε̄ ≥ 0, added inside it.
+      weight_decay: λ ≥ 0, a float or a schedule ``step -> λ_t``.
+      mask: which leaves are decayed: None (all), a pytree of bools like params, or a callable
+        ``params -> pytree of bools``, as in optax.
+
+    Returns:
+      A :class:`GradientTransformation` whose state is an :class:`AdamWState`.
+
+    Raises:
+      ValueError: at construction for a hyper-parameter out of range; in ``update`` for a decay
+        without params. TypeError: in ``update`` if ``updates`` and ``params`` differ in tree structure.
+
+    Example:
+      >>> opt = adamw(0.1, weight_decay=0.5)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = opt.update({"w": jnp.array([3.0, 3.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # the first step: −0.1·(sign(g) + 0.5·w), up to ε
+      [-0.15, 0.0]
+    """
+    b1, b2 = (concrete_scalar("adamw", n, b, low=0.0, high=1.0, high_open=True) for n, b in (("b1", b1), ("b2", b2)))
+    eps, eps_root = (concrete_scalar("adamw", n, e, low=0.0) for n, e in (("eps", eps), ("eps_root", eps_root)))
+    if not callable(weight_decay):
+        weight_decay = concrete_scalar("adamw", "weight_decay", weight_decay, low=0.0)
+    learning_rate = _learning_rate("adamw", learning_rate)
+
+    def init(params: Any) -> AdamWState:
+        zeros = lambda: jax.tree_util.tree_map(jnp.zeros_like, params)  # noqa: E731
+        return AdamWState(jnp.zeros([], jnp.int32), zeros(), zeros())
+
+    def update(updates: Any, state: AdamWState, params: Any = None) -> tuple[Any, AdamWState]:
+        if weight_decay and params is None:
+            raise ValueError("adamw: weight_decay > 0 needs params; call update(updates, state, params)")
+        if params is not None:
+            check_same_structure("adamw", "updates", updates, "params", params)
+        tree_map = jax.tree_util.tree_map
+        mu = tree_map(lambda g, m: (1 - b1) * g + b1 * m, updates, state.mu)
+        nu = tree_map(lambda g, v: (1 - b2) * (g * g) + b2 * v, updates, state.nu)
+        count = _next(state.count)
+        t = count.astype(jnp.result_type(float))  # optax's b ** count: the count in the default float dtype
+        m_fix, v_fix = 1 - b1 ** t, 1 - b2 ** t
+        g = tree_map(lambda m, v: (m / m_fix.astype(m.dtype)) / (jnp.sqrt(v / v_fix.astype(v.dtype) + eps_root) + eps),
+                     mu, nu)
+        if callable(weight_decay) or weight_decay:
+            lam = weight_decay(state.count) if callable(weight_decay) else weight_decay
+            g = _decay_fn("adamw", params, lam, mask)(g)
+        return _descend(g, learning_rate, state.count), AdamWState(count, mu, nu)
+
+    return GradientTransformation(init, update)
+
+
+def _learning_rate(fn: str, learning_rate: float | Schedule) -> float | Schedule:
+    """A schedule as it is, or a constant η ≥ 0 as a Python float."""
+    return learning_rate if callable(learning_rate) else concrete_scalar(fn, "learning_rate", learning_rate, low=0.0)
+
+
+def _descend(g: Any, learning_rate: float | Schedule, count: jax.Array) -> Any:
+    """``−η_t·g``, as optax's ``scale_by_learning_rate`` computes it (a schedule's η_t cast to each leaf's dtype)."""
+    if not callable(learning_rate):
+        return jax.tree_util.tree_map(lambda gi: -learning_rate * gi, g)
+    rate = -learning_rate(count)
+    return jax.tree_util.tree_map(lambda gi: jnp.array(rate, dtype=gi.dtype) * gi, g)
+
+
+def _next(count: jax.Array) -> jax.Array:
+    """``count + 1``, staying at the int32 maximum instead of wrapping (optax's safe_increment)."""
+    return jnp.where(count < jnp.iinfo(jnp.int32).max, count + 1, count)
+
+
+def _decay_fn(fn: str, params: Any, weight_decay: Any, mask: Any) -> Callable[[Any], Any]:
     """``g ↦ g + λw`` on the masked leaves of ``params``."""
-    keep = iter(resolve_mask("sgd", params, mask))
+    keep = iter(resolve_mask(fn, params, mask))
     selected = jax.tree_util.tree_map(lambda _: next(keep), params)
     return lambda g: jax.tree_util.tree_map(lambda gi, w, k: gi + weight_decay * w if k else gi, g, params, selected)
 

@@ -6,7 +6,23 @@ VJP right against float64 central differences and such a reference; :func:`check
 proves it the same under jit, vmap, grad-of-jit, jax.checkpoint and scan.
 """
 
-from reference import activations, gates, layers, linear, losses, nn, optim, regularizers, search, train
+from reference import (
+    activations,
+    attention,
+    embedding,
+    gates,
+    layers,
+    linear,
+    losses,
+    nn,
+    norms,
+    optim,
+    regularizers,
+    search,
+    softmax,
+    train,
+    transformer,
+)
 from reference.oracle import (
     CheckRefused,
     FnRaised,
@@ -33,4 +49,5 @@ __all__ = [
     "TransformMismatch",
     "CheckRefused", "FnRaised", "NotDifferentiable",
     "gates", "activations", "layers", "losses", "regularizers", "linear", "nn", "optim", "search", "train",
+    "attention", "embedding", "norms", "softmax", "transformer",
 ]

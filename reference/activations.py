@@ -19,3 +19,7 @@ def relu(x: jax.Array) -> jax.Array:
 def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
     # jax.nn.leaky_relu takes slope 1 at x = 0; handgrad takes negative_slope there.
     return jnp.where(x > 0, x, negative_slope * x)
+
+
+def gelu(x: jax.Array, approximate: bool = True) -> jax.Array:
+    return jax.nn.gelu(x, approximate=approximate)

@@ -47,8 +47,8 @@ def test_verify_where_prints_one_op_and_refuses_an_unknown_one(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "gates.maximum" and out[2].split()[:2] == ["forward", out[2].split()[1]]
     assert any(line.split()[0] == "gate_routing" for line in out)
-    assert main(["verify", "--where", "softmax"]) == 2
-    assert "--where 'softmax' names no op; the ops are gates.add" in capsys.readouterr().err
+    assert main(["verify", "--where", "swish"]) == 2
+    assert "--where 'swish' names no op; the ops are gates.add" in capsys.readouterr().err
 
 
 def test_verify_exits_nonzero_when_an_op_is_wrong(monkeypatch, capsys):
@@ -107,6 +107,19 @@ def test_bench_runs_the_three_steps_on_a_tiny_size_and_they_agree(tmp_path, caps
     assert set(row["ms_per_step"]) == {"H", "A", "O"} and min(row["ms_per_step"].values()) > 0
     # H, A and O are one model trained three ways: after the same steps their losses agree.
     assert row["loss_spread"] <= (1e-5 if dtype == "float32" else 2e-2), row["loss_spread"]
+
+
+def test_bench_attention_times_both_steps_and_they_agree(tmp_path, capsys):
+    """Two lengths around pure.attention's key block (both ragged): the rows the issue asks for, in --json."""
+    path = tmp_path / "attention.json"
+    assert main(["bench", "--attention", "--lengths", "48,200", "--rounds", "1", "--json", str(path)]) == 0
+    assert "temp H/A" in capsys.readouterr().out
+    rows = json.loads(path.read_text())["rows"]
+    assert [r["T"] for r in rows] == [48, 200]
+    for r in rows:
+        median, q1, q3 = r["ratio"]["H/A"]
+        assert q1 <= median <= q3 and median > 0 and r["temp_ratio"] > 0
+        assert r["max_grad_diff"] < 1e-5  # the same gradients, two ways
 
 
 def test_bench_refuses_bad_sizes(capsys):

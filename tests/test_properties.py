@@ -201,3 +201,37 @@ def test_each_law_tests_its_rows_op_not_a_fixed_one(op, law):
 
     with pytest.raises(_Called):
         run()
+
+
+def _softmax_with_a_leak(x):
+    """softmax whose backward forgets the ``− rowsum(g·y)`` term: right where g is constant along the axis only."""
+    @jax.custom_vjp
+    def f(x):
+        return jax.nn.softmax(x)
+
+    f.defvjp(lambda x: (jax.nn.softmax(x), jax.nn.softmax(x)), lambda y, g: (g * y,))
+    return f(x)
+
+
+def _embedding_that_overwrites(table, ids):
+    """A lookup whose backward writes each id's cotangent instead of adding them: right only without repeats."""
+    @jax.custom_vjp
+    def f(table):
+        return table[ids]
+
+    f.defvjp(lambda t: (t[ids], t.shape), lambda shape, g: (jnp.zeros(shape, g.dtype).at[ids].set(g),))
+    return f(table)
+
+
+def test_the_transformer_laws_catch_a_dropped_term_and_an_overwrite():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 5)), jnp.float32)
+    c = jnp.asarray(np.random.default_rng(1).standard_normal((3, 5)), jnp.float32)
+    laws.vjp_sums_to_zero(jax.nn.softmax, (x,), c)  # jax's own rule holds it
+    with pytest.raises(laws.PropertyViolation, match="vjp_sums_to_zero"):
+        laws.vjp_sums_to_zero(_softmax_with_a_leak, (x,), c)
+    table = jnp.asarray(np.random.default_rng(2).standard_normal((4, 3)), jnp.float32)
+    ids = jnp.array([[1, 3], [1, 1]], jnp.int32)
+    g = jnp.asarray(np.random.default_rng(3).standard_normal((2, 2, 3)), jnp.float32)
+    laws.embedding_gradient_is_a_scatter_sum(lambda t, i: t[i], table, ids, g)
+    with pytest.raises(laws.PropertyViolation, match="embedding_gradient_is_a_scatter_sum"):
+        laws.embedding_gradient_is_a_scatter_sum(_embedding_that_overwrites, table, ids, g)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from handgrad.train.state import EpochRow
+from handgrad.train.state import EpochRow, LMRow
 
 
 def _pyplot() -> Any:
@@ -73,6 +73,23 @@ def grad_norms(history: Sequence[EpochRow], path: str, activation: str) -> None:
     ax.set(xlabel="epoch", ylabel="gradient norm (log)", title=f"per-layer gradient norms ({activation})")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def bits_per_char(history: Sequence[LMRow], path: str, bigram: float) -> None:
+    """The language model's validation (and training) bits per character over the steps, beside the bigram
+    baseline's on the same validation bytes: below that line it has learned more than byte pairs."""
+    plt = _pyplot()
+    steps = [r.step for r in history]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    ax.plot(steps, [r.train_loss / np.log(2) for r in history], marker=".", label="train (mean since last row)")
+    ax.plot(steps, [r.val_bits for r in history], marker=".", label="validation")
+    ax.axhline(bigram, color="grey", linestyle="--", linewidth=1, label=f"bigram baseline ({bigram:.3f})")
+    ax.set(xlabel="step", ylabel="bits per character", title="byte-level transformer on the standard library")
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,7 +1,8 @@
 """One training run: the data placed on the devices, a fresh or resumed state, and its checkpoints.
 
-The loop that trains it is :mod:`handgrad.train.loop`. With more than one device (or process) every batch is
-split over all of them (:func:`pure.train.data_sharding`).
+:class:`BaseRun` is what every model's run shares (placement, checkpoints, the moments to stop at); :class:`Run`
+is the MLP's, trained by :mod:`handgrad.train.loop` (the language model's is :mod:`handgrad.train.lm`). With
+more than one device (or process) every batch is split over all of them (:func:`pure.train.data_sharding`).
 """
 
 from __future__ import annotations
@@ -34,21 +35,73 @@ def copy(params: Any) -> Any:
     return jax.tree_util.tree_map(jnp.copy, params)
 
 
-class Run:
-    """One model trained on ``train`` indices and watched on ``val``.
+class BaseRun:
+    """What every run has: its devices, its checkpoints, and the moments it can be stopped at.
 
     ``at(moment, step)``, when given, is called at the moments a run can be interrupted: after a
-    stretch of steps ran but before anything records it (``"stretch"``), between the train and val
-    evaluations of an epoch (``"evaluate"``) and just before a checkpoint is written
-    (``"checkpoint"``). The fault tests stop a run there, as ``kill -9`` would.
+    stretch of steps ran but before anything records it (``"stretch"``), between evaluations
+    (``"evaluate"``) and just before a checkpoint is written (``"checkpoint"``). The fault tests
+    stop a run there, as ``kill -9`` would. A subclass sets ``sharding`` (None on one device) and
+    defines ``initial_state``.
     """
+
+    sharding: Any = None
+
+    def __init__(self, *, log: Callable[[str], None] = print, checkpoints: Checkpoints | None = None,
+                 at: Callable[[Moment, int], None] | None = None):
+        self.log, self.checkpoints = log, checkpoints
+        self.at = at or (lambda moment, step: None)
+        self.missed: CheckpointWriteError | None = None  # the checkpoint that could not be written, if one was not
+
+    def initial_state(self) -> tuple[TrainState, Any]:
+        raise NotImplementedError
+
+    def put(self, tree: Any) -> Any:
+        """Replicated over the data-parallel devices (a no-op on one device). Every process holds the
+        same values, so each places its copy (from host memory) on its own devices."""
+        if self.sharding is None:
+            return tree
+        return jax.device_put(jax.tree_util.tree_map(np.asarray, tree), pure.train.replicated(self.sharding))
+
+    def restored(self) -> tuple[TrainState, dict[str, Any]]:
+        """The newest checkpoint that reads back whole: its state (placed as a fresh one) and its JSON record.
+        Each newer one skipped as damaged is said in the log."""
+        like, _ = self.initial_state()
+        restored, record, skipped = self.checkpoints.restore(like)
+        for reason in skipped:
+            self.log(f"skipped a damaged checkpoint: {reason}")
+        return TrainState(*(self.put(v) if name != "key" else v for name, v in zip(TrainState._fields, restored,
+                                                                                    strict=True))), record
+
+    def save(self, state: TrainState, progress: Any) -> None:
+        """Writes a checkpoint of ``state`` and ``progress`` (its ``step`` and ``to_json()``). One that cannot be
+        written (disk full) is said in one line, and training goes on without checkpoints: the run ends with its
+        parameters in --out and a non-zero exit (CheckpointMissed)."""
+        if self.checkpoints is None or self.missed is not None:
+            return
+        self.at("checkpoint", progress.step)
+        try:
+            self.checkpoints.save(progress.step, state, progress.to_json())
+        except CheckpointWriteError as e:
+            self.missed = e
+            self.log(f"warning: {e}; training goes on without checkpoints")
+
+    def where_saved(self) -> str:
+        """Where the newest complete checkpoint is, in words."""
+        last = self.checkpoints.latest() if self.checkpoints is not None else None
+        return (f"the last good checkpoint is step {last} in {self.checkpoints.directory}" if last is not None
+                else "no checkpoint was written")
+
+
+class Run(BaseRun):
+    """One MLP trained on ``train`` indices and watched on ``val``; ``at`` as in :class:`BaseRun` (its
+    ``"evaluate"`` moment falls between the train and val evaluations of an epoch)."""
 
     def __init__(self, config: TrainConfig, data: datasets.Dataset, loss: str, train: np.ndarray, val: np.ndarray,
                  test: np.ndarray, *, log: Callable[[str], None] = print, checkpoints: Checkpoints | None = None,
                  at: Callable[[Moment, int], None] | None = None):
-        self.config, self.data, self.loss, self.log, self.checkpoints = config, data, loss, log, checkpoints
-        self.at = at or (lambda moment, step: None)
-        self.missed: CheckpointWriteError | None = None  # the checkpoint that could not be written, if one was not
+        super().__init__(log=log, checkpoints=checkpoints, at=at)
+        self.config, self.data, self.loss = config, data, loss
         Xtr, Xva, Xte = datasets.standardize(data.X[train], data.X[val], data.X[test])
         ytr, yva, yte = data.y[train], data.y[val], data.y[test]
         if data.task == "regression":  # standardise the target too; R² does not change
@@ -65,13 +118,6 @@ class Run:
         self.arrays = {k: self.put(v) for k, v in self.host.items()}
         self.sizes = (data.X.shape[1], *config.hidden, data.outputs)
         self.programs = model.programs(config.trajectory(), data.task, loss, self.per_epoch, self.sizes, self.sharding)
-
-    def put(self, tree: Any) -> Any:
-        """Replicated over the data-parallel devices (a no-op on one device). Every process holds the
-        same values, so each places its copy (from host memory) on its own devices."""
-        if self.sharding is None:
-            return tree
-        return jax.device_put(jax.tree_util.tree_map(np.asarray, tree), pure.train.replicated(self.sharding))
 
     def epoch_key(self, key_data: Any, epoch: int) -> jax.Array:
         """The dropout key of ``epoch``: ``fold_in(key, epoch)``, placed like the parameters."""
@@ -95,34 +141,11 @@ class Run:
         return state, Progress(EpochSums.zero(len(self.sizes) - 1), data_seed=self.config.seed)
 
     def resume_state(self) -> tuple[TrainState, Progress]:
-        like, _ = self.initial_state()
-        restored, record, skipped = self.checkpoints.restore(like)
-        for reason in skipped:
-            self.log(f"skipped a damaged checkpoint: {reason}")
-        state = TrainState(*(self.put(v) if name != "key" else v for name, v in zip(TrainState._fields, restored,
-                                                                                      strict=True)))
+        state, record = self.restored()
         progress = Progress.from_json(record)
         self.log(f"resumed from step {progress.step} (epoch {progress.epoch + 1}, batch {progress.batch}) "
                  f"in {self.checkpoints.directory}")
         return state, progress
-
-    def save(self, state: TrainState, progress: Progress) -> None:
-        """Writes a checkpoint. One that cannot be written (disk full) is said in one line, and training goes on
-        without checkpoints: the run ends with its parameters in --out and a non-zero exit (CheckpointMissed)."""
-        if self.checkpoints is None or self.missed is not None:
-            return
-        self.at("checkpoint", progress.step)
-        try:
-            self.checkpoints.save(progress.step, state, progress.to_json())
-        except CheckpointWriteError as e:
-            self.missed = e
-            self.log(f"warning: {e}; training goes on without checkpoints")
-
-    def where_saved(self) -> str:
-        """Where the newest complete checkpoint is, in words."""
-        last = self.checkpoints.latest() if self.checkpoints is not None else None
-        return (f"the last good checkpoint is step {last} in {self.checkpoints.directory}" if last is not None
-                else "no checkpoint was written")
 
     def final_params(self, state: TrainState) -> Any:
         return state.best_params if state.best_params is not None else state.params

@@ -3,12 +3,14 @@
 Both are immutable: a step of the run returns a new value instead of changing the old one, so
 the run's loop (:meth:`handgrad.train.run.Run.fit`) is the one owner of where a run stands, and
 a checkpoint taken at any moment is a consistent snapshot. :class:`Progress` and its
-:class:`EpochRow` history are plain numbers, stored as JSON beside a checkpoint's arrays.
+:class:`EpochRow` history are plain numbers, stored as JSON beside a checkpoint's arrays; the
+language model's are :class:`LMProgress` and :class:`LMRow` (its arrays are a :class:`TrainState` too).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -139,3 +141,62 @@ class Progress:
         return cls(**{**{k: v for k, v in record.items() if k in fields},
                       "sums": EpochSums(**{**sums, "grad_sums": tuple(sums["grad_sums"])}),
                       "history": tuple(EpochRow.from_json(row) for row in record.get("history", ()))})
+
+
+@dataclasses.dataclass(frozen=True)
+class LMRow:
+    """One validation of the language model: a row of the log, of ``metrics.json``'s ``history`` and of the plot."""
+
+    step: int
+    train_loss: float  # mean next-byte cross-entropy (nats) over the steps since the previous row
+    val_loss: float  # the same on the validation windows
+    seconds: float  # training time so far (evaluations and checkpoints excluded)
+
+    @property
+    def val_bits(self) -> float:
+        """Validation bits per character: nats ÷ ln 2."""
+        return self.val_loss / math.log(2)
+
+    def format(self) -> str:
+        return (f"{self.step:6d} {self.train_loss / math.log(2):10.4f} {self.val_bits:8.4f} "
+                f"{self.seconds:8.1f}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "val_bits_per_char": self.val_bits}
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> LMRow:
+        return cls(**{f.name: record[f.name] for f in dataclasses.fields(cls)})
+
+
+LM_HEADER = f"{'step':>6} {'train bpc':>10} {'val bpc':>8} {'seconds':>8}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LMProgress:
+    """Where a language-model run stands, as plain numbers: a checkpoint stores it as JSON."""
+
+    step: int = 0
+    loss_sum: float = 0.0  # Σ training losses since the last row
+    steps: int = 0  # the steps they are of
+    seconds: float = 0.0  # training time so far
+    history: tuple[LMRow, ...] = ()
+
+    def advance(self, losses: np.ndarray, seconds: float) -> LMProgress:
+        """After a stretch of ``len(losses)`` steps that took ``seconds``."""
+        return dataclasses.replace(self, step=self.step + len(losses), steps=self.steps + len(losses),
+                                   loss_sum=self.loss_sum + float(np.sum(losses, dtype=np.float64)),
+                                   seconds=self.seconds + seconds)
+
+    def validated(self, val_loss: float) -> LMProgress:
+        """A row for the steps since the last one, and its validation loss."""
+        row = LMRow(self.step, self.loss_sum / self.steps, val_loss, self.seconds)
+        return dataclasses.replace(self, loss_sum=0.0, steps=0, history=(*self.history, row))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "history": [row.to_json() for row in self.history]}
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> LMProgress:
+        fields = {f.name for f in dataclasses.fields(cls)} - {"history"}
+        return cls(**{k: record[k] for k in fields}, history=tuple(LMRow.from_json(r) for r in record["history"]))

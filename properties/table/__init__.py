@@ -11,9 +11,10 @@ ones. The rows live in one module per module of pure/; adding an op is adding a 
 from __future__ import annotations
 
 from properties.op import Op, bind
-from properties.table import activations, gates, layers, losses, nn, regularizers
+from properties.table import activations, attention, embedding, gates, layers, losses, nn, norms, regularizers, softmax
 
-OPS: tuple[Op, ...] = (*gates.ROWS, *activations.ROWS, *layers.ROWS, *losses.ROWS, *regularizers.ROWS, *nn.ROWS)
+OPS: tuple[Op, ...] = (*gates.ROWS, *activations.ROWS, *layers.ROWS, *losses.ROWS, *regularizers.ROWS, *nn.ROWS,
+                       *softmax.ROWS, *norms.ROWS, *embedding.ROWS, *attention.ROWS)
 BY_NAME: dict[str, Op] = {op.name: op for op in OPS}
 
 __all__ = ["BY_NAME", "OPS", "Op", "bind"]

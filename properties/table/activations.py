@@ -1,4 +1,7 @@
-"""Rows of the activations (pure/activations.py): elementwise, so each is chained after an affine layer."""
+"""Rows of the activations (pure/activations.py): elementwise, so each is chained after an affine layer.
+
+gelu's row is the tanh form (jax's default); the exact form is checked in tests/test_transformer_ops.py.
+"""
 
 from __future__ import annotations
 
@@ -27,4 +30,6 @@ ROWS = (
     Op(name="activations.leaky_relu", fn=bind(pure.leaky_relu, negative_slope=0.1),
        ref=bind(reference.activations.leaky_relu, negative_slope=0.1),
        example=with_zeros, args=_ON_0, smooth=_AWAY_FROM_0, laws=_LAWS),
+    Op(name="activations.gelu", fn=pure.gelu, ref=reference.activations.gelu,
+       example=lambda r, d: (normal(r, d, 4, 3, scale=2.0),), args=_ANY, laws=_LAWS),
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -59,7 +59,7 @@ def against_float64(call: Version, flat: Flat, paths: list[str], a_user: np.ndar
 def against_reference(reference: Callable, evaluate: Version, out: list, cotangent: list, flat: Flat,
                       paths: list[str], analytic: np.ndarray, natural: np.ndarray, r: float, extra: float,
                       judge_entries: Callable,
-                      forward: bool) -> tuple[float | None, list[tuple[float, float] | None], list[Mismatch]]:
+                      forward: bool) -> tuple[float | None, list[RefStats | None], list[Mismatch]]:
     """The forward and VJP of ``reference`` against ``out`` and ``analytic``, the outputs and VJP of the version
     checked, at the precision the check ran in; a VJP mismatch on a kink that
     the finite differences confirm is excused. (At order 2 the forward is the VJP, compared at order 1
@@ -92,7 +92,16 @@ def against_reference(reference: Callable, evaluate: Version, out: list, cotange
                                else np.inf, rtol=r))
     kept = np.where(excused, 0.0, err)
     rel = kept / np.maximum(np.abs(ref) + natural, 1e-300)
-    stats: list[tuple[float, float] | None] = [
-        (float(np.max(kept[flat.part(i)], initial=0.0)), float(np.max(rel[flat.part(i)], initial=0.0)))
-        for i in range(len(flat.shapes))]
+    agree = err <= tol  # per entry: the reference's VJP confirms the analytic one
+    stats: list[RefStats | None] = [
+        RefStats(float(np.max(kept[flat.part(i)], initial=0.0)), float(np.max(rel[flat.part(i)], initial=0.0)),
+                 agree[flat.part(i)]) for i in range(len(flat.shapes))]
     return (worst if forward else None), stats, found
+
+
+class RefStats(NamedTuple):
+    """One leaf against the reference: its largest absolute and relative errors, and which entries it confirms."""
+
+    max_abs: float
+    max_rel: float
+    agree: np.ndarray

@@ -43,6 +43,11 @@ def require_checkable(name: str, split: Split) -> None:
                              f"{values.ravel()[j]} at flat index {j}; finite differences need finite inputs")
 
 
+# Errors of evaluating at trace time what does not depend on the inputs: a primitive with no evaluation rule
+# (Pallas's program_id, NotImplementedError) or a Pallas kernel that then captures constants (ValueError).
+EAGER_LIMITS = (NotImplementedError, ValueError)
+
+
 def trace_deterministic(name: str, version: Version) -> tuple[list, Any]:
     """The output shapes and the trace of ``fn``; refuses no float output and a non-deterministic function
     (two traces that bake in different constants and compute different outputs: randomness drawn in
@@ -51,8 +56,10 @@ def trace_deterministic(name: str, version: Version) -> tuple[list, Any]:
     first trace. An untraceable function is run twice instead."""
     try:
         return _traced_twice(name, version, jax.ensure_compile_time_eval)
+    except EAGER_LIMITS:  # what has no evaluation rule (a Pallas kernel's program_id), or a kernel that may not
+        pass  # capture what evaluation made concrete: traced as JAX traces it, with nothing evaluated early
     except Exception as e:  # a runtime check of fn's own misfires on values evaluated at trace time (equinox's
-        if not raised_by_fn(e):  # error_if): traced as JAX traces it, with nothing evaluated early
+        if not raised_by_fn(e):  # error_if): traced as JAX traces it
             raise
     return _traced_twice(name, version, contextlib.nullcontext)
 

@@ -187,6 +187,7 @@ class LeafReport:
     # Each entry's error over its tolerance (≤ 1 passes; NaN: unchecked), float32, over the leaf's flat entries
     # (real parts first): what plot() draws.
     badness: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    confirmed: int = 0  # of the unchecked entries, those the reference's VJP confirms: they count as checked
 
     @property
     def entries(self) -> int:
@@ -236,17 +237,23 @@ class VJPReport:
         return sum(leaf.entries for leaf in self.leaves)
 
     @property
+    def confirmed(self) -> int:
+        return sum(leaf.confirmed for leaf in self.leaves)
+
+    @property
     def proven(self) -> bool:
-        """Whether the report is a proof: at most ``PROVEN`` (1%) of its entries unchecked."""
-        return self.unchecked <= PROVEN * self.entries
+        """Whether the report is a proof: at most ``PROVEN`` (1%) of its entries unchecked, by the differences and
+        (where one was given) by the reference."""
+        return self.unchecked - self.confirmed <= PROVEN * self.entries
 
     @property
     def unproven_why(self) -> str:
         """One line on why the report is no proof ("" when it is one)."""
         if self.proven:
             return ""
-        return (f"{self.unchecked} of {self.entries} entries unchecked ({self.unchecked / self.entries:.0%}; a pass "
-                f"leaves at most {PROVEN:.0%}): " + (self.unchecked_why or "no step gives consistent differences"))
+        left = self.unchecked - self.confirmed
+        return (f"{left} of {self.entries} entries unchecked ({left / self.entries:.0%}; a pass leaves at most "
+                f"{PROVEN:.0%}): " + (self.unchecked_why or "no step gives consistent differences"))
 
     def __str__(self) -> str:
         rows = [f"order {self.order}; differences in {self.precision}: {self.how}",
@@ -260,6 +267,8 @@ class VJPReport:
             rows.append(f"{self.kinks} entries sit on a kink; any value between the one-sided differences was accepted")
         if not self.proven:
             rows.append(f"NOT A PROOF: more than {PROVEN:.0%} of the entries could not be checked")
+        if self.confirmed:
+            rows.append(f"{self.confirmed} entries the differences could not check agree with the reference's VJP")
         if self.unchecked:
             rows.append(f"{self.unchecked} entries could not be checked: " + (
                 self.unchecked_why or "fn jumps there, is not finite a step away, or no step gives consistent "
