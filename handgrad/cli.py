@@ -166,11 +166,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.processes is not None:
         from handgrad.train import launch
 
-        if args.coordinator or args.processes < 1:
-            print("handgrad train: --processes N (N ≥ 1) starts its own coordinator; it does not combine with "
-                  "--coordinator", file=sys.stderr)
-            return 2
-        return launch.local(args.argv, args.processes)
+        return launch.local(args.argv, args.processes, coordinator=args.coordinator)
     try:
         from tqdm import tqdm
 

@@ -17,7 +17,7 @@ from test_faults import Killed, disk_fills_at_save, kill_at  # noqa: F401  (fixt
 import pure.transformer
 import reference.transformer
 from handgrad.cli import main
-from handgrad.train import lm, text
+from handgrad.train import lm, lm_model, text
 from handgrad.train.checkpoints import CheckpointError, Checkpoints
 from handgrad.train.config import LMConfig
 
@@ -115,17 +115,26 @@ def test_train_transformer_writes_the_json_the_params_and_the_plot(tmp_path, cap
     params = np.load(tmp_path / "params.npz")
     assert params["blocks/0/qkv/W"].shape == (16, 3, 2, 8) and params["embed"].shape == (256, 16)
     assert (tmp_path / "bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert lm_model.programs(LMConfig(**TINY).trajectory()).step._cache_size() == 1  # 20 steps, one compile
 
 
 @pytest.mark.parametrize("argv, expected", [
     (["--hidden", "16"], "--hidden is not an option of --model transformer"),
     (["--heads", "3"], "--heads 3 must divide --d-model 16"),
-    (["--seq-len", "1"], "--seq-len must be ≥ 2, got 1"),
+    (["--seq-len", "0"], "--seq-len must be ≥ 1, got 0"),
+    (["--processes", "2", "--coordinator", "127.0.0.1:1"], "--processes starts its own coordinator; it does not "
+                                                           "combine with --coordinator"),
 ])
 def test_bad_options_are_one_line_and_exit_2(argv, expected, capsys):
     assert main([*TINY_ARGS, *argv]) == 2
     err = capsys.readouterr().err
     assert err == f"handgrad train: {expected}\n"
+
+
+def test_a_non_finite_loss_names_the_step_and_exits_3(capsys):
+    assert main([*TINY_ARGS, "--lr", "1e30"]) == 3
+    err = capsys.readouterr().err
+    assert err == "handgrad train: non-finite loss (nan) at step 2; training stopped, no checkpoint was written\n"
 
 
 def test_an_mlp_refuses_a_transformer_option(capsys):

@@ -139,11 +139,10 @@ class LMConfig:
     d_model: int = option(128, "transformer", "model width (default 128)", **_at_least_1)
     heads: int = option(4, "transformer", "attention heads; they divide --d-model (default 4)", **_at_least_1)
     layers: int = option(2, "transformer", "transformer blocks (default 2)", **_at_least_1)
-    seq_len: int = option(128, "transformer", "context length in bytes (default 128)", valid=lambda v: v >= 2,
-                          want="≥ 2")
+    seq_len: int = option(128, "transformer", "context length in bytes (default 128)", **_at_least_1)
     steps: int = option(600, "transformer", "training steps (default 600)", **_at_least_1)
-    warmup: int = option(100, "transformer", "steps of linear learning-rate warmup, at most a tenth of --steps; "
-                                             "then cosine decay to a tenth (default 100)", **_non_negative)
+    warmup: int = option(60, "transformer", "steps of linear learning-rate warmup, at most a tenth of --steps; "
+                                            "then cosine decay to a tenth (default 60)", **_non_negative)
     eval_every: int = option(100, "transformer", "validate every N steps, and at the end (default 100)",
                              metavar="N", **_at_least_1)
     val_batches: int = option(16, "transformer", "validation windows: N batches of --batch-size, evenly spaced "

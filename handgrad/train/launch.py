@@ -37,8 +37,14 @@ def without(argv: list[str], flag: str) -> list[str]:
     return kept
 
 
-def local(argv: list[str], count: int) -> int:
-    """Runs ``handgrad *argv`` as ``count`` processes joined through a free local port; returns the exit code."""
+def local(argv: list[str], count: int, *, coordinator: str | None = None) -> int:
+    """Runs ``handgrad *argv`` as ``count`` processes joined through a free local port; returns the exit code
+    (2, with one line on stderr, for a count below 1 or a ``coordinator`` given as well)."""
+    if count < 1 or coordinator:
+        why = (f"--processes must be ≥ 1, got {count}" if count < 1 else
+               "--processes starts its own coordinator; it does not combine with --coordinator")
+        print(f"handgrad train: {why}", file=sys.stderr)
+        return 2
     command = [sys.executable, "-m", "handgrad.cli", *without(argv, "--processes"), "--coordinator",
                f"127.0.0.1:{free_port()}", "--num-processes", str(count)]
     procs = [subprocess.Popen([*command, "--process-id", str(i)], stdout=None if i == 0 else subprocess.DEVNULL)

@@ -99,13 +99,13 @@ def fit(run: LMRun, state: TrainState, progress: LMProgress, bar: Callable[..., 
     shown = bar(total=cfg.steps, initial=progress.step, desc="steps")
     while progress.step < cfg.steps:
         end = _next_stop(progress.step, cfg, run.checkpoints is not None)
-        start, params, opt_state, losses = time.perf_counter(), state.params, state.opt_state, []
+        start, params, opt_state, each = time.perf_counter(), state.params, state.opt_state, []
         for step in range(progress.step, end):
             params, opt_state, metrics = run.programs.step(params, opt_state, run.batch(step), key)
-            losses.append(host(metrics["loss"]))
+            each.append(host(metrics["loss"]))
             shown.update(1)
         run.at("stretch", end)
-        losses = np.asarray(losses)
+        losses = np.asarray(each)
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
             raise Diverged(f"non-finite loss ({losses[bad[0]]}) at step {progress.step + int(bad[0]) + 1}; training "
