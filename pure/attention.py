@@ -195,7 +195,7 @@ def _scores(scale, causal, t: _Tiles, q, k, i, j):
     s = jnp.einsum("bkgqh,bksh->bkgqs", q, k) * scale
     both = {3: (i, t.qb), 4: (j, t.kb)}
     if t.bias is not None:
-        s = s + _window(t.bias, both)
+        s = s + _window(t.bias, both).astype(s.dtype)
     keys = j * t.kb + jnp.arange(t.kb, dtype=jnp.int32)
     keep = [keys < t.S] if t.k.shape[2] > t.S else []
     if t.mask is not None:

@@ -20,7 +20,7 @@ from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from reference import Method, VJPMismatch, check_vjp
-from reference.oracle import differences, search, vjp
+from reference.oracle import differences, search, setup, vjp
 
 # Sizes at and around every switch: one entry, the per-entry limit, BLOCKS·SUSPECT, CHEAP, powers of two ± 1,
 # a few blocks of the chunk size, and a leaf of a few 10⁵.
@@ -379,7 +379,7 @@ def test_an_error_in_the_oracles_float64_path_surfaces(monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("the oracle's own bug")
 
-    monkeypatch.setattr(vjp, "input_spread", broken)
+    monkeypatch.setattr(setup, "input_spread", broken)
     with pytest.raises(KeyError, match="the oracle's own bug"):
         check_vjp(jnp.sin, (jnp.ones(3, jnp.float32),))
 
