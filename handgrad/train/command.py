@@ -20,9 +20,8 @@ import numpy as np
 import pure.linear
 from handgrad.train import data as datasets
 from handgrad.train import loop, model, outputs
-from handgrad.train.checkpoints import Checkpoints
 from handgrad.train.config import TrainConfig, TrainError
-from handgrad.train.run import Moment, Run
+from handgrad.train.run import Moment, Run, open_checkpoints
 from handgrad.train.state import header, metric_name
 
 
@@ -116,22 +115,11 @@ def _one_run(config: TrainConfig, data: datasets.Dataset, loss: str, parts: dict
              summary: dict[str, Any], log: Callable[[str], None], bar: Callable[..., Any],
              at: Callable[[Moment, int], None] | None) -> Run:
     """Trains on the train split (resuming from --checkpoint-dir with --resume), tests once; fills ``summary``."""
-    checkpoints = None
-    if config.checkpoint_dir:
-        checkpoints = Checkpoints(config.checkpoint_dir, signature(config, data), log=log)
-        latest = checkpoints.latest()
-        if not config.resume and latest is not None:
-            raise TrainError(f"{checkpoints.directory} already holds checkpoints (latest step {latest}); "
-                             f"pass --resume to continue, or choose an empty directory")
+    checkpoints = open_checkpoints(config.checkpoint_dir, signature(config, data), config.resume, log)
     run = Run(config, data, loss, parts["train"], parts["val"], parts["test"], log=log, checkpoints=checkpoints, at=at)
     log(f"split: {len(parts['train'])} train, {len(parts['val'])} val, {len(parts['test'])} test; "
         f"MLP {'-'.join(map(str, run.sizes))} ({config.activation}), {run.per_epoch} steps per epoch")
-    if config.resume and checkpoints.has_any():
-        state, progress = run.resume_state()
-    else:
-        if config.resume:
-            log(f"no checkpoint in {checkpoints.directory} yet; starting from scratch")
-        state, progress = run.initial_state()
+    state, progress = run.start(config.resume)
     log(header(data.task, config.reference))
     for row in progress.history:
         log(row.format(config.reference))

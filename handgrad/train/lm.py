@@ -21,13 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-import pure.train
 from handgrad.train import lm_model, outputs, text
 from handgrad.train.checkpoints import Checkpoints
 from handgrad.train.command import CheckpointMissed, OutputError, require_writable
 from handgrad.train.config import LMConfig, TrainError
 from handgrad.train.loop import Diverged
-from handgrad.train.run import BaseRun, Moment, host
+from handgrad.train.run import BaseRun, Moment, batch_sharding, host, open_checkpoints
 from handgrad.train.state import LM_HEADER, LMProgress, TrainState
 
 
@@ -45,10 +44,7 @@ class LMRun(BaseRun):
             if ids.size < self.length:
                 raise TrainError(f"--seq-len {config.seq_len} needs {self.length} bytes, but the {split} text has "
                                  f"{ids.size}")
-        self.sharding = pure.train.data_sharding() if jax.device_count() > 1 else None
-        if self.sharding is not None and config.batch_size % jax.device_count():
-            raise TrainError(f"--batch-size {config.batch_size} is not divisible by the {jax.device_count()} "
-                             f"devices the batch is split over; use a multiple of {jax.device_count()}")
+        self.sharding = batch_sharding(config.batch_size)
         self.programs = lm_model.programs(config.trajectory())
         count = config.val_batches * config.batch_size
         self.val_ids = text.windows(corpus.val, text.val_starts(count, corpus.val.size, self.length), self.length)
@@ -152,21 +148,10 @@ def train(config: LMConfig, *, log: Callable[[str], None] = print, bar: Callable
         if directory and jax.process_index() == 0:
             require_writable(flag, directory)
     corpus = text.stdlib()
-    checkpoints = None
-    if config.checkpoint_dir:
-        checkpoints = Checkpoints(config.checkpoint_dir, signature(config, corpus), log=log)
-        latest = checkpoints.latest()
-        if not config.resume and latest is not None:
-            raise TrainError(f"{checkpoints.directory} already holds checkpoints (latest step {latest}); "
-                             f"pass --resume to continue, or choose an empty directory")
+    checkpoints = open_checkpoints(config.checkpoint_dir, signature(config, corpus), config.resume, log)
     run = LMRun(config, corpus, log=log, checkpoints=checkpoints, at=at)
     log(f"{corpus.signature()}; {len(run.val_ids)} validation windows of {run.length} bytes")
-    if config.resume and checkpoints.has_any():
-        state, progress = run.resume_state()
-    else:
-        if config.resume:
-            log(f"no checkpoint in {checkpoints.directory} yet; starting from scratch")
-        state, progress = run.initial_state()
+    state, progress = run.start(config.resume)
     count = sum(leaf.size for leaf in jax.tree_util.tree_leaves(state.params))
     log(f"transformer: {config.layers} block{'s' * (config.layers != 1)}, d_model {config.d_model}, "
         f"{config.heads} heads, context {config.seq_len} bytes, {count} parameters; AdamW, lr {config.lr:g}, "

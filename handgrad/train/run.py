@@ -35,6 +35,31 @@ def copy(params: Any) -> Any:
     return jax.tree_util.tree_map(jnp.copy, params)
 
 
+def batch_sharding(batch_size: int) -> Any:
+    """The data-parallel sharding of a batch over every device (None on one device); a TrainError names a
+    --batch-size the devices do not divide."""
+    if jax.device_count() == 1:
+        return None
+    if batch_size % jax.device_count():
+        raise TrainError(f"--batch-size {batch_size} is not divisible by the {jax.device_count()} devices the batch "
+                         f"is split over; use a multiple of {jax.device_count()}")
+    return pure.train.data_sharding()
+
+
+def open_checkpoints(directory: str | None, signature: dict[str, Any], resume: bool,
+                     log: Callable[[str], None]) -> Checkpoints | None:
+    """The run's checkpoints in ``directory`` (None: none asked for); a TrainError where it already holds some and
+    the run is no --resume."""
+    if not directory:
+        return None
+    checkpoints = Checkpoints(directory, signature, log=log)
+    latest = checkpoints.latest()
+    if not resume and latest is not None:
+        raise TrainError(f"{checkpoints.directory} already holds checkpoints (latest step {latest}); pass --resume to "
+                         f"continue, or choose an empty directory")
+    return checkpoints
+
+
 class BaseRun:
     """What every run has: its devices, its checkpoints, and the moments it can be stopped at.
 
@@ -56,6 +81,9 @@ class BaseRun:
     def initial_state(self) -> tuple[TrainState, Any]:
         raise NotImplementedError
 
+    def resume_state(self) -> tuple[TrainState, Any]:
+        raise NotImplementedError
+
     def put(self, tree: Any) -> Any:
         """Replicated over the data-parallel devices (a no-op on one device). Every process holds the
         same values, so each places its copy (from host memory) on its own devices."""
@@ -72,6 +100,14 @@ class BaseRun:
             self.log(f"skipped a damaged checkpoint: {reason}")
         return TrainState(*(self.put(v) if name != "key" else v for name, v in zip(TrainState._fields, restored,
                                                                                     strict=True))), record
+
+    def start(self, resume: bool) -> tuple[TrainState, Any]:
+        """With ``resume``, from the newest checkpoint that reads back whole, where there is one; else fresh."""
+        if resume and self.checkpoints is not None and self.checkpoints.has_any():
+            return self.resume_state()
+        if resume and self.checkpoints is not None:
+            self.log(f"no checkpoint in {self.checkpoints.directory} yet; starting from scratch")
+        return self.initial_state()
 
     def save(self, state: TrainState, progress: Any) -> None:
         """Writes a checkpoint of ``state`` and ``progress`` (its ``step`` and ``to_json()``). One that cannot be
@@ -111,10 +147,7 @@ class Run(BaseRun):
         if self.per_epoch == 0:
             raise TrainError(f"--batch-size {config.batch_size} is larger than the training split "
                              f"({len(ytr)} samples)")
-        self.sharding = pure.train.data_sharding() if jax.device_count() > 1 else None
-        if self.sharding is not None and config.batch_size % jax.device_count():
-            raise TrainError(f"--batch-size {config.batch_size} is not divisible by the {jax.device_count()} "
-                             f"devices the batch is split over; use a multiple of {jax.device_count()}")
+        self.sharding = batch_sharding(config.batch_size)
         self.arrays = {k: self.put(v) for k, v in self.host.items()}
         self.sizes = (data.X.shape[1], *config.hidden, data.outputs)
         self.programs = model.programs(config.trajectory(), data.task, loss, self.per_epoch, self.sizes, self.sharding)
