@@ -108,13 +108,13 @@ class AuditItem(pytest.Item):
 
 
 def _failing(config: pytest.Config, rows: list) -> list:
-    """The rows that fail the run: a FAIL, an oracle error or an unproven pass, or with a baseline what got worse
-    than it."""
-    from handgrad.audit.checks import FAILING, UNPROVEN
+    """The rows that fail the run: a FAIL, an oracle error, an unproven pass or a check past its time limit, or with
+    a baseline what got worse than it."""
+    from handgrad.audit.checks import FAILING, TIMEOUT, UNPROVEN
 
     if _BASELINE in config.stash:
         return config.stash[_BASELINE].worse(rows)
-    return [r for r in rows if r.status in FAILING or r.status == UNPROVEN]
+    return [r for r in rows if r.status in FAILING or r.status in (UNPROVEN, TIMEOUT)]
 
 
 _BASELINE = pytest.StashKey[Any]()

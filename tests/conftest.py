@@ -101,6 +101,16 @@ def honest_reports(monkeypatch):
 
 
 @pytest.fixture
+def as_called():
+    """Lifting off (``reference.oracle.lifting.disabled()``): the oracle's path for code it cannot raise to float64
+    (a host callback), whose thresholds are pinned on functions that lifting would raise."""
+    from reference.oracle import lifting
+
+    with lifting.disabled():
+        yield
+
+
+@pytest.fixture
 def x64():
     """Enables float64 for one test only (never globally on import)."""
     with jax.enable_x64(True):

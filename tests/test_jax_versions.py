@@ -49,7 +49,7 @@ def test_an_unknown_primitive_without_a_nested_program_marks_every_output():
 
 def _strip(closed):
     """The same program with every param that holds no jaxpr removed from its loops: what the walk may not read."""
-    eqns = [e.replace(params={n: v for n, v in e.params.items() if n in dict(jaxprs._jaxprs(e.params))})
+    eqns = [e.replace(params={n: v for n, v in e.params.items() if n in dict(jaxprs.params_jaxprs(e.params))})
             if e.primitive.name in ("scan", "while") else e for e in closed.jaxpr.eqns]
     return closed.replace(jaxpr=closed.jaxpr.replace(eqns=eqns))
 

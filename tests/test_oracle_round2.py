@@ -10,6 +10,8 @@ of the oracle's switches, seeds, magnitudes), not as the one example that was fo
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +20,7 @@ from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from reference import Loops, VJPMismatch, check_vjp
-from reference.oracle import differences, search, vjp
+from reference.oracle import differences, lifting, search, vjp
 
 EXAMPLES = max(5, settings().max_examples // 10)  # 10 under handgrad-ci, 100 under handgrad-thorough
 QUICK = dict(phases=[Phase.explicit, Phase.reuse, Phase.generate], deadline=None)
@@ -261,14 +263,18 @@ def test_the_rule_that_uses_its_dtypes_eps_passes(k, largest, n, seed):
     assert report.unchecked == 0, str(report)  # in float64 where every entry is large (eps does not show)
 
 
+@pytest.mark.parametrize("lifted", [True, False], ids=["lifted", "as called"])
 @pytest.mark.parametrize("wrong", [False, True])
-def test_a_branch_on_the_dtype_is_judged_as_called(wrong):
+def test_a_branch_on_the_dtype_is_judged_on_the_calls_branch(wrong, lifted):
+    """Lifted, the jaxpr traced at the call's dtype keeps its branch (1.25), raised to float64; not lifted, the
+    float64 copy is another function and the call is judged as made."""
     x = jnp.asarray(np.random.default_rng(0).standard_normal(16), jnp.float32)
-    if wrong:
-        with pytest.raises(VJPMismatch):
-            check_vjp(_dtype_branch(True), (x,))
-    else:
-        assert check_vjp(_dtype_branch(False), (x,)).precision == "float32"
+    with contextlib.nullcontext() if lifted else lifting.disabled():
+        if wrong:
+            with pytest.raises(VJPMismatch):
+                check_vjp(_dtype_branch(True), (x,))
+        else:
+            assert check_vjp(_dtype_branch(False), (x,)).precision == ("float64" if lifted else "float32")
 
 
 # ------------------------------------------------------------------ a while loop on the input path
@@ -378,7 +384,7 @@ def _float16_branch(delta: float):
 
 
 @pytest.mark.parametrize("delta, precision", [(0.05, "float16"), (0.002, "float64")])
-def test_the_float64_version_is_the_same_function_within_a_64th_of_each_entry(delta, precision):
+def test_the_float64_version_is_the_same_function_within_a_64th_of_each_entry(delta, precision, as_called):
     """precision.SAME_FUNCTION_REL from both sides: 1000 ulps of float16 are 100%, so a float16 function 5% from its
     float64 version is another function (checked as called), and one 0.2% from it is the same."""
     x = jnp.asarray(np.random.default_rng(5).uniform(0.1, 1.0, 16), jnp.float16)
@@ -467,17 +473,20 @@ def _mixed_args(rng: np.random.Generator, dtype, rows: int) -> tuple:
 
 @settings(max_examples=EXAMPLES, **QUICK)
 @given(error=st.sampled_from(sorted(MIXED_ERRORS)), dtype=st.sampled_from([jnp.bfloat16, jnp.float16]),
-       rows=st.sampled_from([1, 4, 32]), seed=st.integers(0, 2**16))
-def test_float32_weights_beside_16_bit_activations_are_judged_at_float32(error, dtype, rows, seed):
-    """Differenced at the activations' 16 bits, a rule that dropped the weights' gradients passed."""
-    with pytest.raises(VJPMismatch):
+       rows=st.sampled_from([1, 4, 32]), seed=st.integers(0, 2**16), lifted=st.booleans())
+def test_float32_weights_beside_16_bit_activations_are_judged_at_float32(error, dtype, rows, seed, lifted):
+    """Differenced at the activations' 16 bits, a rule that dropped the weights' gradients passed. Lifted to
+    float64, or checked as called (float32 differences)."""
+    with contextlib.nullcontext() if lifted else lifting.disabled(), pytest.raises(VJPMismatch):
         check_vjp(_mixed_layer(*MIXED_ERRORS[error]), _mixed_args(np.random.default_rng(seed), dtype, rows), seed=seed)
 
 
+@pytest.mark.parametrize("lifted", [True, False], ids=["lifted", "as called"])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_the_right_mixed_precision_rule_passes_with_every_entry_checked(dtype):
-    report = check_vjp(_mixed_layer(1.0, 1.0), _mixed_args(np.random.default_rng(7), dtype, 4))
-    assert report.unchecked == 0 and report.precision == "float32", str(report)
+def test_the_right_mixed_precision_rule_passes_with_every_entry_checked(dtype, lifted):
+    with contextlib.nullcontext() if lifted else lifting.disabled():
+        report = check_vjp(_mixed_layer(1.0, 1.0), _mixed_args(np.random.default_rng(7), dtype, 4))
+    assert report.unchecked == 0 and report.precision == ("float64" if lifted else "float32"), str(report)
 
 
 @pytest.mark.parametrize("k", [1.02, 1.1])

@@ -20,7 +20,7 @@ from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from reference import Method, VJPMismatch, check_vjp
-from reference.oracle import differences, search, setup, vjp
+from reference.oracle import differences, lifting, search, setup, vjp
 
 # Sizes at and around every switch: one entry, the per-entry limit, BLOCKS·SUSPECT, CHEAP, powers of two ± 1,
 # a few blocks of the chunk size, and a leaf of a few 10⁵.
@@ -222,11 +222,13 @@ def test_every_correct_rule_passes(family, size, data, seed):
     assert all(leaf.method in (Method.ENTRIES, Method.BLOCKS) for leaf in report.leaves), str(report)
 
 
-# A function that casts its input to float32 (code written for x64 off) has no float64 version: the oracle
-# differences it in float32, whose round-off over a large leaf cannot resolve one entry. Where it cannot, the
-# entries are unchecked and counted: a wrong rule is flagged or leaves unchecked entries, never a clean pass. (A
-# rule 0.1% off everywhere is beyond what float32 differences resolve in a leaf of a few entries: the report states
-# a tolerance of about 1e-3 there, `tolerance_rel`; 1% is the least drawn.)
+# A function that casts its input to float32 (code written for x64 off) computes in float32 on float64 inputs. It
+# is lifted (its own jaxpr raised to float64): a right rule is then a proof and every wrong one fails. Where it
+# cannot be lifted (lifting.disabled() stands for a host callback) the oracle differences it in float32, whose
+# round-off over a large leaf cannot resolve one entry: the entries are unchecked and counted, and a wrong rule
+# is flagged or leaves unchecked entries, never a clean pass. (A rule 0.1% off everywhere is beyond what float32
+# differences resolve in a leaf of a few entries: the report states a tolerance of about 1e-3 there,
+# `tolerance_rel`; 1% is the least drawn.)
 CAST = Family("sin cast to float32", lambda x: jnp.sin(x.astype(jnp.float32)), _vector)
 
 
@@ -235,17 +237,32 @@ CAST = Family("sin cast to float32", lambda x: jnp.sin(x.astype(jnp.float32)), _
        seed=st.integers(0, 2**16))
 def test_a_rule_differenced_in_float32_is_never_passed_clean_when_wrong(size, kind, seed):
     args = draw_args(CAST, size, 1.0, seed)
+    with lifting.disabled():
+        if kind is None:
+            report = check_vjp(rule(CAST, None), args)
+            assert report.precision == "float32", str(report)
+            return
+        fn = rule(CAST, kind)
+        assume(wrong_by(fn, CAST, args) > 1e-3)  # a stride past the end: no error to find
+        try:
+            report = check_vjp(fn, args)
+        except VJPMismatch:
+            return
+    assert report.unchecked > 0, f"{size} entries, {kind}: passed clean on float32 differences\n{report}"
+
+
+@settings(max_examples=EXAMPLES, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(size=st.sampled_from(SWITCHES), kind=st.sampled_from([None, *KINDS, *AT_INPUTS]), seed=st.integers(0, 2**16))
+def test_a_float32_casting_rule_lifted_is_a_proof_when_right_and_fails_when_wrong(size, kind, seed):
+    args = draw_args(CAST, size, 1.0, seed)
     if kind is None:
         report = check_vjp(rule(CAST, None), args)
-        assert report.precision == "float32", str(report)
+        assert report.precision == "float64" and report.proven, str(report)
         return
     fn = rule(CAST, kind)
-    assume(wrong_by(fn, CAST, args) > 1e-3)  # a stride past the end: no error to find
-    try:
-        report = check_vjp(fn, args)
-    except VJPMismatch:
-        return
-    assert report.unchecked > 0, f"{size} entries, {kind}: passed clean on float32 differences\n{report}"
+    assume(wrong_by(fn, CAST, args) > 1e-4)  # a stride past the end: no error to find
+    with pytest.raises(VJPMismatch):
+        check_vjp(fn, args)
 
 
 @pytest.mark.parametrize("n", [2048, 4097])
@@ -253,9 +270,10 @@ def test_a_needle_differenced_in_float32_fails(n):
     """search.NEEDLE from the loose side: at 10x looser a float32 block of a few hundred entries passes over the
     needle (a clean pass at 2048). The correct rule's blocks there are mostly left unchecked, counted."""
     args = draw_args(CAST, n, 1.0, 0)
-    with pytest.raises(VJPMismatch):
-        check_vjp(rule(CAST, "needle"), args)
-    report = check_vjp(rule(CAST, None), args)
+    with lifting.disabled():
+        with pytest.raises(VJPMismatch):
+            check_vjp(rule(CAST, "needle"), args)
+        report = check_vjp(rule(CAST, None), args)
     assert report.precision == "float32" and report.unchecked > 0
 
 

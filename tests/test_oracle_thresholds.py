@@ -12,7 +12,7 @@ import properties.laws as laws
 import pure
 from properties.table import OPS
 from reference import TransformMismatch, VJPMismatch, check_transforms, check_vjp
-from reference.oracle import search
+from reference.oracle import lifting, search
 
 real_search = search.search
 
@@ -60,8 +60,8 @@ def exp5_off_by(delta):
 
 
 @pytest.mark.parametrize("delta, caught", [(1e-3, True), (1e-4, False)])
-def test_float32_differences_resolve_a_1e_3_error_within_twice_their_roundoff_bound(delta, caught):
-    # A random draw in the default dtype: no float64 version, so float32 differences judge the rule, and
+def test_float32_differences_resolve_a_1e_3_error_within_twice_their_roundoff_bound(delta, caught, as_called):
+    # A random draw in the default dtype, not lifted: no float64 version, so float32 differences judge the rule, and
     # their round-off bound (counted twice) is most of the tolerance.
     def fn(x, key):
         return exp5_off_by(delta)(x) * (1 + 1e-3 * jax.random.uniform(key))
@@ -123,9 +123,13 @@ def test_a_backward_that_rounds_its_input_to_16_bits_still_fails(dtype):
     assert _caught(_sigmoid_bwd_via(dtype), (x,)).problems
 
 
-def test_a_forward_computing_in_bfloat16_is_checked_in_bfloat16():
+def test_a_forward_computing_in_bfloat16_is_lifted_or_checked_in_bfloat16():
     f = custom(lambda x: jnp.sin(x.astype(jnp.bfloat16)).astype(x.dtype), lambda a, g: (g * jnp.cos(a[0]),))
-    report = check_vjp(f, (jnp.linspace(0.1, 1.0, 8, dtype=jnp.float32),))
+    x = jnp.linspace(0.1, 1.0, 8, dtype=jnp.float32)
+    lifted = check_vjp(f, (x,))
+    assert lifted.precision == "float64" and "lifted to float64" in lifted.how and lifted.proven
+    with lifting.disabled():
+        report = check_vjp(f, (x,))
     assert report.precision == "bfloat16" and "computes in bfloat16" in report.how
 
 
@@ -136,14 +140,14 @@ def _dtype_scaled(ulps):
 
 
 @pytest.mark.parametrize("ulps, precision", [(300, "float64"), (3000, "float32")])
-def test_the_float64_version_is_used_within_1000_ulps_of_the_call(ulps, precision):
+def test_the_float64_version_is_used_within_1000_ulps_of_the_call(ulps, precision, as_called):
     report = check_vjp(_dtype_scaled(ulps), (jnp.linspace(0.5, 1.5, 8, dtype=jnp.float32),))
     assert report.precision == precision
 
 
-def test_outputs_further_apart_than_the_call_can_round_are_another_function():
+def test_outputs_further_apart_than_the_call_can_round_are_another_function(as_called):
     report = check_vjp(lambda x, k: x * jax.random.normal(k, x.shape), (jnp.ones(4), jax.random.key(1)))
-    assert report.precision == "float32" and "random draws" in report.how
+    assert report.precision == "float32" and "gives other outputs" in report.how
 
 
 # ------------------------------------------------------------------ kinks
@@ -453,7 +457,7 @@ def test_a_search_past_its_budget_leaves_its_blocks_unchecked_and_counted(monkey
 
 
 @pytest.mark.parametrize("wrong", [True, False])
-def test_float32_differences_too_coarse_for_a_needle_never_pass_a_block(monkeypatch, wrong):
+def test_float32_differences_too_coarse_for_a_needle_never_pass_a_block(monkeypatch, wrong, as_called):
     """With float32 differences (fn casts to float32) a block's round-off is that of every output: a pass of a block
     of 6250 entries could not rule out a 1% needle. Such blocks are followed, and what is left is unchecked and
     counted as coarse: the needles fail, the correct rule passes with its unchecked entries (was: both passed)."""

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +16,9 @@ import pytest
 
 from handgrad.audit import Discovery, baseline
 from handgrad.audit import command as audit_command
-from handgrad.audit.checks import Row
+from handgrad.audit.checks import EXIT_UNPROVEN, Row
 from handgrad.audit.record import Recorder, check
+from handgrad.audit.watchdog import CheckTimedOut, watchdog
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -195,9 +197,11 @@ SLOW_AND_FINE = '''
 import time
 import jax, jax.numpy as jnp, numpy as np
 
+PAUSE = [0.5]  # seconds each evaluation of slow waits on the host
+
 @jax.custom_vjp
 def slow(x):  # each evaluation waits on the host: its check runs past any short time limit
-    return jax.pure_callback(lambda v: (time.sleep(0.5), np.sin(v))[1], jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+    return jax.pure_callback(lambda v: (time.sleep(PAUSE[0]), np.sin(v))[1], jax.ShapeDtypeStruct(x.shape, x.dtype), x)
 
 @jax.custom_vjp
 def fine(x):
@@ -210,26 +214,69 @@ slow(jnp.ones(3)), fine(jnp.ones(3))
 
 
 @pytest.mark.subprocess
-def test_audit_record_ends_a_check_past_its_time_limit_and_checks_the_rest(tmp_path):
+def test_audit_record_interrupts_a_check_past_its_time_limit_and_checks_the_rest(tmp_path):
     (tmp_path / "slow_and_fine.py").write_text(SLOW_AND_FINE)
     run = _run([sys.executable, "-m", "handgrad.cli", "audit", "--checks", "vjp", "--timeout", "3", "--json",
                 "out.json", "--record", f"{sys.executable} slow_and_fine.py"], tmp_path)
-    assert "(run 2)" in run.stderr, run.stderr[-2000:]
+    assert "(run 2)" not in run.stderr, run.stderr[-2000:]  # interrupted in its process, not run again
     status = {r["rule"].partition(":")[2]: r["status"] for r in json.loads((tmp_path / "out.json").read_text())["rows"]}
     assert status == {"slow(f32[3])": "timeout", "fine(f32[3])": "ok"}
+    assert run.returncode == EXIT_UNPROVEN  # a timeout is no verdict, and no proof
+
+
+def _slow_tests(pause: float) -> str:
+    return SLOW_AND_FINE.replace("slow(jnp.ones(3)), fine(jnp.ones(3))", "") + (
+        f"\ndef test_calls():\n    slow(jnp.ones(3)), fine(jnp.ones(3))\n    PAUSE[0] = {pause}\n")
 
 
 @pytest.mark.subprocess
-def test_pytest_record_ends_the_session_at_a_check_past_its_time_limit(tmp_path):
-    (tmp_path / "test_slow.py").write_text(SLOW_AND_FINE.replace("slow(jnp.ones(3)), fine(jnp.ones(3))", "") +
-                                           "\ndef test_calls():\n    slow(jnp.ones(3)), fine(jnp.ones(3))\n")
+def test_pytest_record_ends_a_check_past_its_time_limit_as_its_own_row(tmp_path):
+    (tmp_path / "test_slow.py").write_text(_slow_tests(0.5))
+    run = _run([sys.executable, "-m", "pytest", "--handgrad-record", "--handgrad-timeout", "3", "-p",
+                "no:cacheprovider", "-q", "test_slow.py"], tmp_path)
+    assert run.returncode == 1 and "ends here" not in run.stderr, run.stdout[-3000:] + run.stderr[-2000:]
+    table = run.stdout.split("handgrad record")[1]
+    assert "slow(f32[3]) [vjp] timeout" in table and "fine(f32[3])" in table, table
+
+
+@pytest.mark.subprocess
+def test_pytest_record_ends_the_session_at_a_check_stuck_in_one_call(tmp_path):
+    """A check stuck in one host call cannot be interrupted: past its time limit and the grace after it, the
+    session ends with the rows so far."""
+    (tmp_path / "test_slow.py").write_text(_slow_tests(60.0))
     run = _run([sys.executable, "-m", "pytest", "--handgrad-record", "--handgrad-timeout", "3", "-p",
                 "no:cacheprovider", "-q", "test_slow.py"], tmp_path)
     assert run.returncode == 1 and "ends here" in run.stderr
-    assert "slow(f32[3]) [vjp of" not in run.stderr and "slow(f32[3]) [vjp] timeout: still running after 3.0 s" in \
-        run.stderr, run.stderr[-2000:]
+    assert "slow(f32[3]) [vjp] timeout: still running after 3.0 s" in run.stderr, run.stderr[-2000:]
 
 
 def test_audit_record_of_a_command_that_records_nothing_is_an_error(tmp_path):
     run = _run([sys.executable, "-m", "handgrad.cli", "audit", "--record", "exit 143"], tmp_path)
     assert run.returncode == 2 and "nothing was checked" in run.stderr and "exited 143" in run.stderr
+
+
+# ------------------------------------------------------------------ the watchdog's interruption, in process
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:  # Python bytecode all along: interruptible at any point
+        pass
+
+
+def test_a_check_past_its_time_limit_is_interrupted_and_one_within_it_is_not():
+    fallback = []
+    with pytest.raises(CheckTimedOut):
+        with watchdog().interrupting(0.2, lambda: fallback.append(1), grace=5.0):
+            _spin(3.0)
+    with watchdog().interrupting(0.5, lambda: fallback.append(1), grace=5.0):
+        _spin(0.1)
+    _spin(0.8)  # past the limit once the block has ended: nothing is raised
+    assert fallback == []
+
+
+def test_a_check_stuck_in_one_call_gets_the_fallback_after_its_grace():
+    fallback = []
+    with pytest.raises(CheckTimedOut):  # raised once the call returns
+        with watchdog().interrupting(0.1, lambda: fallback.append(time.monotonic()), grace=0.2):
+            start = time.monotonic()
+            time.sleep(1.0)  # one call Python cannot interrupt
+    assert len(fallback) == 1 and 0.25 < fallback[0] - start < 0.9

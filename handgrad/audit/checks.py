@@ -38,6 +38,7 @@ FAILING = ("FAIL", "oracle error")  # a row with one of these makes the audit ex
 # A check_vjp that passed with more than reference.oracle.report.PROVEN of its entries unchecked: no failure, and
 # no pass either (a pass is a proof). Without a failing row, such a row makes handgrad's commands exit 3.
 UNPROVEN = "unproven"
+TIMEOUT = "timeout"  # a check that ran past its time limit: no verdict, so no proof (exit 3 as unproven)
 EXIT_UNPROVEN = 3
 
 

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from handgrad.audit import calls
-from handgrad.audit.checks import Row, run_check
+from handgrad.audit.checks import TIMEOUT, Row, run_check
 from handgrad.audit.config import FunctionConfig
 from handgrad.audit.discover import Rule
 from handgrad.audit.inputs import DRAWS, Inputs, from_shapes
-from handgrad.audit.watchdog import watchdog
+from handgrad.audit.watchdog import CheckTimedOut, watchdog
 
 JAX_PACKAGES = ("jax", "jaxlib")  # their own rules (jax.nn.relu, jnp.logaddexp) are counted, not checked
 
@@ -154,14 +154,19 @@ def _first_call(rule: Any, kind: str, b: calls.Bound, name: str, qualname: str) 
                 x64=bool(jax.config.read("jax_enable_x64")))
 
 
+GRACE = 10.0  # seconds a timed-out check has to reach Python again before its process is ended
+
+
 def check(calls: Sequence[Call], checks: Sequence[str], seed: int = 0,
           progress: Callable[[str], None] = lambda _: None, timeout: float | None = None,
           overrun: Callable[[list[Row]], None] | None = None, done: frozenset[tuple[str, str]] = frozenset()
           ) -> list[Row]:
     """Each call's checks as the audit's rows; a call that cannot be replayed is one ``skipped`` row.
 
-    A check still running after ``timeout`` seconds cannot be stopped (JAX cannot be interrupted): ``overrun``
-    is called, from another thread, with the rows so far and a ``timeout`` row last, and must end the process.
+    A check still running after ``timeout`` seconds is interrupted (at its next Python bytecode) and is a
+    ``timeout`` row; the next check runs. One stuck in a single call for ``max(GRACE, timeout)`` seconds more
+    cannot be: ``overrun`` is called, from another thread, with the rows so far and a ``timeout`` row last, and
+    must end the process.
     ``done`` lists (rule, check) pairs an earlier run already reported, which are not checked again."""
     import jax
 
@@ -181,11 +186,23 @@ def check(calls: Sequence[Call], checks: Sequence[str], seed: int = 0,
                 if (name, check_name) in done:
                     continue
                 progress(f"{name} {check_name}")
-                late = Row(name, call.kind, check_name, "timeout", f"still running after {timeout} s",
+                late = Row(name, call.kind, check_name, TIMEOUT, f"still running after {timeout} s",
                            f"called at {call.site}", timeout or 0.0)
-                with watchdog().armed(timeout, lambda late=late: overrun(rows + [late]) if overrun else None):
-                    rows.append(run_check(rule, check_name, FunctionConfig(), seed, given=given))
+                rows.append(_timed(lambda: run_check(rule, check_name, FunctionConfig(), seed, given=given), late,
+                                   timeout, lambda late=late: overrun(rows + [late]) if overrun else None))
     return rows
+
+
+def _timed(run: Callable[[], Row], late: Row, timeout: float | None, overrun: Callable[[], None]) -> Row:
+    """``run``'s row; ``late`` where it ran past ``timeout``: interrupted, or its interruption turned into an error
+    of the code under check (a host callback's). ``overrun`` where it could not be interrupted."""
+    try:
+        with watchdog().interrupting(timeout, overrun, grace=GRACE if timeout is None else max(GRACE, timeout)
+                                     ) as deadline:
+            row = run()
+    except CheckTimedOut:
+        return late
+    return late if deadline.passed else row
 
 
 def _inputs(call: Call, seed: int) -> list[Inputs]:

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import TextIO
 
-from handgrad.audit.checks import CHECKS, EXIT_UNPROVEN, FAILING, UNPROVEN, Row, summarise
+from handgrad.audit.checks import CHECKS, EXIT_UNPROVEN, FAILING, TIMEOUT, UNPROVEN, Row, summarise
 from handgrad.audit.discover import Discovery
 
 SHOWN_SKIPPED = 8  # names listed per skip reason; the rest are counted (all are in the JSON)
@@ -94,7 +94,8 @@ def write_junit(discovery: Discovery, rows: Sequence[Row], seconds: float, path:
 
 
 def exit_code(rows: Sequence[Row]) -> int:
-    """1 on a FAIL or an oracle error; else EXIT_UNPROVEN (3) on a check that passed unproven; else 0."""
+    """1 on a FAIL or an oracle error; else EXIT_UNPROVEN (3) on a check that passed unproven or ran past its time
+    limit (no verdict, and no proof); else 0."""
     if any(r.status in FAILING for r in rows):
         return 1
-    return EXIT_UNPROVEN if any(r.status == UNPROVEN for r in rows) else 0
+    return EXIT_UNPROVEN if any(r.status in (UNPROVEN, TIMEOUT) for r in rows) else 0

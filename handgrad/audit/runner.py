@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from handgrad.audit.checks import CHECKS, Row
+from handgrad.audit.checks import CHECKS, TIMEOUT, Row
 from handgrad.audit.config import AuditConfig
 from handgrad.audit.discover import Discovery
 
@@ -102,7 +102,7 @@ def run(discovery: Discovery, options: Options, progress: Callable[[str], None] 
                 worker = None
                 seconds = time.perf_counter() - start
                 if answer == "timeout":
-                    yield Row(rule.name, rule.kind, check, "timeout", f"still running after {options.timeout:.0f} s "
+                    yield Row(rule.name, rule.kind, check, TIMEOUT, f"still running after {options.timeout:.0f} s "
                               f"(--timeout)", "", seconds)
                 else:
                     yield Row(rule.name, rule.kind, check, "oracle error", f"the worker process died (exit code "

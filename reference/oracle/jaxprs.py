@@ -35,7 +35,7 @@ def _bits(aval: Any) -> int | None:
     return int(jax.dtypes.finfo(dtype).nmant)
 
 
-def _jaxprs(params: dict) -> list[tuple[str, Any]]:
+def params_jaxprs(params: dict) -> list[tuple[str, Any]]:
     found = []
     for name, value in params.items():
         for v in value if isinstance(value, tuple | list) else (value,):
@@ -64,7 +64,7 @@ def _walk(jaxpr: Any, dependent: Sequence[bool], found: _Found) -> list[bool]:
         ins = [is_marked(v) for v in eqn.invars]
         if not any(ins):
             continue
-        inner = [(n, j) for n, j in _jaxprs(eqn.params) if n not in ("fwd_jaxpr_thunk", "bwd", "jvp_jaxpr_fun")]
+        inner = [(n, j) for n, j in params_jaxprs(eqn.params) if n not in ("fwd_jaxpr_thunk", "bwd", "jvp_jaxpr_fun")]
         outs = _walk_nested(eqn, inner, ins, found)
         for v, d in zip(eqn.outvars, outs, strict=True):
             if d:
@@ -93,7 +93,7 @@ def _same_shapes(outer: Sequence[Any], inner: Sequence[Any]) -> list[bool]:
             for a, b in zip(outer, inner, strict=True)]
 
 
-def _scan_counts(eqn: Any, body: Any) -> tuple[int, int] | None:
+def scan_counts(eqn: Any, body: Any) -> tuple[int, int] | None:
     """A scan's (consts, carry), read from its types rather than its params (JAX 0.11 dropped num_consts and
     num_carry): xs and ys have the leading axis that their slices in the body lack; consts and carry do not.
     None where the types do not read that way."""
@@ -115,7 +115,7 @@ def _walk_nested(eqn: Any, inner: list, ins: list[bool], found: _Found) -> list[
     path."""
     name = eqn.primitive.name
     by_name = dict(inner)
-    counts = _scan_counts(eqn, by_name["jaxpr"]) if name == "scan" and len(inner) == 1 and "jaxpr" in by_name else None
+    counts = scan_counts(eqn, by_name["jaxpr"]) if name == "scan" and len(inner) == 1 and "jaxpr" in by_name else None
     if counts is not None:
         body, (consts, carry) = by_name["jaxpr"], counts
         flags = list(ins)
@@ -170,7 +170,7 @@ def constants(closed: Any) -> list:
     def walk(jaxpr: Any) -> None:
         for eqn in jaxpr.eqns:
             found.extend(comparable(v.val) for v in eqn.invars if hasattr(v, "val"))
-            for _, inner in _jaxprs(eqn.params):
+            for _, inner in params_jaxprs(eqn.params):
                 walk(inner)
     walk(closed.jaxpr)
     return found
@@ -183,7 +183,7 @@ def primitives(closed: Any) -> set[str]:
     def walk(jaxpr: Any) -> None:
         for eqn in jaxpr.eqns:
             found.add(eqn.primitive.name)
-            for _, inner in _jaxprs(eqn.params):
+            for _, inner in params_jaxprs(eqn.params):
                 walk(inner)
     walk(closed.jaxpr)
     return found

@@ -20,6 +20,7 @@ import numpy as np
 
 from reference.oracle import tolerance
 from reference.oracle.jaxprs import precision_of, trace
+from reference.oracle.lifting import NotLifted, lift
 from reference.oracle.programs import jit_or_eager
 from reference.oracle.rounding import ROUNDING_FACTOR, forward_rounding
 from reference.oracle.tolerance import Precision
@@ -121,16 +122,42 @@ def _within(o: np.ndarray, p: np.ndarray, allowed: np.ndarray | float) -> np.nda
 
 
 def choose(fn: Callable, name: str, split: Split, call: Version, out: list, cts: list[list], a_call: list,
-           refused64: str | None = None, stopping: Callable[[Version], list | None] | None = None) -> Choice:
-    """fn on float64 copies of the arguments, where it computes in float64 and agrees with the call; else the
-    call itself."""
+           refused64: str | None = None, stopping: Callable[[Version], list | None] | None = None,
+           liftable: bool = True) -> Choice:
+    """fn on float64 copies of the arguments, where it computes in float64 and agrees with the call; else its
+    lifted version (:mod:`.lifting`: its own jaxpr with every float raised to float64), where that agrees with
+    the call; else the call itself."""
     if call.precision.key >= 64:
         return Choice(call, out, a_call, cts, "as called (float64)")
     if refused64 is not None:
         return Choice(call, out, a_call, cts, f"as called ({call.precision.name}): {refused64}")
     with jax.enable_x64(True):  # a float64 array made outside would be cut back to float32
         split64 = Split.of(jax.tree_util.tree_map(to64, split.rebuild(split.diff_leaves())))
-    v64 = Version.of(fn, split64, x64=True)
+    found = _float64_choice(Version.of(fn, split64, x64=True), name, call, out, cts, stopping,
+                            f"the float64 version of {name} (it agrees with the call)",
+                            f"on float64 copies of its inputs {name}")
+    if isinstance(found, Choice):
+        return found
+    why = found
+    if liftable:
+        lifted = lift(call.fn, call.split.diff_leaves(), call.context)
+        if isinstance(lifted, NotLifted):
+            why += f"; it cannot be lifted to float64: {lifted.why}"
+        else:
+            found = _float64_choice(Version(split64, lifted.fn, x64=True), name, call, out, cts, stopping,
+                                    f"{name} lifted to float64 (its own jaxpr with every float raised to float64)",
+                                    "lifted to float64")
+            if isinstance(found, Choice):
+                return found
+            why += f"; {found}"
+    return Choice(call, out, a_call, cts, f"as called ({call.precision.name}): {why}")
+
+
+def _float64_choice(v64: Version, name: str, call: Version, out: list, cts: list[list],
+                    stopping: Callable[[Version], list | None] | None, what: str, which: str) -> Choice | str:
+    """``v64`` as the version the numbers come from, where it runs, computes in float64 and gives the call's
+    outputs; else why not."""
+    split64 = v64.split
     try:
         with v64.context():
             closed64 = trace(v64.fn, split64.diff_leaves())
@@ -139,16 +166,12 @@ def choose(fn: Callable, name: str, split: Split, call: Version, out: list, cts:
                   zip(ct, shapes64, strict=True)] for ct in cts]
         out64, a64 = v64.vjp(cts64)
     except Exception as e:  # fn itself refuses float64 inputs, whatever it raises: check it as called
-        why = f"{name} fails on float64 inputs ({type(e).__name__})"
-        return Choice(call, out, a_call, cts, f"as called ({call.precision.name}): {why}")
+        return f"{which}, {name} fails ({type(e).__name__})"
     v64.precision = precision_of(closed64, split64.diff_leaves(), out64)
     same, worst = _same_function(call, out, v64, out64, cts[0], np.random.default_rng(0), stopping)
     if same and v64.precision.key == 64:
-        return Choice(v64, out64, a64, cts64, f"the float64 version of {name} (it agrees with the call), and the "
-                                              f"call's own {call.precision.name} VJP against it entry by entry")
+        return Choice(v64, out64, a64, cts64, f"{what}, and the call's own {call.precision.name} VJP against it "
+                                              f"entry by entry")
     if not same:
-        why = (f"on float64 copies of its inputs {name} gives other outputs (up to {worst:.2g} relative: random "
-               f"draws in the default dtype, or dtype-dependent code)")
-    else:
-        why = f"{name} computes in {v64.precision.name} even on float64 inputs"
-    return Choice(call, out, a_call, cts, f"as called ({call.precision.name}): {why}")
+        return f"{which}, {name} gives other outputs (up to {worst:.2g} relative)"
+    return f"{which}, {name} computes in {v64.precision.name}"

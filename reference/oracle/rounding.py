@@ -108,7 +108,7 @@ def capped(allowance: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- rounding injected into the forward (and backward)
-def _inline(eqn: Any) -> Any:
+def inlined(eqn: Any) -> Any:
     """The jaxpr an equation only wraps (jit, remat, a custom rule's primal), evaluated in line; else None (a scan's
     body has the scan's arity, but runs on slices of its operands: the scan is bound as it is)."""
     if eqn.primitive.name not in CALLS:
@@ -181,7 +181,7 @@ class _Policy:
 def _sites(jaxpr: Any, found: list, policy: _Policy) -> list:
     """The float values :func:`_evaluate` rounds, in evaluation order: inputs of functions, outputs of operations."""
     for eqn in jaxpr.eqns:
-        inner = _inline(eqn)
+        inner = inlined(eqn)
         if inner is not None:
             _sites(inner.jaxpr, found, policy)
             continue
@@ -210,7 +210,7 @@ def _evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: 
     env.update(zip(jaxpr.invars, args, strict=True))
     for eqn in jaxpr.eqns:
         values = [read(v) for v in eqn.invars]
-        inner = _inline(eqn)
+        inner = inlined(eqn)
         if inner is not None:
             outs = _evaluate(inner.jaxpr, inner.consts, values, rounding, at, policy)
         else:

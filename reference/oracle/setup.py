@@ -22,6 +22,7 @@ from reference.oracle.refusals import trace_deterministic
 from reference.oracle.report import Loops, NotDifferentiable, raised_by_fn
 from reference.oracle.rounding import INPUT_SPREAD, capped, finite_abs, input_spread, natural_scale
 from reference.oracle.subjects import LOOSEST_AS_CALLED, Subject
+from reference.oracle.tolerance import FLOAT32
 from reference.oracle.trees import Flat, Split
 from reference.oracle.versions import Version
 
@@ -50,6 +51,7 @@ class Setup:
     a_main: np.ndarray  # the version's VJP: what the differences judge
     scales: Scales
     spread_call: np.ndarray  # how far the call's VJP moves when its inputs move by its round-off
+    rtol_call: np.ndarray  # per entry, the call's own VJP against the float64 one (stage 5)
     diffs: Differences
     step: float
     levels: int
@@ -92,7 +94,10 @@ def setup_of(subject: Subject, split: Split, called: Called, chosen: Choice, *, 
     # Per entry: the rtol of the computation, or of the entry's own leaf where that is narrower (a bfloat16 leaf's
     # VJP is rounded to bfloat16); a user's rtol everywhere.
     per_leaf = leaf_precisions(Flat(split.diff_leaves()), call.precision)
-    r_user = _per_entry(flat, [rtol if rtol is not None else p.rtol for p in per_leaf])
+    r_call = _per_entry(flat, [rtol if rtol is not None else p.rtol for p in per_leaf])
+    # The rule's float64 self is judged at float32's rtol or finer: its VJP is not rounded to a 16-bit leaf or output
+    # (that rounding is the call's own VJP's, judged against it at r_call).
+    r_user = r_call if evaluate is call or rtol is not None else np.minimum(r_call, FLOAT32.rtol)
     step = eps if eps is not None else evaluate.precision.step
     loosest = (evaluate.precision.loosest if subject.order == 1 or evaluate.precision.key == 64
                else LOOSEST_AS_CALLED)
@@ -121,7 +126,7 @@ def setup_of(subject: Subject, split: Split, called: Called, chosen: Choice, *, 
         leaf_scale = np.full(flat.size, np.inf)
     scales = Scales(natural, a_scale, spread, r_user, atol or 0.0, floored, relative, leaf_scale)
     a_user = flat.real(called.vjps[0], conjugate=True)
-    return Setup(evaluate, flat, split.diff_paths(), a_user, a_main, scales, spread_call, diffs, step,
+    return Setup(evaluate, flat, split.diff_paths(), a_user, a_main, scales, spread_call, r_call, diffs, step,
                  subject.levels or evaluate.precision.levels, loosest, how, loops, longer)
 
 

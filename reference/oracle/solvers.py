@@ -30,7 +30,7 @@ from jax.extend.core import ClosedJaxpr, Literal
 from reference.oracle.jaxprs import primitives, trace
 from reference.oracle.programs import jit_or_eager
 from reference.oracle.report import Loops
-from reference.oracle.rounding import _inline
+from reference.oracle.rounding import inlined
 
 MIN_EXTRA = 8  # extra steps at least, for a loop that stopped after fewer
 MAX_EXTRA = 10_000  # and at most
@@ -138,7 +138,7 @@ def _evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> list:
     env.update(zip(jaxpr.invars, args, strict=True))
     for eqn in jaxpr.eqns:
         values = [read(v) for v in eqn.invars]
-        inner = _inline(eqn)
+        inner = inlined(eqn)
         if eqn.primitive.name == "while":
             outs = _longer_while(eqn, values)
         elif inner is not None:

@@ -178,7 +178,7 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     split = Split.of(args)
     called = call_of(subject, name, split, rng)
     chosen = choose(subject.fn, name, split, called.version, called.out, called.cotangents, called.vjps, refused64,
-                    solvers.stopping_error if iterative(called.closed) else None)
+                    solvers.stopping_error if iterative(called.closed) else None, subject.truth is None)
     if used is not None:
         used["float64"] = chosen.version is not called.version
     setup = setup_of(subject, split, called, chosen, rtol=rtol, atol=atol, eps=eps, rng=rng)
@@ -279,7 +279,7 @@ def _against_float64(called: Called, setup: Setup, index: np.ndarray, verdict: V
         spread = spread + np.abs(setup.flat.real(stopped))
     s = setup.scales
     return against_float64(called.version, setup.flat, setup.paths, setup.a_user, setup.a_main, s.natural, spread,
-                           s.rtol, s.extra, called.cotangents[0], skip=failed)
+                           setup.rtol_call, s.extra, called.cotangents[0], skip=failed)
 
 
 def _entries_to_judge(setup: Setup, sharp_of_rtol: bool, failing: Callable[[np.ndarray], np.ndarray],
