@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reference.oracle import tolerance
-from reference.oracle.rounding import CALLS
+from reference.oracle.rounding import CALLS, inlined
 from reference.oracle.tolerance import Precision
 from reference.oracle.trees import comparable
 
@@ -50,7 +50,8 @@ class _Found:
     """What a walk of a trace finds on the paths from the inputs."""
 
     bits: int  # the fewest mantissa bits of a float there
-    loops: int = 0  # while loops there: iterations that stop when a test on the values says so
+    loops: int = 0  # while loops there (more iterations may move the result: a solver, or a fixed count)
+    stops: int = 0  # those that stop when a test on the values says so (each probe's cost unknown)
 
 
 def _walk(jaxpr: Any, dependent: Sequence[bool], found: _Found) -> list[bool]:
@@ -114,6 +115,9 @@ def _walk_nested(eqn: Any, inner: list, ins: list[bool], found: _Found) -> list[
     and types, never from params by name: a primitive or layout it does not know takes the last, conservative
     path."""
     name = eqn.primitive.name
+    kernel = inlined(eqn) if name == "pallas_call" else None  # a kernel, as JAX's interpreter runs it
+    if kernel is not None:
+        return _walk(kernel.jaxpr, ins, found)
     by_name = dict(inner)
     counts = scan_counts(eqn, by_name["jaxpr"]) if name == "scan" and len(inner) == 1 and "jaxpr" in by_name else None
     if counts is not None:
@@ -126,8 +130,6 @@ def _walk_nested(eqn: Any, inner: list, ins: list[bool], found: _Found) -> list[
                 return outs
             flags[consts:consts + carry] = new
         return outs
-    if name == "while":
-        found.loops += 1  # whatever its layout: a loop that stops when a test on the values says so
     body, cond = by_name.get("body_jaxpr"), by_name.get("cond_jaxpr")
     if name == "while" and len(inner) == 2 and body is not None and cond is not None:
         n = len(body.outvars)
@@ -140,7 +142,13 @@ def _walk_nested(eqn: Any, inner: list, ins: list[bool], found: _Found) -> list[
                 if new == state:
                     break
                 state = new
+            found.loops += 1
+            if _walk(cond, ins[:cn] + state, _Found(found.bits))[0]:  # it stops when a test on the values says so
+                found.stops += 1
             return state
+    if name == "while":  # a layout not read: counted as a loop that stops on the values
+        found.loops += 1
+        found.stops += 1
     branches = [b for n, b in inner if n == "branches"]
     if name == "cond" and branches and len(branches) == len(inner) and all(
             len(b.invars) == len(ins) - 1 and len(b.outvars) == len(eqn.outvars) for b in branches):
@@ -199,6 +207,12 @@ def iterative(closed: Any) -> bool:
     """Whether a while loop runs on values that depend on the inputs (an iterative solver, a series summed
     to convergence): then fn stops at its own tolerance, and its differences carry that error."""
     return closed is not None and _walk_all(closed).loops > 0
+
+
+def stops_on_values(closed: Any) -> bool:
+    """Whether a while loop on the input path stops when a test on the values says so (a solver to a tolerance),
+    not after a count: vmapped, it runs until every lane stops."""
+    return closed is not None and _walk_all(closed).stops > 0
 
 
 def _walk_all(closed: Any, inputs: bool = True) -> _Found:

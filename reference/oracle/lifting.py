@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal
 
+from reference.oracle import kernels
 from reference.oracle.jaxprs import params_jaxprs, scan_counts
 from reference.oracle.rounding import inlined
 from reference.oracle.versions import Float64
@@ -138,7 +139,7 @@ def _evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> list:
     env: dict = {}
 
     def read(v: Any) -> Any:
-        return _widened(v.val, v.aval.dtype) if isinstance(v, Literal) else env[v]
+        return _widened(v.val, getattr(v.aval, "dtype", None)) if isinstance(v, Literal) else env[v]
 
     env.update(zip(jaxpr.constvars, consts, strict=True))
     env.update(zip(jaxpr.invars, args, strict=True))
@@ -153,13 +154,16 @@ def _evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> list:
 def _equation(eqn: Any, values: list) -> list:
     """One equation, lifted: its outputs as a list."""
     name = eqn.primitive.name
+    if name == "pallas_call":  # as JAX's interpreter runs it, then lifted
+        try:
+            return evaluate(kernels.interpreted(eqn), values)
+        except kernels.Uninterpretable as e:
+            raise Unliftable(name, e.why) from e
     inner = inlined(eqn)
     if inner is not None:
         return evaluate(inner, values)
     if name in _LOOPS:
         return _LOOPS[name](eqn, values)
-    if name == "pallas_call":
-        return _kernel(eqn, values)
     if name == "reduce_precision":  # a float rounded to fewer bits: the lifted computation keeps them all
         return values
     if name == "bitcast_convert_type":  # bits are the call's: cast at its widths, then widened
@@ -234,22 +238,3 @@ def _reducer_params(eqn: Any, values: list, params: dict) -> dict:
     scalar = jax.ShapeDtypeStruct((), jnp.result_type(values[0]))
     closed = jax.make_jaxpr(combine)(scalar, scalar)
     return {**params, "update_jaxpr": closed.jaxpr, "update_consts": tuple(closed.consts)}
-
-
-# ---------------------------------------------------------------- Pallas kernels, through JAX's interpreter
-def _kernel(eqn: Any, values: list) -> list:
-    """A ``pallas_call`` as JAX's interpreter runs it (a loop over the grid of plain operations on slices), traced
-    at the kernel's dtypes and lifted. The interpreter is JAX's internal API: where this JAX has none that
-    takes these params, the kernel is not lifted."""
-    try:
-        from jax._src.pallas import hlo_interpreter  # noqa: PLC0415 (internal: read where present)
-        interpret = hlo_interpreter.pallas_call_hlo_interpret
-    except (ImportError, AttributeError) as e:
-        raise Unliftable("pallas_call", "this JAX has no kernel interpreter to lift through") from e
-    params = {k: v for k, v in eqn.params.items() if k != "interpret"}
-    avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in eqn.invars]
-    try:
-        closed = jax.make_jaxpr(functools.partial(interpret, **params))(*avals)
-    except _BIND_ERRORS as e:
-        raise Unliftable("pallas_call", f"JAX's interpreter does not trace it ({type(e).__name__})") from e
-    return evaluate(closed, values)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal
 
+from reference.oracle import kernels
 from reference.oracle.trees import Flat
 
 # Allowances never excuse more than this fraction of an entry's scale: an error of order one is a wrong rule
@@ -109,8 +110,14 @@ def capped(allowance: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- rounding injected into the forward (and backward)
 def inlined(eqn: Any) -> Any:
-    """The jaxpr an equation only wraps (jit, remat, a custom rule's primal), evaluated in line; else None (a scan's
-    body has the scan's arity, but runs on slices of its operands: the scan is bound as it is)."""
+    """The jaxpr an equation only wraps (jit, remat, a custom rule's primal, a Pallas kernel as JAX's interpreter
+    runs it), evaluated in line; else None (a scan's body has the scan's arity, but runs on slices of its operands:
+    the scan is bound as it is)."""
+    if eqn.primitive.name == "pallas_call":
+        try:
+            return kernels.interpreted(eqn)
+        except kernels.Uninterpretable:
+            return None
     if eqn.primitive.name not in CALLS:
         return None
     for name in ("jaxpr", "call_jaxpr"):

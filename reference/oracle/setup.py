@@ -16,7 +16,7 @@ import numpy as np
 from reference.oracle import cotangents, solvers
 from reference.oracle.differences import Differences, step_scales
 from reference.oracle.entries import Scales
-from reference.oracle.jaxprs import iterative, precision_of
+from reference.oracle.jaxprs import iterative, precision_of, stops_on_values
 from reference.oracle.precision import Choice, leaf_precisions
 from reference.oracle.refusals import trace_deterministic
 from reference.oracle.report import Loops, NotDifferentiable, raised_by_fn
@@ -112,8 +112,8 @@ def setup_of(subject: Subject, split: Split, called: Called, chosen: Choice, *, 
         with numeric.context():
             loops, longer, said_loops = solvers.plan(numeric.fn, evaluate.split.diff_leaves())
         how = f"{how}; {said_loops}"
-    diffs = Differences(numeric, flat, ct, evaluate.precision.eps, noise_floor, base=base, iterative=loops is not None,
-                        longer=longer)
+    diffs = Differences(numeric, flat, ct, evaluate.precision.eps, noise_floor, base=base,
+                        iterative=loops is not None and stops_on_values(called.closed), longer=longer)
     floored, relative = step_scales(flat)
     if evaluate is call and eps is None:  # a leaf narrower than the computation is moved by steps that span its ulps
         wider = _per_entry(flat, [max(1.0, p.step / step) for p in per_leaf])
