@@ -161,6 +161,10 @@ def _float64_choice(v64: Version, name: str, call: Version, out: list, cts: list
     try:
         with v64.context():
             closed64 = trace(v64.fn, split64.diff_leaves())
+            traced = None if closed64 is None else precision_of(  # read from its trace, before anything compiles
+                closed64, split64.diff_leaves(), [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed64.out_avals])
+        if traced is not None and traced.key < 64:
+            return f"{which}, {name} computes in {traced.name}"
         shapes64 = closed64.out_avals if closed64 is not None else out
         cts64 = [[np.asarray(c).astype(np.complex128 if np.iscomplexobj(c) else s.dtype) for c, s in
                   zip(ct, shapes64, strict=True)] for ct in cts]
