@@ -42,3 +42,13 @@ def test_a_wrong_complex_rule_still_fails_under_them():
     with jax.enable_x64(True), jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
         with pytest.raises(VJPMismatch):
             check_vjp(square, (np.array([1 + 2j, 3 - 1j]),))
+
+
+@pytest.mark.parametrize("x64", [False, True], ids=["x64 off", "x64 on"])
+def test_a_complex_leaf_judged_in_blocks_is_no_oracle_error_under_them(x64):
+    """Past the per-entry limit a leaf is judged in blocks: optimistix's rules of complex128[3,2,4,3,2,4] leaves
+    were oracle errors there under rank promotion "raise" (a (3, n) by (n,) product in the block program)."""
+    z = np.linspace(0.5, 2.0, 1200) * (1 + 0.5j)
+    with jax.enable_x64(x64), jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
+        report = check_vjp(lambda z: z * z, (z.astype(np.complex128 if x64 else np.complex64),))
+    assert report.proven and report.leaves[0].method == "blocks", str(report)

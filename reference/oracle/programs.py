@@ -106,7 +106,7 @@ def compile_probes(f: Callable, flat: Flat, base: list, work: Any, eps_out: floa
                                   zip(leaves, flat.complex, strict=True)]) - x
         moves = actual != 0  # an entry that stays adds 0, whatever its VJP (an inf or NaN one too)
         return (s, n, jnp.sum(jnp.where(moves, a * actual, 0)),
-                *jnp.sum(jnp.where(moves, weights * jnp.abs(actual), 0), axis=-1))
+                *jnp.sum(jnp.where(moves[None, :], weights * jnp.abs(actual)[None, :], 0), axis=-1))  # rank explicit
 
     over_probes = (None, None, None, 0, 0, 0, None, None, None)
     return Programs((jax.jit(jax.vmap(entry, in_axes=over_probes[:6])), entry, 2),
