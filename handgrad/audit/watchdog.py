@@ -46,22 +46,6 @@ class Watchdog:
                     self._cond.wait(self._deadline - time.monotonic())
 
     @contextlib.contextmanager
-    def armed(self, seconds: float | None, fire: Callable[[], None]) -> Iterator[None]:
-        """``fire`` is called if the block is still running after ``seconds`` (None: never)."""
-        if seconds is None:
-            yield
-            return
-        with self._cond:
-            self._deadline, self._fire = time.monotonic() + seconds, fire
-            self._cond.notify()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._deadline = None
-                self._cond.notify()
-
-    @contextlib.contextmanager
     def interrupting(self, seconds: float | None, fallback: Callable[[], None], grace: float) -> Iterator[Deadline]:
         """The block under a time limit: past ``seconds``, the deadline has passed (``Deadline.passed``) and
         :class:`CheckTimedOut` is raised in the block at its next Python bytecode (a compilation or a kernel that

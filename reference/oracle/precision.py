@@ -171,7 +171,7 @@ def _float64_choice(v64: Version, name: str, call: Version, out: list, cts: list
         out64, a64 = v64.vjp(cts64)
     except Exception as e:  # fn itself refuses float64 inputs, whatever it raises: check it as called
         return f"{which}, {name} fails ({type(e).__name__})"
-    v64.precision = precision_of(closed64, split64.diff_leaves(), out64)
+    v64.precision = traced if traced is not None else precision_of(None, split64.diff_leaves(), out64)
     same, worst = _same_function(call, out, v64, out64, cts[0], np.random.default_rng(0), stopping)
     if same and v64.precision.key == 64:
         return Choice(v64, out64, a64, cts64, f"{what}, and the call's own {call.precision.name} VJP against it "
