@@ -54,28 +54,40 @@ class _Found:
     stops: int = 0  # those that stop when a test on the values says so (each probe's cost unknown)
 
 
-def _walk(jaxpr: Any, dependent: Sequence[bool], found: _Found) -> list[bool]:
-    """Marks the variables that depend on the ``dependent`` invars; returns the outvars' marks."""
-    marked = {v for v, d in zip(jaxpr.invars, dependent, strict=True) if d}
+Marks = list[int | None]  # per variable, the fewest mantissa bits on a path from the inputs to it; None: no path
 
-    def is_marked(v: Any) -> bool:
-        return not hasattr(v, "val") and v in marked  # literals never depend on the inputs
+
+def _walk(jaxpr: Any, dependent: Marks, found: _Found) -> Marks:
+    """Marks the variables that depend on the ``dependent`` invars with the narrowest float on the way (an integer
+    computed from a float16 keeps its 10 bits); returns the outvars' marks."""
+    marked = {v: b for v, b in zip(jaxpr.invars, dependent, strict=True) if b is not None}
+
+    def mark(v: Any) -> int | None:
+        return None if hasattr(v, "val") else marked.get(v)  # literals never depend on the inputs
 
     for eqn in jaxpr.eqns:
-        ins = [is_marked(v) for v in eqn.invars]
-        if not any(ins):
+        ins = [mark(v) for v in eqn.invars]
+        if all(b is None for b in ins):
             continue
         inner = [(n, j) for n, j in params_jaxprs(eqn.params) if n not in ("fwd_jaxpr_thunk", "bwd", "jvp_jaxpr_fun")]
         outs = _walk_nested(eqn, inner, ins, found)
-        for v, d in zip(eqn.outvars, outs, strict=True):
-            if d:
-                marked.add(v)
+        for v, b in zip(eqn.outvars, outs, strict=True):
+            if b is not None:
                 bits = _bits(v.aval)
                 if bits is not None and eqn.primitive.name == "reduce_precision":  # a float32 rounded to fewer bits
                     bits = min(bits, int(eqn.params.get("mantissa_bits", bits)))
-                if bits is not None:
-                    found.bits = min(found.bits, bits)
-    return [is_marked(v) for v in jaxpr.outvars]
+                marked[v] = b if bits is None else min(b, bits)
+                found.bits = min(found.bits, marked[v])
+    return [mark(v) for v in jaxpr.outvars]
+
+
+def _narrowest(marks: Sequence[int | None]) -> int | None:
+    return min((b for b in marks if b is not None), default=None)
+
+
+def _joined(a: Marks, b: Marks) -> Marks:
+    """Per variable, the narrower of two marks (a loop's carry after one more iteration)."""
+    return [_narrowest([x, y]) for x, y in zip(a, b, strict=True)]
 
 
 # Primitives that run their one jaxpr once on their own operands (rounding.CALLS), and shard_map, which runs it
@@ -110,10 +122,10 @@ def scan_counts(eqn: Any, body: Any) -> tuple[int, int] | None:
     return consts, carry
 
 
-def _walk_nested(eqn: Any, inner: list, ins: list[bool], found: _Found) -> list[bool]:
+def _walk_nested(eqn: Any, inner: list, ins: Marks, found: _Found) -> Marks:
     """The marks of an equation's outputs. Loops and branches have their counts read from their jaxprs' arities
     and types, never from params by name: a primitive or layout it does not know takes the last, conservative
-    path."""
+    path, as does a primitive without a jaxpr (each output marked with the narrowest of its inputs)."""
     name = eqn.primitive.name
     kernel = inlined(eqn) if name == "pallas_call" else None  # a kernel, as JAX's interpreter runs it
     if kernel is not None:
@@ -123,28 +135,26 @@ def _walk_nested(eqn: Any, inner: list, ins: list[bool], found: _Found) -> list[
     if counts is not None:
         body, (consts, carry) = by_name["jaxpr"], counts
         flags = list(ins)
-        for _ in range(carry + 1):  # a carry becomes dependent once any iteration makes it so
+        while True:  # a carry is marked once any iteration marks it; the marks only narrow, so this ends
             outs = _walk(body, flags, found)
-            new = [a or b for a, b in zip(flags[consts:consts + carry], outs[:carry], strict=True)]
+            new = _joined(flags[consts:consts + carry], outs[:carry])
             if new == flags[consts:consts + carry]:
                 return outs
             flags[consts:consts + carry] = new
-        return outs
     body, cond = by_name.get("body_jaxpr"), by_name.get("cond_jaxpr")
     if name == "while" and len(inner) == 2 and body is not None and cond is not None:
         n = len(body.outvars)
         bn, cn = len(body.invars) - n, len(cond.invars) - n
         if min(bn, cn) >= 0 and cn + bn + n == len(ins) and len(eqn.outvars) == n:
             body_consts, state = ins[cn:cn + bn], list(ins[cn + bn:])
-            for _ in range(n + 1):  # a carry becomes dependent once any iteration makes it so
-                outs = _walk(body, body_consts + state, found)
-                new = [a or b for a, b in zip(state, outs, strict=True)]
+            while True:  # as for a scan's carry
+                new = _joined(state, _walk(body, body_consts + state, found))
                 if new == state:
                     break
                 state = new
             found.loops += 1
-            if _walk(cond, ins[:cn] + state, _Found(found.bits))[0]:  # it stops when a test on the values says so
-                found.stops += 1
+            if _walk(cond, ins[:cn] + state, _Found(found.bits))[0] is not None:  # it stops when a test on the
+                found.stops += 1  # values says so
             return state
     if name == "while":  # a layout not read: counted as a loop that stops on the values
         found.loops += 1
@@ -153,13 +163,17 @@ def _walk_nested(eqn: Any, inner: list, ins: list[bool], found: _Found) -> list[
     if name == "cond" and branches and len(branches) == len(inner) and all(
             len(b.invars) == len(ins) - 1 and len(b.outvars) == len(eqn.outvars) for b in branches):
         branch_outs = [_walk(branch, ins[1:], found) for branch in branches]  # ins[0] is the index
-        return [any(flags) for flags in zip(*branch_outs, strict=True)]
+        return [_narrowest(marks) for marks in zip(*branch_outs, strict=True)]
     if name in _CALLS and len(inner) == 1 and len(inner[0][1].invars) == len(ins) and \
             len(inner[0][1].outvars) == len(eqn.outvars):
         return _walk(inner[0][1], ins, found)
+    narrowest = _narrowest(ins)
     for _, sub in inner:  # anything else: every input may reach every output
-        _walk(sub, [True] * len(sub.invars), found)
-    return [True] * len(eqn.outvars)
+        within = _Found(found.bits)
+        _walk(sub, [narrowest] * len(sub.invars), within)
+        found.loops, found.stops = found.loops + within.loops, found.stops + within.stops
+        found.bits = narrowest = min(found.bits, within.bits, narrowest)
+    return [narrowest] * len(eqn.outvars)
 
 
 def trace(fn: Callable, leaves: Sequence[Any]) -> Any:
@@ -217,10 +231,14 @@ def stops_on_values(closed: Any) -> bool:
 
 def _walk_all(closed: Any, inputs: bool = True) -> _Found:
     """What a walk from every input finds; its inputs' own dtypes counted where ``inputs``."""
-    found = _Found(min([b for b in (_bits(v.aval) for v in closed.jaxpr.invars) if b is not None], default=52)
-                   if inputs else 52)
-    _walk(closed.jaxpr, [True] * len(closed.jaxpr.invars), found)
-    return found
+    return _walked(closed, inputs)[0]
+
+
+def _walked(closed: Any, inputs: bool) -> tuple[_Found, Marks]:
+    """What a walk from every input finds, and the outputs' marks."""
+    marks: Marks = [(_bits(v.aval) or 52) if inputs else 52 for v in closed.jaxpr.invars]
+    found = _Found(min(marks, default=52))
+    return found, _walk(closed.jaxpr, marks, found)
 
 
 def precision_of(closed: Any, leaves: Sequence[Any], outs: Sequence[Any]) -> Precision:
@@ -228,9 +246,15 @@ def precision_of(closed: Any, leaves: Sequence[Any], outs: Sequence[Any]) -> Pre
     own dtypes count entry by entry (:func:`leaf_precisions`), not here: a bfloat16 activation cast to float32
     beside float32 weights is a float32 computation, differenced as one (a bfloat16 step and tolerance for the
     weights passed their gradients dropped). Untraced, the inputs count too."""
-    found = [tolerance.of_dtype(jnp.result_type(x)) for x in outs]
-    if closed is not None:
-        found.append(tolerance.of_mantissa(_walk_all(closed, inputs=False).bits))
-    else:
-        found += [tolerance.of_dtype(jnp.result_type(x)) for x in leaves]
-    return min(found, key=lambda p: p.key)
+    return min(output_precisions(closed, leaves, outs), key=lambda p: p.key)
+
+
+def output_precisions(closed: Any, leaves: Sequence[Any], outs: Sequence[Any]) -> list[Precision]:
+    """Per output, what :func:`precision_of` says of it alone: its dtype, and the narrowest float on its paths from
+    the inputs (a float16 auxiliary output leaves a float32 one float32). Untraced, all alike, the inputs counted."""
+    if closed is None:
+        narrowest = min([tolerance.of_dtype(jnp.result_type(x)) for x in [*outs, *leaves]], key=lambda p: p.key)
+        return [narrowest] * len(outs)
+    marks = _walked(closed, inputs=False)[1]
+    return [min(tolerance.of_dtype(jnp.result_type(x)), tolerance.of_mantissa(b if b is not None else 52),
+                key=lambda p: p.key) for x, b in zip(outs, marks, strict=True)]

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reference.oracle import parts
 from reference.oracle import search as large
 from reference.oracle import solvers
 from reference.oracle.blocks import block_device
@@ -37,7 +38,7 @@ from reference.oracle.compare import REPORTED, RefStats, against_float64, agains
 from reference.oracle.differences import Differences
 from reference.oracle.domains import projected
 from reference.oracle.entries import EntryJudge, singular, staircase
-from reference.oracle.jaxprs import iterative
+from reference.oracle.jaxprs import iterative, output_precisions
 from reference.oracle.precision import Choice, choose
 from reference.oracle.refusals import as_args, function_name, require_checkable
 from reference.oracle.report import (
@@ -171,12 +172,20 @@ def _where_raised(fn: Callable, args: tuple) -> str:
 
 
 def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol: float | None, eps: float | None,
-           seed: int, strict: bool, refused64: str | None = None, used: dict[str, bool] | None = None) -> VJPReport:
+           seed: int, strict: bool, refused64: str | None = None, used: dict[str, bool] | None = None,
+           whole: bool = True) -> VJPReport:
     """The stages in order: fn as called; the version the numbers come from (:func:`.choose`); its differences and
-    scales; the entries and blocks judged against them; the call's VJP against the float64 one; the reference."""
+    scales; the entries and blocks judged against them; the call's VJP against the float64 one; the reference.
+    Outputs that compute in different precisions are checked one precision at a time (:mod:`.parts`)."""
     rng = np.random.default_rng([seed, SALT])
     split = Split.of(args)
     called = call_of(subject, name, split, rng)
+    if whole and subject.truth is None:
+        precisions = output_precisions(called.closed, split.diff_leaves(), called.out)
+        if len(parts.groups(precisions)) > 1:
+            return _in_parts(subject, name, precisions, functools.partial(
+                _check, name=name, args=args, rtol=rtol, atol=atol, eps=eps, seed=seed, strict=strict,
+                refused64=refused64, used=used, whole=False))
     chosen = choose(subject.fn, name, split, called.version, called.out, called.cotangents, called.vjps, refused64,
                     solvers.stopping_error if iterative(called.closed) else None, subject.truth is None)
     if used is not None:
@@ -210,6 +219,24 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     report = VJPReport(leaves, forward_err, setup.step, setup.evaluate.precision.name, setup.how, subject.order,
                        split.fixed(), tuple(sorted(notes, key=lambda n: -n.badness)), setup.diffs.one_by_one,
                        unchecked_why, setup.loops)
+    if problems:
+        raise VJPMismatch(name, problems, report)
+    return report
+
+
+def _in_parts(subject: Subject, name: str, precisions: list, check: Callable[[Subject], VJPReport]) -> VJPReport:
+    """One check per precision of fn's outputs, the others' cotangents 0; one report of them, and every part's
+    mismatches."""
+    reports, problems, said = [], [], []
+    for keep in parts.groups(precisions):
+        said.append(f"outputs {keep} ({precisions[keep[0]].name})")
+        try:
+            reports.append(check(Subject(parts.restricted(subject.fn, keep), parts.restricted(subject.reference,
+                                                                                                 keep))))
+        except VJPMismatch as e:
+            reports.append(e.report)
+            problems += e.problems
+    report = parts.merged(reports, said)
     if problems:
         raise VJPMismatch(name, problems, report)
     return report
