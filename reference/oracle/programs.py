@@ -124,17 +124,19 @@ def alive(f: Callable, flat: Flat, x: jax.Array, base: list, cotangent: Sequence
     run = jit_or_eager(lambda x: f(*flat.leaves_of(x)))
     try:
         moved = [run(jnp.asarray(flat.x + m * LIVE_MOVE * signs * floored, work)) for m in (1, -1)]
-        live = [~_unchanged(a, b) | ~_unchanged(c, b) for b, a, c in zip(base, *moved, strict=True)]
+        live = [~_unchanged(a, b, np) | ~_unchanged(c, b, np)  # in numpy: no program compiled per shape
+                for b, a, c in zip(*(map(np.asarray, outs) for outs in (base, *moved)), strict=True)]
     except Exception:  # whatever fn raises that far out (a check of its domain): every output counts as moving
-        live = [jnp.ones(np.shape(b), bool) for b in base]
+        live = [np.ones(np.shape(b), bool) for b in base]
     return max([float(np.max(np.where(np.asarray(v) & np.isfinite(np.asarray(b)),
                                       2 * np.abs(np.asarray(b) * np.asarray(c)), 0), initial=0.0))
                 for b, c, v in zip(base, cotangent, live, strict=True)], default=0.0)
 
 
-def _unchanged(o: jax.Array, b: jax.Array) -> jax.Array:
-    """Per entry, whether an output is what it was: equal (the same inf too), or NaN both times."""
-    return (o == b) | (jnp.isnan(o) & jnp.isnan(b))
+def _unchanged(o: Any, b: Any, xp: Any = jnp) -> Any:
+    """Per entry, whether an output is what it was: equal (the same inf too), or NaN both times; ``xp``: jnp (in a
+    program) or np (on the host)."""
+    return (o == b) | (xp.isnan(o) & xp.isnan(b))
 
 
 def jit_or_eager(fn: Callable) -> Callable:
