@@ -52,12 +52,82 @@ def test_eager_calls_are_kept_concrete_and_counted_once_per_signature():
     assert calls[0].site.endswith(f"test_record.py:{line}")
 
 
-def test_calls_under_jit_are_kept_as_shapes_and_checked_on_draws():
-    rec = _recorded(lambda: jax.jit(_sin(1.5))(jnp.ones((2, 3))))
-    (call,) = rec.calls.values()
-    assert isinstance(call.arrays[0], jax.ShapeDtypeStruct) and call.arrays[0].shape == (2, 3)
+def test_calls_under_jit_are_read_when_their_program_runs():
+    """Under jit (jit of grad too, and in a scan's body, whose first run counts), a call's arrays are read when
+    its program runs: it is checked where it ran."""
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    for run in (lambda f: jax.jit(f)(x), lambda f: jax.jit(jax.grad(lambda v: jnp.sum(f(v))))(x),
+                lambda f: jax.lax.scan(lambda c, v: (c + 1, f(c * v)), jnp.float32(1), jnp.stack([x, x]))):
+        f = _sin(1.5)
+        (call,) = _recorded(lambda: jax.block_until_ready(run(f))).calls.values()
+        assert call.ran
+        np.testing.assert_array_equal(call.arrays[0], x)
+        (row,) = check([call], ["vjp"])
+        assert row.status == "FAIL" and row.inputs.startswith("recorded: f32[2,3] (read as its compiled program ran)")
+
+
+def test_calls_under_vmap_are_read_once_per_run_on_the_first_element():
+    """A callback vmapped would be unrolled once per element (a batch of 1000, a program of 1000 callbacks): the
+    first element is read, under vmap of vmap, of a while loop and of grad too."""
+    x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 4, 3)
+    for run in (lambda f: jax.jit(jax.vmap(jax.vmap(f)))(x),
+                lambda f: jax.jit(jax.vmap(lambda v: jax.lax.while_loop(lambda s: s[1] < 2, lambda s: (
+                    s[0] + jnp.sum(f(v)), s[1] + 1), (0.0, 0))[0]))(x[0]),
+                lambda f: jax.jit(jax.vmap(jax.grad(lambda v: jnp.sum(f(v)))))(x[0])):
+        f = _sin(1.5)
+        rec = _recorded(lambda: jax.block_until_ready(run(f)))
+        (call,) = rec.calls.values()
+        assert call.ran and call.arrays[0].shape == (3,)
+        np.testing.assert_array_equal(call.arrays[0], x[0, 0])
+    with Recorder().recording():
+        program = str(jax.make_jaxpr(jax.vmap(jax.vmap(_sin(1.5))))(x))
+    assert program.count("debug_callback[") == 1, program
+
+
+def test_calls_never_run_are_checked_on_draws_of_their_shapes():
+    (call,) = _recorded(lambda: jax.eval_shape(_sin(1.5), jnp.ones((2, 3)))).calls.values()
+    assert isinstance(call.arrays[0], jax.ShapeDtypeStruct) and call.arrays[0].shape == (2, 3) and not call.ran
     (row,) = check([call], ["vjp"])
     assert row.status == "FAIL" and row.inputs.startswith("drawn: f32[2,3]")
+
+
+def _with_state(scale: float = 1.0):
+    """A solver's shape of custom_jvp rule: a value, and beside it a state whose tangent the rule declares a
+    symbolic zero (optimistix's root finders); the value's tangent scaled by ``scale`` (1 is correct)."""
+
+    @jax.custom_jvp
+    def solve(x):
+        return jnp.sin(x), jnp.sum(x**2)
+
+    def jvp(primals, tangents):
+        (x,), (tx,) = primals, tangents
+        out = solve(x)
+        return out, (scale * jnp.cos(x) * tx, jax.custom_derivatives.zero_from_primal(out[1], symbolic_zeros=True))
+
+    solve.defjvp(jvp, symbolic_zeros=True)
+    return solve
+
+
+@pytest.mark.parametrize("scale, status", [(1.0, "expected"), (1.01, "FAIL")])
+def test_an_output_a_custom_jvp_rule_declares_without_tangent_is_expected_and_the_rest_is_checked(scale, status):
+    x = np.linspace(-1, 1, 5, dtype=np.float32)
+    (call,) = _recorded(lambda: _with_state(scale)(x)).calls.values()
+    (row,) = check([call], ["vjp"])
+    assert row.status == status, row.detail
+    assert ("outputs [1] have no tangent" if status == "expected" else "mismatches in outputs [0]") in row.detail
+
+
+def test_an_output_a_custom_vjp_rule_ignores_still_fails():
+    """A backward that never reads a cotangent is the lost-output error, not a declaration."""
+
+    @jax.custom_vjp
+    def f(x):
+        return jnp.sin(x), jnp.sum(x**2)
+
+    f.defvjp(lambda x: (f(x), x), lambda x, g: (g[0] * jnp.cos(x),))
+    (call,) = _recorded(lambda: f(np.linspace(-1, 1, 5, dtype=np.float32))).calls.values()
+    (row,) = check([call], ["vjp"])
+    assert row.status == "FAIL"
 
 
 def test_an_eager_grad_is_concrete():

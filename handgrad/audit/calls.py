@@ -79,6 +79,12 @@ def kept(leaf: Any) -> Any:
     return np.array(leaf, copy=True)
 
 
+def readable(leaf: Any) -> bool:
+    """Whether a traced leaf's values can be read back to the host when its program runs: a number array, not a
+    key."""
+    return getattr(getattr(leaf, "dtype", None), "kind", None) in ("f", "c", "i", "u", "b")
+
+
 def unreplayable(rule: Any, positional: list, static: set[int], kwargs: dict) -> str:
     """Why the rule cannot be called again after the run: "" when it can."""
     import jax

@@ -148,6 +148,10 @@ def _one(rule: Rule, check: str, inputs: Inputs, entry: FunctionConfig, seed: in
         picture = Picture(e.report, tuple(e.problems)) if isinstance(e, VJPMismatch) else None
         if entry.expect or inputs.expect:
             return "expected", f"{entry.expect or inputs.expect}: {what}", picture
+        if check == "vjp" and rule.kind == "custom_jvp":
+            declared = _declared(fn, args, what, picture, seed + draw)
+            if declared is not None:
+                return declared
         return "FAIL", what + f" [draw {draw}]", picture
     except CheckRefused as e:
         hint = "; the inputs were not configured: a domain in the audit config may fit fn" \
@@ -164,6 +168,42 @@ def _one(rule: Rule, check: str, inputs: Inputs, entry: FunctionConfig, seed: in
     extra = f", {unchecked} entries unchecked" + (f" ({report.unchecked_why})" if report.unchecked_why else "") \
         if unchecked else ""
     return "ok", f"max rel err {report.max_rel_err:.1e}, {report.kinks} kinks{extra}", None
+
+
+def _declared(fn: Callable, args: tuple, what: str, picture: Picture | None, seed: int
+              ) -> tuple[str, str, Picture | None] | None:
+    """A custom_jvp rule that gives some outputs no tangent at all (optimistix's root finders: the solver's state
+    beside the root, a symbolic zero by design) fails wherever those outputs move. Its other outputs are checked
+    alone: right, the row is ``expected`` and says which outputs; wrong, it fails on them. None where the rule
+    declares no such output, or declares every one (nothing else to check)."""
+    from reference import CheckRefused, VJPMismatch, check_vjp
+    from reference.oracle import parts
+
+    constant = parts.undifferentiated(fn, args)
+    every = len(jax_outputs(fn, args))
+    if not constant or len(constant) == every:
+        return None
+    others = [i for i in range(every) if i not in constant]
+    try:
+        report = check_vjp(parts.restricted(fn, others), args, seed=seed)
+    except VJPMismatch as e:
+        return "FAIL", f"{len(e.problems)} mismatches in outputs {others}; {e.problems[0]}", \
+            Picture(e.report, tuple(e.problems))
+    except CheckRefused:
+        return None
+    if not report.proven:
+        return UNPROVEN, f"outputs {others}: {report.unproven_why}", None
+    return "expected", (f"outputs {constant} have no tangent by the rule's own declaration (a symbolic zero, as for "
+                        f"a solver's state) and move: {what}; outputs {others} check out"), picture
+
+
+def jax_outputs(fn: Callable, args: tuple) -> list:
+    """fn's float and complex outputs, as shapes."""
+    import jax
+
+    from reference.oracle.trees import outputs
+
+    return jax.eval_shape(outputs(fn), *args)
 
 
 def _directions(domain: str | list[str] | None, args: tuple) -> list[str | None] | None:

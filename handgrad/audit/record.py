@@ -3,11 +3,12 @@
 A :class:`Recorder` wraps ``jax.custom_vjp.__call__`` and ``jax.custom_jvp.__call__`` while it is started.
 Each call is reduced to a key (the rule, its defining file:line, the shapes and dtypes of its arguments, its
 static values); the first call of each key is kept as a :class:`Call`, with the arguments concrete where the
-call was eager and as shapes and dtypes where it ran under a transformation (``jit``, ``vmap``). Later calls
-of the same key only count.
+call was eager; where it was traced (``jit``, ``grad``, ``vmap``), its arrays are read when its program first
+runs (:func:`_read_when_run`), else kept as shapes and dtypes. Later calls of the same key only count.
 
-The recorder never changes the recorded run: whatever goes wrong while recording is itself recorded (a
-:class:`Call` that cannot be replayed, with the reason) and the call proceeds as it would have.
+The recorder changes no value the recorded run computes (the one thing it adds to a traced program is that
+read): whatever goes wrong while recording is itself recorded (a :class:`Call` that cannot be replayed, with the
+reason) and the call proceeds as it would have.
 
 :func:`check` turns the calls into the audit's rows: a rule with concrete arguments is checked there, one
 with abstract ones on the audit's draws of that shape; a rule that cannot be replayed (it closes over a
@@ -48,6 +49,7 @@ class Call:
     why: str = ""  # why it cannot be replayed; "" when it can
     calls: int = 1
     x64: bool = False  # whether x64 was on at the call: the check runs as the call did
+    ran: bool = False  # whether its traced arrays were read as its program ran (:func:`_read_when_run`)
 
 
 @dataclasses.dataclass
@@ -118,9 +120,13 @@ class Recorder:
             return
         b = calls.bound(rule, args, kwargs)
         with self._lock:
-            if b.key in self.calls:
-                self.calls[b.key].calls += 1
-                return
+            known = self.calls.get(b.key)
+            if known is not None:
+                known.calls += 1
+        if known is not None:  # counted; its arrays read here if no earlier call's program has run yet
+            if known.fn is not None and not known.ran:
+                _read_when_run(known, [b.leaves[i] for i in b.arrays])
+            return
         call = _first_call(rule, kind, b, f"{module}:{qualname}", qualname)
         with self._lock:
             self.calls.setdefault(b.key, call)
@@ -149,9 +155,55 @@ def _first_call(rule: Any, kind: str, b: calls.Bound, name: str, qualname: str) 
 
     replay.__name__ = qualname
     no_float = not any(calls.is_float(b.leaves[i]) for i in b.arrays)
-    return Call(f"{name}({b.signature})", kind, calls.defined(calls.unwrapped(rule.fun)), calls.site(),
+    call = Call(f"{name}({b.signature})", kind, calls.defined(calls.unwrapped(rule.fun)), calls.site(),
                 None if why else replay, values, why or ("no float array argument" if no_float else ""),
                 x64=bool(jax.config.read("jax_enable_x64")))
+    if not why:
+        _read_when_run(call, [b.leaves[i] for i in b.arrays])
+    return call
+
+
+def _read_when_run(call: Call, leaves: list) -> None:
+    """A call traced under jit, vmap or grad (a solver's inner rule, a training step's) has no values when recorded:
+    they are read when its program first runs (:func:`_tap`), so that it is checked where it ran (a converged
+    solve), not at draws of its shapes. Left to the draws where a leaf cannot be read so (a key), where they would
+    exceed what an eager call keeps (:data:`~handgrad.audit.calls.KEPT` entries), or where the program never
+    runs."""
+    import jax
+
+    late = [k for k, v in enumerate(call.arrays) if isinstance(v, jax.ShapeDtypeStruct)]
+    if not late or not all(calls.readable(leaves[k]) for k in late) or \
+            sum(int(np.prod(leaves[k].shape)) for k in late) > calls.KEPT:
+        return
+
+    def ran(*values: Any) -> None:
+        if call.ran:  # the first run's values; later runs (each training step) only pass by
+            return
+        arrays = list(call.arrays)
+        for k, v in zip(late, values, strict=True):
+            arrays[k] = np.array(v, copy=True)
+        call.arrays, call.ran = tuple(arrays), True
+
+    _tap(ran)(*[jax.lax.stop_gradient(leaves[k]) for k in late])  # its output unused: only the callback stays
+
+
+def _tap(read: Callable[..., None]) -> Callable:
+    """The identity, calling ``read`` on its arguments each time its program runs. Under vmap, on the batch's first
+    element only: a vmapped :func:`jax.debug.callback` is unrolled once per element."""
+    import jax
+    from jax.custom_batching import custom_vmap
+
+    @custom_vmap
+    def tap(*xs: Any) -> tuple:
+        jax.debug.callback(read, *xs)
+        return xs
+
+    @tap.def_vmap
+    def _(axis_size: int, batched: Sequence[bool], *xs: Any) -> tuple:
+        tap(*[x[0] if b else x for x, b in zip(xs, batched, strict=True)])  # itself again: vmap of vmap
+        return xs, tuple(batched)
+
+    return tap
 
 
 GRACE = 10.0  # seconds a timed-out check has to reach Python again before its process is ended
@@ -212,6 +264,7 @@ def _inputs(call: Call, seed: int) -> list[Inputs]:
     site = f"; called at {call.site}"
     if all(isinstance(a, np.ndarray) for a in call.arrays):
         signature = call.rule[call.rule.rindex("(") + 1:-1]
-        return [Inputs(tuple(jnp.asarray(a) for a in call.arrays), "recorded", signature + site)]
+        when = " (read as its compiled program ran)" if call.ran else ""
+        return [Inputs(tuple(jnp.asarray(a) for a in call.arrays), "recorded", signature + when + site)]
     drawn = [from_shapes(call.arrays, draw, seed) for draw in range(DRAWS)]
     return [dataclasses.replace(d, described=d.described + site) for d in drawn]

@@ -167,7 +167,7 @@ def _walk_nested(eqn: Any, inner: list, ins: Marks, found: _Found) -> Marks:
     if name in _CALLS and len(inner) == 1 and len(inner[0][1].invars) == len(ins) and \
             len(inner[0][1].outvars) == len(eqn.outvars):
         return _walk(inner[0][1], ins, found)
-    narrowest = _narrowest(ins)
+    narrowest = min(b for b in ins if b is not None)  # called where one is
     for _, sub in inner:  # anything else: every input may reach every output
         within = _Found(found.bits)
         _walk(sub, [narrowest] * len(sub.invars), within)
@@ -234,11 +234,16 @@ def _walk_all(closed: Any, inputs: bool = True) -> _Found:
     return _walked(closed, inputs)[0]
 
 
+def reached(closed: Any) -> list[bool]:
+    """Per output of a trace, whether any of its inputs reaches it (one made of constants alone is not)."""
+    return [m is not None for m in _walked(closed, inputs=False)[1]]
+
+
 def _walked(closed: Any, inputs: bool) -> tuple[_Found, Marks]:
     """What a walk from every input finds, and the outputs' marks."""
-    marks: Marks = [(_bits(v.aval) or 52) if inputs else 52 for v in closed.jaxpr.invars]
-    found = _Found(min(marks, default=52))
-    return found, _walk(closed.jaxpr, marks, found)
+    bits = [(_bits(v.aval) or 52) if inputs else 52 for v in closed.jaxpr.invars]
+    found = _Found(min(bits, default=52))
+    return found, _walk(closed.jaxpr, list(bits), found)
 
 
 def precision_of(closed: Any, leaves: Sequence[Any], outs: Sequence[Any]) -> Precision:

@@ -1,4 +1,5 @@
-"""Outputs that compute in different precisions, checked one precision at a time.
+"""fn's outputs in parts: those that compute in different precisions, checked one precision at a time; and those
+a rule declares to have no derivative (:func:`undifferentiated`, which the audit classifies).
 
 The tolerance of a check is that of the precision fn computes in. Where a float16 auxiliary output sits beside a
 float32 one, the whole VJP would be judged at float16's: a float32 rule computed in bfloat16, or 0.3% off, would
@@ -12,12 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import jax
 import numpy as np
 
+from reference.oracle.jaxprs import reached
 from reference.oracle.report import LeafReport, VJPReport
 from reference.oracle.tolerance import Precision
-from reference.oracle.trees import outputs
+from reference.oracle.trees import Split, outputs
 
 
 def groups(precisions: Sequence[Precision]) -> list[list[int]]:
@@ -26,10 +30,8 @@ def groups(precisions: Sequence[Precision]) -> list[list[int]]:
     return [[i for i, p in enumerate(precisions) if p.key == k] for k in keys]
 
 
-def restricted(fn: Callable | None, keep: Sequence[int]) -> Callable | None:
+def restricted(fn: Callable, keep: Sequence[int]) -> Callable:
     """``fn`` returning only its float outputs ``keep`` (their index among its float and complex output leaves)."""
-    if fn is None:
-        return None
     every = outputs(fn)
 
     def part(*args):
@@ -37,6 +39,20 @@ def restricted(fn: Callable | None, keep: Sequence[int]) -> Callable | None:
         return [out[i] for i in keep]
     part.__name__ = part.__qualname__ = getattr(fn, "__name__", "fn")
     return part
+
+
+def undifferentiated(fn: Callable, args: Sequence[Any]) -> list[int]:
+    """fn's float outputs (their index among its float and complex output leaves) that no input tangent reaches in
+    its JVP: outputs a custom_jvp rule declares to have no derivative (a symbolic zero tangent, for a solver's
+    state beside its root), or cuts off with ``stop_gradient``. [] where fn cannot be linearized."""
+    split = Split.of(tuple(args))
+    f, leaves = outputs(split.over_diff(fn)), split.diff_leaves()
+    try:
+        linear = jax.linearize(f, *leaves)[1]
+        closed = jax.make_jaxpr(linear)(*leaves)
+    except Exception:  # no JVP (a custom_vjp, a callback): nothing is declared
+        return []
+    return [i for i, r in enumerate(reached(closed)) if not r]
 
 
 def merged(reports: Sequence[VJPReport], said: Sequence[str]) -> VJPReport:
@@ -56,8 +72,8 @@ def merged(reports: Sequence[VJPReport], said: Sequence[str]) -> VJPReport:
 
 
 def _merged_leaf(parts: Sequence[LeafReport]) -> LeafReport:
-    badness = [p.badness for p in parts]
-    union = np.maximum.reduce(badness) if all(b is not None for b in badness) else None  # NaN where any is NaN
+    badness = [p.badness for p in parts if p.badness is not None]
+    union = np.maximum.reduce(badness) if len(badness) == len(parts) else None  # NaN where any is NaN
     unchecked = max(p.unchecked for p in parts)
     if union is not None:
         unchecked = max(unchecked, int(np.sum(np.isnan(union))))
@@ -65,7 +81,7 @@ def _merged_leaf(parts: Sequence[LeafReport]) -> LeafReport:
     return dataclasses.replace(
         parts[0], max_abs_err=max(p.max_abs_err for p in parts), max_rel_err=max(p.max_rel_err for p in parts),
         kinks=max(p.kinks for p in parts), unchecked=unchecked,
-        ref_max_abs_err=max(p.ref_max_abs_err for p in refs) if refs else None,
+        ref_max_abs_err=max(p.ref_max_abs_err or 0.0 for p in refs) if refs else None,
         ref_max_rel_err=max(p.ref_max_rel_err or 0.0 for p in refs) if refs else None,
         tolerance_rel=max(p.tolerance_rel for p in parts), judged=min(p.judged for p in parts), badness=union,
         confirmed=min(min(p.confirmed for p in parts), unchecked))
