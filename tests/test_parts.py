@@ -112,3 +112,17 @@ def test_the_parts_merged_count_an_entry_unchecked_where_any_part_left_it():
     with lifting.disabled():
         float32_part = check_vjp(lambda v: _with_aux(jnp.float16, None)(v)[0], (x,))
     assert float32_part.unchecked <= leaf.unchecked
+
+
+@pytest.mark.parametrize("error", [None, "side sign"])
+def test_a_reference_with_a_float16_output_confirms_the_parts(error):
+    """The reference's own float16 output takes its cotangent in float16 (it was an oracle error against the
+    lifted fn's float64 one)."""
+    x = jnp.asarray(np.random.default_rng(3).uniform(-3, 3, 64), jnp.float32)
+    reference = lambda v: (jnp.sin(v), jnp.cos(v).astype(jnp.float16))  # noqa: E731
+    if error is None:
+        assert check_vjp(_with_aux(jnp.float16, None), (x,), reference=reference).proven
+    else:
+        with pytest.raises(VJPMismatch) as raised:
+            check_vjp(_with_aux(jnp.float16, error), (x,), reference=reference)
+        assert "reference" in raised.value.kinds
