@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from reference import CheckRefused, FnRaised, Loops, NotDifferentiable, VJPMismatch, check_transforms, check_vjp
-from reference.oracle import blocks, differences, tolerance
+from reference.oracle import blocks, differences, lifting, tolerance
 from reference.oracle.report import AT_INPUTS, AT_PROBE, RefusedValue
 
 X = jnp.asarray([0.7, 1.2, 1.9], jnp.float32)
@@ -98,6 +98,32 @@ def test_order_2_of_a_function_that_cannot_be_jitted_is_probed_eagerly():
         return rule(a)
 
     check_vjp(root, (jnp.float32(2.0),), order=2)
+
+
+def _unbatchable(scale: float):
+    """sin, whose vmap JAX fails to lower with a ValueError (as the TPU kernel interpreter of JAX 0.10-0.12 does
+    under vmap), and its rule's backward scaled by ``scale``."""
+    @jax.custom_batching.custom_vmap
+    def sin(x):
+        return jnp.sin(x)
+
+    @sin.def_vmap
+    def _(axis_size, batched, x):
+        raise ValueError("safe_zip() argument 1 has length 4 but argument 0 has length 5")
+
+    rule = jax.custom_vjp(lambda x: sin(x))
+    rule.defvjp(lambda x: (sin(x), x), lambda x, g: (scale * g * jnp.cos(x),))
+    return rule
+
+
+@pytest.mark.parametrize("n", [40, 3000])  # entries, and blocks
+def test_a_function_whose_batch_jax_fails_on_is_probed_one_by_one(n):
+    x = jnp.linspace(-2, 2, n, dtype=jnp.float32)
+    with lifting.disabled():  # lifted, it would be differenced in float64: the same path
+        report = check_vjp(_unbatchable(1.0), (x,))
+        assert "ValueError: safe_zip" in report.one_by_one and report.proven, str(report)
+        with pytest.raises(VJPMismatch):
+            check_vjp(_unbatchable(1.01), (x,))
 
 
 def _host_sin(x):

@@ -142,3 +142,35 @@ def test_jaxs_own_causal_attention_kernel_is_a_proof_in_interpret_mode():
     mha = functools.partial(attention.mha, segment_ids=None, causal=True, interpret=True, block_sizes=sizes)
     report = check_vjp(mha, (q, k, v))
     assert report.proven and report.unchecked == 0 and "lifted to float64" in report.how, str(report)
+
+
+@pytest.mark.standard_promotion  # JAX's own kernel compares a bool with a Python int
+def test_jaxs_own_grouped_matmul_kernel_is_a_proof_in_interpret_mode():
+    """megablox's gmm (a TPU kernel, its custom_vjp two more gmm calls), groups of 20 and 12 rows over tiles of 8:
+    a group boundary inside a tile."""
+    ops = pytest.importorskip("jax.experimental.pallas.ops.tpu.megablox.ops")
+    rng = np.random.default_rng(2)
+    lhs = jnp.asarray(rng.standard_normal((32, 16)), jnp.float32)
+    rhs = jnp.asarray(rng.standard_normal((2, 16, 16)) / 4, jnp.float32)
+    sizes = jnp.array([20, 12], jnp.int32)
+    gmm = functools.partial(ops.gmm, preferred_element_type=jnp.float32, tiling=(8, 16, 16), interpret=True)
+    np.testing.assert_allclose(gmm(lhs, rhs, sizes), jnp.concatenate([lhs[:20] @ rhs[0], lhs[20:] @ rhs[1]]),
+                               rtol=1e-5, atol=1e-5)
+    report = check_vjp(gmm, (lhs, rhs, sizes))
+    assert report.proven and report.unchecked == 0 and "lifted to float64" in report.how, str(report)
+    assert report.fixed == ("args[2] (int32[2])",)  # the group sizes, integers, held
+
+
+def test_jaxs_own_tpu_flash_attention_is_a_proof_in_tpu_interpret_mode():
+    """The TPU flash_attention has no ``interpret`` argument: JAX's TPU interpret mode runs it on the CPU."""
+    pltpu = pytest.importorskip("jax.experimental.pallas.tpu")
+    fa = pytest.importorskip("jax.experimental.pallas.ops.tpu.flash_attention")
+    if not hasattr(pltpu, "force_tpu_interpret_mode"):
+        pytest.skip("this JAX has no TPU interpret mode")
+    rng = np.random.default_rng(3)
+    q, k, v = (jnp.asarray(rng.standard_normal((1, 1, 128, 16)) * 0.3, jnp.float32) for _ in range(3))
+    sizes = fa.BlockSizes.get_default(1, 1, 128, 128, 16)  # blocks of 128: the least its kernels take
+    attention = functools.partial(fa.flash_attention, causal=True, block_sizes=sizes)
+    with pltpu.force_tpu_interpret_mode():
+        report = check_vjp(attention, (q, k, v))
+    assert report.proven and report.unchecked == 0 and "lifted to float64" in report.how, str(report)

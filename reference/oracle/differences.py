@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reference.oracle.programs import LIVE_MOVE, alive, compile_probes, jit_or_eager
-from reference.oracle.report import said
+from reference.oracle.report import raised_by_fn, said
 from reference.oracle.trees import Flat
 
 LEVEL_RATIO = 4.0  # each level's step is a quarter of the one before: Richardson's error drops 256×
@@ -171,11 +171,26 @@ def chunked(diffs: Differences, program: tuple, columns: Sequence[np.ndarray], d
                     continue
                 except (jax.errors.JAXTypeError, NotImplementedError) as e:  # no jit or no vmap of fn
                     diffs.one_by_one = said(e, 120)
+                except Exception as e:  # JAX failing to batch fn (its TPU kernel interpreter under vmap)...
+                    if raised_by_fn(e) or not _runs_alone(diffs, single, part, dtypes, extra):
+                        raise  # ...not fn's own error, nor one that a single probe raises too
+                    diffs.one_by_one = said(e, 120)
             rows = [single(diffs.x, diffs.reference, diffs.ct, *(jnp.asarray(c[k], d) for c, d in
                                                          zip(part, dtypes, strict=True)), *extra)
                     for k in range(len(part[0]))]
             outs.append([np.array([float(r[m]) for r in rows]) for m in range(len(rows[0]))])
     return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
+
+
+def _runs_alone(diffs: Differences, single: Callable, part: Sequence[np.ndarray], dtypes: Sequence[Any],
+                extra: Sequence[Any]) -> bool:
+    """Whether the first probe of ``part`` runs on its own (so that its batch failing is the batching's fault)."""
+    try:
+        single(diffs.x, diffs.reference, diffs.ct, *(jnp.asarray(c[0], d) for c, d in zip(part, dtypes, strict=True)),
+               *extra)
+    except Exception:  # whatever it raises, the batch's error is the one to report
+        return False
+    return True
 
 
 def step_scales(flat: Flat) -> tuple[np.ndarray, np.ndarray]:

@@ -61,8 +61,8 @@ ELEMENTWISE = frozenset({
     "reduce_precision", "reciprocal",
 })
 # Primitives that run their one jaxpr once on their own operands, in order (jit was pjit, remat2 checkpoint, and
-# custom_vjp_call custom_vjp_call_jaxpr in older JAX).
-CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint", "custom_jvp_call",
+# custom_vjp_call custom_vjp_call_jaxpr in older JAX; JAX 0.12's closed_call is named eval_jaxpr).
+CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "eval_jaxpr", "remat2", "checkpoint", "custom_jvp_call",
                    "custom_vjp_call", "custom_vjp_call_jaxpr"})
 # Elementwise arithmetic: in the backward, its author's choice (no rounding excused there); everything else
 # elementwise is a function whose float result is accurate to its inputs' rounding (backward stable).
