@@ -15,8 +15,10 @@ from reference.oracle import jaxprs
 
 
 def _walk(closed, dependent):
+    """Which outputs the ``dependent`` inputs reach (the walk marks each with the narrowest float on the way)."""
     found = jaxprs._Found(bits=52)
-    return jaxprs._walk(closed.jaxpr, dependent, found), found
+    marks = jaxprs._walk(closed.jaxpr, [52 if d else None for d in dependent], found)
+    return [m is not None for m in marks], found
 
 
 # A primitive no JAX version has: it runs its nested program once, like a jit, but the walk cannot know that.
