@@ -99,7 +99,8 @@ class Differences:
                 self.reference.append(jit_or_eager(lambda x: longer(*flat.leaves_of(x)))(self.x))
             self.programs = compile_probes(version.fn, flat, self.base, self.work, eps_out, noise_floor, self.alive,
                                            longer)
-        self.one_by_one: str | None = None  # why probes are evaluated one at a time, eagerly, if they are
+        self.one_by_one: str | None = None  # why probes are evaluated one at a time, if they are: eagerly,
+        self.compiled_one: bool = False  # or each under jit where only the batch failed
         self._floors: dict[int, float] = {}  # per flat entry, once: the largest output coupled to it (floors)
 
     def floors(self, index: np.ndarray) -> np.ndarray:
@@ -152,7 +153,8 @@ class Differences:
 def chunked(diffs: Differences, program: tuple, columns: Sequence[np.ndarray], dtypes: Sequence[Any],
              extra: Sequence[Any]) -> list[np.ndarray]:
     """``program`` over the probes given by ``columns`` (one row each), a chunk of them per compiled call; one at a
-    time, eagerly, where fn cannot be compiled or vmapped (``diffs.one_by_one`` says why)."""
+    time where fn cannot be compiled or vmapped (``diffs.one_by_one`` says why): eagerly, or compiled where only
+    the batch fails."""
     compiled, single, _ = program
     chunk, total, outs = diffs.chunk, len(columns[0]), []
     with diffs.version.context():
@@ -172,10 +174,11 @@ def chunked(diffs: Differences, program: tuple, columns: Sequence[np.ndarray], d
                 except (jax.errors.JAXTypeError, NotImplementedError) as e:  # no jit or no vmap of fn
                     diffs.one_by_one = said(e, 120)
                 except Exception as e:  # JAX failing to batch fn (its TPU kernel interpreter under vmap)...
-                    if raised_by_fn(e) or not _runs_alone(diffs, single, part, dtypes, extra):
+                    if raised_by_fn(e) or not _runs_alone(diffs, jax.jit(single), part, dtypes, extra):
                         raise  # ...not fn's own error, nor one that a single probe raises too
-                    diffs.one_by_one = said(e, 120)
-            rows = [single(diffs.x, diffs.reference, diffs.ct, *(jnp.asarray(c[k], d) for c, d in
+                    diffs.one_by_one, diffs.compiled_one = said(e, 120), True
+            one = jax.jit(single) if diffs.compiled_one else single
+            rows = [one(diffs.x, diffs.reference, diffs.ct, *(jnp.asarray(c[k], d) for c, d in
                                                          zip(part, dtypes, strict=True)), *extra)
                     for k in range(len(part[0]))]
             outs.append([np.array([float(r[m]) for r in rows]) for m in range(len(rows[0]))])

@@ -212,7 +212,7 @@ class VJPReport:
     order: int = 1
     fixed: tuple[str, ...] = ()  # leaves held fixed: integers, booleans, keys
     notes: tuple[Mismatch, ...] = ()  # precision notes: entries off by what float rounding in the forward explains
-    one_by_one: str | None = None  # why the probes were evaluated one at a time, eagerly (no jit or vmap of fn)
+    one_by_one: str | None = None  # why the probes were evaluated one at a time (no jit or vmap of fn)
     unchecked_why: str | None = None  # what the unchecked entries have in common, when it is known
     loops: Loops | None = None  # how while loops on the input path were treated (solvers.py); None: there are none
 
@@ -274,8 +274,7 @@ class VJPReport:
                 self.unchecked_why or "fn jumps there, is not finite a step away, or no step gives consistent "
                                       "differences"))
         if self.one_by_one:
-            rows.append(f"probes evaluated one at a time, eagerly: fn cannot be compiled or vmapped "
-                        f"({self.one_by_one})")
+            rows.append(f"probes evaluated one at a time: fn cannot be compiled or vmapped ({self.one_by_one})")
         empty = [r.path for r in self.leaves if r.method is Method.EMPTY]
         if empty:
             rows.append("0 entries, nothing checked: " + ", ".join(empty))
