@@ -109,6 +109,7 @@ def test_the_parts_merged_count_an_entry_unchecked_where_any_part_left_it():
         report = check_vjp(_with_aux(jnp.float16, None), (x,))
     leaf = report.leaves[0]
     assert leaf.unchecked == int(np.sum(np.isnan(leaf.badness)))
+    assert report.precision == "float16"  # the narrowest part's: the float16 output's, differenced as called
     with lifting.disabled():
         float32_part = check_vjp(lambda v: _with_aux(jnp.float16, None)(v)[0], (x,))
     assert float32_part.unchecked <= leaf.unchecked

@@ -64,6 +64,10 @@ def test_calls_under_jit_are_read_when_their_program_runs():
         np.testing.assert_array_equal(call.arrays[0], x)
         (row,) = check([call], ["vjp"])
         assert row.status == "FAIL" and row.inputs.startswith("recorded: f32[2,3] (read as its compiled program ran)")
+    y = jnp.asarray(x, jnp.bfloat16)  # whose numpy dtype's kind is "V", not "f"
+    (call,) = _recorded(lambda: jax.block_until_ready(jax.jit(_sin(1.5))(y))).calls.values()
+    assert call.ran and call.why == "" and call.arrays[0].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(call.arrays[0], y)
 
 
 def test_calls_under_vmap_are_read_once_per_run_on_the_first_element():

@@ -58,7 +58,15 @@ def bound(rule: Any, args: tuple, kwargs: dict) -> Bound:
 
 
 def is_float(leaf: Any) -> bool:
-    return getattr(getattr(leaf, "dtype", None), "kind", None) in ("f", "c")  # a key's dtype has no kind
+    return _is(leaf, np.inexact)  # bfloat16 too, whose numpy kind is "V"; a key is not
+
+
+def _is(leaf: Any, kind: type) -> bool:
+    import jax
+
+    dtype = getattr(leaf, "dtype", None)
+    return dtype is not None and not jax.dtypes.issubdtype(dtype, jax.dtypes.extended) and \
+        jax.dtypes.issubdtype(dtype, kind)
 
 
 def spec(leaf: Any) -> str:
@@ -82,7 +90,7 @@ def kept(leaf: Any) -> Any:
 def readable(leaf: Any) -> bool:
     """Whether a traced leaf's values can be read back to the host when its program runs: a number array, not a
     key."""
-    return getattr(getattr(leaf, "dtype", None), "kind", None) in ("f", "c", "i", "u", "b")
+    return _is(leaf, np.number) or _is(leaf, np.bool_)
 
 
 def unreplayable(rule: Any, positional: list, static: set[int], kwargs: dict) -> str:

@@ -37,7 +37,7 @@ from reference.oracle.compare import REPORTED, RefStats, against_float64, agains
 from reference.oracle.differences import Differences
 from reference.oracle.domains import projected
 from reference.oracle.entries import EntryJudge, singular, staircase
-from reference.oracle.jaxprs import iterative, output_precisions
+from reference.oracle.jaxprs import iterative, output_precisions, precision_of, trace
 from reference.oracle.precision import Choice, choose
 from reference.oracle.refusals import as_args, function_name, require_checkable
 from reference.oracle.report import (
@@ -55,9 +55,9 @@ from reference.oracle.report import (
 from reference.oracle.setup import Called, Setup, call_of, setup_of
 from reference.oracle.subjects import SALT, Subject, second_order
 from reference.oracle.tally import LeafStats, also, block_problem, cotangent_types, unresolved_why, value_problems
-from reference.oracle.trees import Split
+from reference.oracle.trees import Split, outputs
 from reference.oracle.verdict import Verdict
-from reference.oracle.versions import canonical
+from reference.oracle.versions import Float64, canonical, to64
 
 ELEMENTWISE = 1024  # leaves up to this many real entries get a difference per entry; larger ones, blocks
 # Arguments of at most this many entries in all are judged with a second cotangent too: an error that depends on
@@ -133,6 +133,8 @@ def check_vjp(fn: Callable, args: Sequence[Any], *, reference: Callable | None =
     if domain is not None:
         fn = projected(name, fn, args, domain)
         reference = None if reference is None else projected(name, reference, args, domain)
+    if order == 2:
+        _order_2_computable(fn, name, args)
     try:
         subject = Subject(fn, reference) if order == 1 else second_order(fn, name, args, reference, seed)
     except Exception as e:  # order 2 runs fn's VJP here: fn's own runtime check may raise at the inputs
@@ -157,6 +159,21 @@ def check_vjp(fn: Callable, args: Sequence[Any], *, reference: Callable | None =
                 raise
             error = e
     raise FnRaised(name, _where_raised(fn, args), error) from error
+
+
+def _order_2_computable(fn: Callable, name: str, args: tuple) -> None:
+    """Order 2 differentiates fn itself (it is not lifted): refused where fn computes in 16 bits even on float64
+    copies of its inputs, whose differences inside the VJP's would resolve nothing (a false FAIL, or none)."""
+    split64 = Split.of(jax.tree_util.tree_map(to64, Split.of(args).rebuild(Split.of(args).diff_leaves())))
+    with Float64():
+        closed = trace(outputs(split64.over_diff(fn)), split64.diff_leaves())
+    if closed is None:
+        return
+    own = precision_of(closed, split64.diff_leaves(), closed.out_avals)
+    if own.key < 32:
+        raise RefusedValue(f"check_vjp: order 2 of {name} is not checked: it computes in {own.name} even on float64 "
+                           f"inputs, and order 2 is not lifted to float64 (16-bit differences of its VJP resolve "
+                           f"nothing)")
 
 
 def _where_raised(fn: Callable, args: tuple) -> str:
