@@ -21,9 +21,9 @@ import numpy as np
 from reference.oracle.jaxprs import reached
 from reference.oracle.report import LeafReport, VJPReport
 from reference.oracle.tolerance import Precision
+from reference.oracle.trees import Split, outputs
 
 PRECISIONS = ("bfloat16", "float16", "float32", "float64")  # a report's precision, narrowest first
-from reference.oracle.trees import Split, outputs
 
 
 def groups(precisions: Sequence[Precision]) -> list[list[int]]:
