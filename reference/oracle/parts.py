@@ -19,7 +19,8 @@ import jax
 import numpy as np
 
 from reference.oracle.jaxprs import reached
-from reference.oracle.report import LeafReport, VJPReport
+from reference.oracle.report import LeafReport, VJPMismatch, VJPReport
+from reference.oracle.subjects import Subject
 from reference.oracle.tolerance import Precision
 from reference.oracle.trees import Split, outputs
 
@@ -55,6 +56,24 @@ def undifferentiated(fn: Callable, args: Sequence[Any]) -> list[int]:
     except Exception:  # no JVP (a custom_vjp, a callback): nothing is declared
         return []
     return [i for i, r in enumerate(reached(closed)) if not r]
+
+
+def checked_in_parts(subject: Subject, name: str, precisions: list, check: Callable[[Subject], VJPReport]) -> VJPReport:
+    """One check per precision of fn's outputs, the others' cotangents 0; one report of them, and every part's
+    mismatches."""
+    reports, problems, said = [], [], []
+    for keep in groups(precisions):
+        said.append(f"outputs {keep} ({precisions[keep[0]].name})")
+        try:
+            reference = None if subject.reference is None else restricted(subject.reference, keep)
+            reports.append(check(Subject(restricted(subject.fn, keep), reference)))
+        except VJPMismatch as e:
+            reports.append(e.report)
+            problems += e.problems
+    report = merged(reports, said)
+    if problems:
+        raise VJPMismatch(name, problems, report)
+    return report
 
 
 def merged(reports: Sequence[VJPReport], said: Sequence[str]) -> VJPReport:

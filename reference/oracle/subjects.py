@@ -10,11 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reference.oracle.jaxprs import precision_of, trace
 from reference.oracle.programs import jit_or_eager
 from reference.oracle.refusals import function_name
-from reference.oracle.report import NotDifferentiable, RefusedType
+from reference.oracle.report import NotDifferentiable, RefusedType, RefusedValue
 from reference.oracle.trees import Split, outputs, random_like
-from reference.oracle.versions import Version
+from reference.oracle.versions import Float64, Version, to64
 
 SALT = 0x68616E64  # 'hand': data drawn from default_rng(seed) is not the cotangent
 
@@ -65,6 +66,21 @@ INNER_STEP = {64: 1e-3, 32: 0.1, 16: 0.1, 8: 0.1}
 # a pass there may carry a tolerance up to the entry itself (a sign or a factor of 2 still fails). In float64
 # the precision's own bound holds.
 LOOSEST_AS_CALLED = 1.0
+
+
+def order_2_computable(fn: Callable, name: str, args: tuple) -> None:
+    """Order 2 differentiates fn itself (it is not lifted): refused where fn computes in 16 bits even on float64
+    copies of its inputs, whose differences inside the VJP's would resolve nothing (a false FAIL, or none)."""
+    split64 = Split.of(jax.tree_util.tree_map(to64, Split.of(args).rebuild(Split.of(args).diff_leaves())))
+    with Float64():
+        closed = trace(outputs(split64.over_diff(fn)), split64.diff_leaves())
+    if closed is None:
+        return
+    own = precision_of(closed, split64.diff_leaves(), closed.out_avals)
+    if own.key < 32:
+        raise RefusedValue(f"check_vjp: order 2 of {name} is not checked: it computes in {own.name} even on float64 "
+                           f"inputs, and order 2 is not lifted to float64 (16-bit differences of its VJP resolve "
+                           f"nothing)")
 
 
 def second_order(fn: Callable, name: str, args: tuple, reference: Callable | None, seed: int) -> Subject:

@@ -37,7 +37,7 @@ from reference.oracle.compare import REPORTED, RefStats, against_float64, agains
 from reference.oracle.differences import Differences
 from reference.oracle.domains import projected
 from reference.oracle.entries import EntryJudge, singular, staircase
-from reference.oracle.jaxprs import iterative, output_precisions, precision_of, trace
+from reference.oracle.jaxprs import iterative, output_precisions
 from reference.oracle.precision import Choice, choose
 from reference.oracle.refusals import as_args, function_name, require_checkable
 from reference.oracle.report import (
@@ -53,11 +53,11 @@ from reference.oracle.report import (
     raised_by_fn,
 )
 from reference.oracle.setup import Called, Setup, call_of, setup_of
-from reference.oracle.subjects import SALT, Subject, second_order
+from reference.oracle.subjects import SALT, Subject, order_2_computable, second_order
 from reference.oracle.tally import LeafStats, also, block_problem, cotangent_types, unresolved_why, value_problems
-from reference.oracle.trees import Split, outputs
+from reference.oracle.trees import Split
 from reference.oracle.verdict import Verdict
-from reference.oracle.versions import Float64, canonical, to64
+from reference.oracle.versions import canonical
 
 ELEMENTWISE = 1024  # leaves up to this many real entries get a difference per entry; larger ones, blocks
 # Arguments of at most this many entries in all are judged with a second cotangent too: an error that depends on
@@ -134,7 +134,7 @@ def check_vjp(fn: Callable, args: Sequence[Any], *, reference: Callable | None =
         fn = projected(name, fn, args, domain)
         reference = None if reference is None else projected(name, reference, args, domain)
     if order == 2:
-        _order_2_computable(fn, name, args)
+        order_2_computable(fn, name, args)
     try:
         subject = Subject(fn, reference) if order == 1 else second_order(fn, name, args, reference, seed)
     except Exception as e:  # order 2 runs fn's VJP here: fn's own runtime check may raise at the inputs
@@ -161,21 +161,6 @@ def check_vjp(fn: Callable, args: Sequence[Any], *, reference: Callable | None =
     raise FnRaised(name, _where_raised(fn, args), error) from error
 
 
-def _order_2_computable(fn: Callable, name: str, args: tuple) -> None:
-    """Order 2 differentiates fn itself (it is not lifted): refused where fn computes in 16 bits even on float64
-    copies of its inputs, whose differences inside the VJP's would resolve nothing (a false FAIL, or none)."""
-    split64 = Split.of(jax.tree_util.tree_map(to64, Split.of(args).rebuild(Split.of(args).diff_leaves())))
-    with Float64():
-        closed = trace(outputs(split64.over_diff(fn)), split64.diff_leaves())
-    if closed is None:
-        return
-    own = precision_of(closed, split64.diff_leaves(), closed.out_avals)
-    if own.key < 32:
-        raise RefusedValue(f"check_vjp: order 2 of {name} is not checked: it computes in {own.name} even on float64 "
-                           f"inputs, and order 2 is not lifted to float64 (16-bit differences of its VJP resolve "
-                           f"nothing)")
-
-
 def _where_raised(fn: Callable, args: tuple) -> str:
     """Whether fn raises at the given inputs, or only at some probe point near them."""
     try:
@@ -199,7 +184,7 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     if whole and subject.truth is None:
         precisions = output_precisions(called.closed, split.diff_leaves(), called.out)
         if len(parts.groups(precisions)) > 1:
-            return _in_parts(subject, name, precisions, functools.partial(
+            return parts.checked_in_parts(subject, name, precisions, functools.partial(
                 _check, name=name, args=args, rtol=rtol, atol=atol, eps=eps, seed=seed, strict=strict,
                 refused64=refused64, used=used, whole=False))
     chosen = choose(subject.fn, name, split, called.version, called.out, called.cotangents, called.vjps, refused64,
@@ -235,24 +220,6 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
     report = VJPReport(leaves, forward_err, setup.step, setup.evaluate.precision.name, setup.how, subject.order,
                        split.fixed(), tuple(sorted(notes, key=lambda n: -n.badness)), setup.diffs.one_by_one,
                        unchecked_why, setup.loops)
-    if problems:
-        raise VJPMismatch(name, problems, report)
-    return report
-
-
-def _in_parts(subject: Subject, name: str, precisions: list, check: Callable[[Subject], VJPReport]) -> VJPReport:
-    """One check per precision of fn's outputs, the others' cotangents 0; one report of them, and every part's
-    mismatches."""
-    reports, problems, said = [], [], []
-    for keep in parts.groups(precisions):
-        said.append(f"outputs {keep} ({precisions[keep[0]].name})")
-        try:
-            reference = None if subject.reference is None else parts.restricted(subject.reference, keep)
-            reports.append(check(Subject(parts.restricted(subject.fn, keep), reference)))
-        except VJPMismatch as e:
-            reports.append(e.report)
-            problems += e.problems
-    report = parts.merged(reports, said)
     if problems:
         raise VJPMismatch(name, problems, report)
     return report
