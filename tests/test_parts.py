@@ -127,3 +127,15 @@ def test_a_reference_with_a_float16_output_confirms_the_parts(error):
         with pytest.raises(VJPMismatch) as raised:
             check_vjp(_with_aux(jnp.float16, error), (x,), reference=reference)
         assert "reference" in raised.value.kinds
+
+
+def test_an_unknown_primitive_takes_the_precision_of_its_own_inputs_paths():
+    """A primitive whose jaxpr the walk cannot read (a custom_linear_solve) marks its outputs with the narrowest
+    float on its own inputs' paths and inside it, not with one that only another output's path holds."""
+    def fn(x):
+        aux = jnp.cos(x).astype(jnp.float16)  # traced first: the walk has met float16 before the solve
+        return [aux, jax.lax.custom_linear_solve(lambda v: 2.0 * v, x, lambda mv, b: b / 2.0)]
+
+    x = jnp.ones(3, jnp.float32)
+    found = jaxprs.output_precisions(jax.make_jaxpr(fn)(x), [x], fn(x))
+    assert [p.name for p in found] == ["float16", "float32"]

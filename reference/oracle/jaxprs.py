@@ -169,10 +169,11 @@ def _walk_nested(eqn: Any, inner: list, ins: Marks, found: _Found) -> Marks:
         return _walk(inner[0][1], ins, found)
     narrowest = min(b for b in ins if b is not None)  # called where one is
     for _, sub in inner:  # anything else: every input may reach every output
-        within = _Found(found.bits)
+        within = _Found(narrowest)  # the narrowest float inside, on paths from these inputs alone
         _walk(sub, [narrowest] * len(sub.invars), within)
         found.loops, found.stops = found.loops + within.loops, found.stops + within.stops
-        found.bits = narrowest = min(found.bits, within.bits, narrowest)
+        narrowest = within.bits
+    found.bits = min(found.bits, narrowest)
     return [narrowest] * len(eqn.outvars)
 
 
