@@ -149,7 +149,7 @@ def _one(rule: Rule, check: str, inputs: Inputs, entry: FunctionConfig, seed: in
         if entry.expect or inputs.expect:
             return "expected", f"{entry.expect or inputs.expect}: {what}", picture
         if check == "vjp" and rule.kind == "custom_jvp":
-            declared = _declared(fn, args, what, picture, seed + draw)
+            declared = _declared(fn, args, what, picture, seed + draw, draw)
             if declared is not None:
                 return declared
         return "FAIL", what + f" [draw {draw}]", picture
@@ -170,7 +170,7 @@ def _one(rule: Rule, check: str, inputs: Inputs, entry: FunctionConfig, seed: in
     return "ok", f"max rel err {report.max_rel_err:.1e}, {report.kinks} kinks{extra}", None
 
 
-def _declared(fn: Callable, args: tuple, what: str, picture: Picture | None, seed: int
+def _declared(fn: Callable, args: tuple, what: str, picture: Picture | None, seed: int, draw: int
               ) -> tuple[str, str, Picture | None] | None:
     """A custom_jvp rule that gives some outputs no tangent at all (optimistix's root finders: the solver's state
     beside the root, a symbolic zero by design) fails wherever those outputs move. Its other outputs are checked
@@ -180,24 +180,24 @@ def _declared(fn: Callable, args: tuple, what: str, picture: Picture | None, see
     from reference.oracle import parts
 
     constant = parts.undifferentiated(fn, args)
-    every = len(jax_outputs(fn, args))
+    every = len(_float_outputs(fn, args))
     if not constant or len(constant) == every:
         return None
     others = [i for i in range(every) if i not in constant]
     try:
         report = check_vjp(parts.restricted(fn, others), args, seed=seed)
     except VJPMismatch as e:
-        return "FAIL", f"{len(e.problems)} mismatches in outputs {others}; {e.problems[0]}", \
+        return "FAIL", f"{len(e.problems)} mismatches in outputs {others}; {e.problems[0]} [draw {draw}]", \
             Picture(e.report, tuple(e.problems))
     except CheckRefused:
         return None
     if not report.proven:
-        return UNPROVEN, f"outputs {others}: {report.unproven_why}", None
+        return UNPROVEN, f"outputs {others}: {report.unproven_why} [draw {draw}]", None
     return "expected", (f"outputs {constant} have no tangent by the rule's own declaration (a symbolic zero, as for "
                         f"a solver's state) and move: {what}; outputs {others} check out"), picture
 
 
-def jax_outputs(fn: Callable, args: tuple) -> list:
+def _float_outputs(fn: Callable, args: tuple) -> list:
     """fn's float and complex outputs, as shapes."""
     import jax
 

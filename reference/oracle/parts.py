@@ -95,7 +95,7 @@ def merged(reports: Sequence[VJPReport], said: Sequence[str]) -> VJPReport:
 
 def _merged_leaf(parts: Sequence[LeafReport]) -> LeafReport:
     badness = [p.badness for p in parts if p.badness is not None]
-    union = np.maximum.reduce(badness) if len(badness) == len(parts) else None  # NaN where any is NaN
+    union = np.stack(badness).max(axis=0) if len(badness) == len(parts) else None  # NaN where any is NaN
     unchecked = max(p.unchecked for p in parts)
     if union is not None:
         unchecked = max(unchecked, int(np.sum(np.isnan(union))))
