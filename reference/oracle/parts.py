@@ -21,10 +21,8 @@ import numpy as np
 from reference.oracle.jaxprs import reached
 from reference.oracle.report import LeafReport, VJPMismatch, VJPReport
 from reference.oracle.subjects import Subject
-from reference.oracle.tolerance import Precision
+from reference.oracle.tolerance import PRECISIONS, Precision
 from reference.oracle.trees import Split, outputs
-
-PRECISIONS = ("bfloat16", "float16", "float32", "float64")  # a report's precision, narrowest first
 
 
 def groups(precisions: Sequence[Precision]) -> list[list[int]]:
@@ -83,7 +81,8 @@ def merged(reports: Sequence[VJPReport], said: Sequence[str]) -> VJPReport:
     leaves = tuple(_merged_leaf([r.leaves[i] for r in reports]) for i in range(len(first.leaves)))
     errors = [r.forward_max_abs_err for r in reports if r.forward_max_abs_err is not None]
     whys = [r.unchecked_why for r in reports if r.unchecked_why]
-    narrowest = min(reports, key=lambda r: PRECISIONS.index(r.precision) if r.precision in PRECISIONS else 0)
+    keys = {p.name: p.key for p in PRECISIONS.values()}
+    narrowest = min(reports, key=lambda r: keys.get(r.precision, 0))
     return dataclasses.replace(
         first, leaves=leaves, forward_max_abs_err=max(errors) if errors else None, precision=narrowest.precision,
         how="; ".join(f"{part}: {r.how}" for part, r in zip(said, reports, strict=True)),

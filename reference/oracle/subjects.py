@@ -71,7 +71,8 @@ LOOSEST_AS_CALLED = 1.0
 def order_2_computable(fn: Callable, name: str, args: tuple) -> None:
     """Order 2 differentiates fn itself (it is not lifted): refused where fn computes in 16 bits even on float64
     copies of its inputs, whose differences inside the VJP's would resolve nothing (a false FAIL, or none)."""
-    split64 = Split.of(jax.tree_util.tree_map(to64, Split.of(args).rebuild(Split.of(args).diff_leaves())))
+    split = Split.of(args)
+    split64 = Split.of(jax.tree_util.tree_map(to64, split.rebuild(split.diff_leaves())))
     with Float64():
         closed = trace(outputs(split64.over_diff(fn)), split64.diff_leaves())
     if closed is None:
