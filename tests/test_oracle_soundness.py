@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from reference import Method, VJPMismatch, check_vjp
 from reference.oracle import differences, lifting, search, setup, vjp
+from reference.oracle.report import RefusedValue
 
 # Sizes at and around every switch: one entry, the per-entry limit, BLOCKS·SUSPECT, CHEAP, powers of two ± 1,
 # a few blocks of the chunk size, and a leaf of a few 10⁵.
@@ -263,6 +264,45 @@ def test_a_float32_casting_rule_lifted_is_a_proof_when_right_and_fails_when_wron
     assume(wrong_by(fn, CAST, args) > 1e-4)  # a stride past the end: no error to find
     with pytest.raises(VJPMismatch):
         check_vjp(fn, args)
+
+
+# A function that computes in 16 bits and cannot be lifted is differenced in 16 bits, as called. Such differences
+# cannot tell a rule from one a few percent off (bfloat16's exp with its gradient dropped passed them everywhere),
+# so no report of them is a proof (``coarse``): a wrong rule fails or passes unproven. float32 differences can be one.
+SIXTEEN = {(name, dtype): Family(f"{name} in {dtype}", lambda x, f=f, dtype=dtype: f(x.astype(dtype)).astype(jnp.float32),
+                                 _vector)
+           for name, f in (("tanh", jnp.tanh), ("exp", jnp.exp)) for dtype in ("float16", "bfloat16")}
+
+
+@settings(max_examples=EXAMPLES, phases=[Phase.explicit, Phase.reuse, Phase.generate], deadline=None)
+@given(family=st.sampled_from(sorted(SIXTEEN)), size=st.sampled_from([1, 64, vjp.ELEMENTWISE + 1]),
+       kind=st.sampled_from([None, *KINDS]), seed=st.integers(0, 2**16))
+def test_a_rule_differenced_in_16_bits_is_never_a_proof(family, size, kind, seed):
+    args = draw_args(SIXTEEN[family], size, 1.0, seed)
+    with lifting.disabled():
+        try:
+            report = check_vjp(rule(SIXTEEN[family], kind), args)
+        except VJPMismatch:
+            assert kind is not None, f"a false alarm on 16-bit differences: {family}, {size} entries"
+            return
+        except RefusedValue:  # nothing could be checked: no pass either
+            return
+    assert report.precision == family[1] and report.coarse and not report.proven, str(report)
+    assert "cannot tell a rule from one a few percent off" in report.unproven_why
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_as_called_differences_prove_in_float32_and_never_in_16_bits(dtype):
+    """The threshold of ``coarse`` from both sides, on one function as called: float32's differences prove it, a
+    16-bit one's do not; lifted, every one of them is a proof."""
+    family = Family(f"tanh in {dtype}", lambda x: jnp.tanh(x.astype(dtype)).astype(jnp.float32), _vector)
+    args = draw_args(family, 64, 1.0, 0)
+    with lifting.disabled():
+        as_called = check_vjp(rule(family, None), args)
+    assert as_called.precision == dtype and as_called.proven == (dtype == "float32"), str(as_called)
+    assert (as_called.coarse is None) == (dtype == "float32")
+    lifted = check_vjp(rule(family, None), args)
+    assert lifted.precision == "float64" and lifted.proven and lifted.coarse is None, str(lifted)
 
 
 @pytest.mark.parametrize("n", [2048, 4097])

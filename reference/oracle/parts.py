@@ -89,7 +89,8 @@ def merged(reports: Sequence[VJPReport], said: Sequence[str]) -> VJPReport:
         notes=tuple(sorted((n for r in reports for n in r.notes), key=lambda n: -n.badness)),
         one_by_one=next((r.one_by_one for r in reports if r.one_by_one), None),
         unchecked_why="; ".join(whys) if whys else None,
-        loops=next((r.loops for r in reports if r.loops is not None), None))
+        loops=next((r.loops for r in reports if r.loops is not None), None),
+        coarse=next((r.coarse for r in reports if r.coarse is not None), None))
 
 
 def _merged_leaf(parts: Sequence[LeafReport]) -> LeafReport:

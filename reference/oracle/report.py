@@ -215,6 +215,9 @@ class VJPReport:
     one_by_one: str | None = None  # why the probes were evaluated one at a time (no jit or vmap of fn)
     unchecked_why: str | None = None  # what the unchecked entries have in common, when it is known
     loops: Loops | None = None  # how while loops on the input path were treated (solvers.py); None: there are none
+    # Why the differences are too coarse to prove anything (None: they are not): in 16 bits, as called, because fn
+    # could not be checked in float64. They resolve tens of percent at best, so its pass is no proof.
+    coarse: str | None = None
 
     @property
     def max_abs_err(self) -> float:
@@ -242,15 +245,18 @@ class VJPReport:
 
     @property
     def proven(self) -> bool:
-        """Whether the report is a proof: at most ``PROVEN`` (1%) of its entries unchecked, by the differences and
-        (where one was given) by the reference."""
-        return self.unchecked - self.confirmed <= PROVEN * self.entries
+        """Whether the report is a proof: differences sharper than 16 bits (``coarse``), and at most ``PROVEN`` (1%) of
+        its entries unchecked, by the differences and (where one was given) by the reference."""
+        return self.coarse is None and self.unchecked - self.confirmed <= PROVEN * self.entries
 
     @property
     def unproven_why(self) -> str:
         """One line on why the report is no proof ("" when it is one)."""
         if self.proven:
             return ""
+        if self.coarse is not None:
+            return (f"differences in {self.precision} cannot tell a rule from one a few percent off, and fn could not "
+                    f"be checked in float64 ({self.coarse})")
         left = self.unchecked - self.confirmed
         return (f"{left} of {self.entries} entries unchecked ({left / self.entries:.0%}; a pass leaves at most "
                 f"{PROVEN:.0%}): " + (self.unchecked_why or "no step gives consistent differences"))
@@ -265,7 +271,9 @@ class VJPReport:
             rows.append(f"{r.path:<24} {str(r.shape):<14} {r.dtype:<9} {r.how:<16} {errors} {ref:>9} {r.kinks}")
         if self.kinks:
             rows.append(f"{self.kinks} entries sit on a kink; any value between the one-sided differences was accepted")
-        if not self.proven:
+        if self.coarse is not None:
+            rows.append(f"NOT A PROOF: differences in {self.precision} cannot tell a rule from one a few percent off")
+        elif not self.proven:
             rows.append(f"NOT A PROOF: more than {PROVEN:.0%} of the entries could not be checked")
         if self.confirmed:
             rows.append(f"{self.confirmed} entries the differences could not check agree with the reference's VJP")

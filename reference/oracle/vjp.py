@@ -55,6 +55,7 @@ from reference.oracle.report import (
 from reference.oracle.setup import Called, Setup, call_of, setup_of
 from reference.oracle.subjects import SALT, Subject, order_2_computable, second_order
 from reference.oracle.tally import LeafStats, also, block_problem, cotangent_types, unresolved_why, value_problems
+from reference.oracle.tolerance import FLOAT32
 from reference.oracle.trees import Split
 from reference.oracle.verdict import Verdict
 from reference.oracle.versions import canonical
@@ -219,10 +220,16 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
                    for i, path in enumerate(setup.paths))
     report = VJPReport(leaves, forward_err, setup.step, setup.evaluate.precision.name, setup.how, subject.order,
                        split.fixed(), tuple(sorted(notes, key=lambda n: -n.badness)), setup.diffs.one_by_one,
-                       unchecked_why, setup.loops)
+                       unchecked_why, setup.loops, _coarse(setup, called))
     if problems:
         raise VJPMismatch(name, problems, report)
     return report
+
+
+def _coarse(setup: Setup, called: Called) -> str | None:
+    """Why the differences are too coarse for a proof: fn checked as called in 16 bits (None where they are not)."""
+    as_called = setup.evaluate is called.version and setup.evaluate.precision.key < FLOAT32.key
+    return setup.how if as_called else None
 
 
 def _verdicts(subject: Subject, name: str, setup: Setup, chosen: Choice, judge_: EntryJudge, index: np.ndarray,
