@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from reference import Loops, VJPMismatch, check_vjp
 from reference.oracle import differences, lifting, search, vjp
+from reference.oracle.report import RefusedValue
 
 EXAMPLES = max(5, settings().max_examples // 10)  # 10 under handgrad-ci, 100 under handgrad-thorough
 QUICK = dict(phases=[Phase.explicit, Phase.reuse, Phase.generate], deadline=None)
@@ -427,6 +428,45 @@ def test_a_dropped_gradient_is_never_a_clean_pass_where_the_differences_cannot_s
     except VJPMismatch:
         return
     assert report.leaves[1].unchecked >= seen, str(report)
+
+
+def _dropping_everything(fn, n, dtype):
+    """fn with a rule that drops every gradient: 0 everywhere, so no leaf gives a scale to judge its 0 against."""
+    f = jax.custom_vjp(fn)
+    f.defvjp(lambda x: (fn(x), None), lambda _, g: (jnp.zeros((n,), dtype),))
+    return f
+
+
+# fn whose change at the steps tried hides in the round-off of a large float64 output. (Where no step moves fn at
+# all, 1e14 + x, its differences are exactly 0 and a dropped gradient still passes: a plateau, not judged here.)
+FLAT_LOOKING = {
+    "1e12 + x": lambda x: 1e12 + x,
+    "1e10 (1 + 1e-12 x)": lambda x: 1e10 * (1 + 1e-12 * x),
+    "1e14 (1 + 1e-12 x)": lambda x: 1e14 * (1 + 1e-12 * x),
+}
+
+
+@settings(max_examples=EXAMPLES, **QUICK)
+@given(form=st.sampled_from(sorted(FLAT_LOOKING)), n=st.sampled_from([4, 64, vjp.ELEMENTWISE + 1]),
+       seed=st.integers(0, 2**16))
+def test_a_rule_dropping_every_gradient_is_no_proof_on_differences_that_cannot_see_them(form, n, seed):
+    """An exact 0 everywhere was judged on the differences alone, at any tolerance: beside a float64 output of 1e12
+    the dropped gradient (1 per entry) passed as a proof. It fails now, or is left unchecked."""
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.random.default_rng(seed).standard_normal(n))
+        try:
+            report = check_vjp(_dropping_everything(FLAT_LOOKING[form], n, jnp.float64), (x,), seed=seed)
+        except (VJPMismatch, RefusedValue):
+            return
+    assert not report.proven, str(report)
+
+
+def test_a_bfloat16_rule_dropping_every_gradient_is_no_proof_as_called(as_called):
+    """bfloat16's exp as called, its every gradient dropped: its differences' noise is the size of the gradient."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(64), jnp.float32)
+    fn = _dropping_everything(lambda x: jnp.exp(x.astype(jnp.bfloat16)).astype(jnp.float32), 64, jnp.float32)
+    with pytest.raises((VJPMismatch, RefusedValue)):
+        check_vjp(fn, (x,))
 
 
 @pytest.mark.parametrize("fill", [-np.inf, np.inf, np.nan])

@@ -119,10 +119,12 @@ def setup_of(subject: Subject, split: Split, called: Called, chosen: Choice, *, 
         wider = _per_entry(flat, [max(1.0, p.step / step) for p in per_leaf])
         floored, relative = floored * wider, relative * wider
     # The scale an exact 0 is told from the differences' noise against: its leaf's largest; none (0) for a leaf the
-    # rule makes 0 beside others that are not; any (inf) where the rule is 0 everywhere (a second derivative that
-    # is 0 everywhere: the differences are all there is to judge it on).
+    # rule makes 0 beside others that are not, and for a first derivative that is 0 everywhere (then only
+    # differences that find no change at all tell it: a rule dropping every gradient of a function whose change
+    # hides in its round-off passed as a proof); any (inf) for a second derivative that is 0 everywhere (a linear
+    # fn's, differenced down to round-off: the differences are all there is to judge it on).
     leaf_scale = _per_entry(flat, [float(np.max(natural[flat.part(i)], initial=0.0)) for i in range(len(per_leaf))])
-    if not np.any(leaf_scale):
+    if not np.any(leaf_scale) and subject.order == 2:
         leaf_scale = np.full(flat.size, np.inf)
     scales = Scales(natural, a_scale, spread, r_user, atol or 0.0, floored, relative, leaf_scale)
     a_user = flat.real(called.vjps[0], conjugate=True)
