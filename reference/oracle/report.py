@@ -286,13 +286,7 @@ class VJPReport:
         empty = [r.path for r in self.leaves if r.method is Method.EMPTY]
         if empty:
             rows.append("0 entries, nothing checked: " + ", ".join(empty))
-        if self.notes:
-            rows.append(f"{len(self.notes)} precision notes: the {self.notes[0].precision} VJP is further from the "
-                        f"same rule in float64 than rtol, by no more than rounding in its forward explains "
-                        f"(precision='strict' makes these fail):")
-            rows += [f"  {note}" for note in self.notes[:SHOWN]]
-            if len(self.notes) > SHOWN:
-                rows.append(f"  ... and {len(self.notes) - SHOWN} more")
+        rows += _notes_rows(self.notes)
         if self.fixed:
             rows.append("held fixed (no cotangent): " + ", ".join(self.fixed))
         return "\n".join(rows)
@@ -304,6 +298,16 @@ class VJPReport:
         from reference.oracle import plot
 
         return plot.draw(path, self.leaves, problems, title)
+
+
+def _notes_rows(notes: Sequence[Mismatch]) -> list[str]:
+    """The report's rows on its precision notes (none without notes)."""
+    if not notes:
+        return []
+    more = [f"  ... and {len(notes) - SHOWN} more"] if len(notes) > SHOWN else []
+    return [f"{len(notes)} precision notes: the {notes[0].precision} VJP is further from the same rule in float64 "
+            f"than rtol, by no more than rounding in its forward explains (precision='strict' makes these fail):",
+            *(f"  {note}" for note in notes[:SHOWN]), *more]
 
 
 class VJPMismatch(AssertionError):
