@@ -179,11 +179,11 @@ def _declared(fn: Callable, args: tuple, what: str, picture: Picture | None, see
     from reference import CheckRefused, VJPMismatch, check_vjp
     from reference.oracle import parts
 
-    constant = parts.undifferentiated(fn, args)
-    every = len(_float_outputs(fn, args))
-    if not constant or len(constant) == every:
+    reached = parts.tangent_reached(fn, args)
+    constant = [i for i, r in enumerate(reached) if not r]
+    others = [i for i, r in enumerate(reached) if r]
+    if not constant or not others:
         return None
-    others = [i for i in range(every) if i not in constant]
     try:
         report = check_vjp(parts.restricted(fn, others), args, seed=seed)
     except VJPMismatch as e:
@@ -195,15 +195,6 @@ def _declared(fn: Callable, args: tuple, what: str, picture: Picture | None, see
         return UNPROVEN, f"outputs {others}: {report.unproven_why} [draw {draw}]", None
     return "expected", (f"outputs {constant} have no tangent by the rule's own declaration (a symbolic zero, as for "
                         f"a solver's state) and move: {what}; outputs {others} check out"), picture
-
-
-def _float_outputs(fn: Callable, args: tuple) -> list:
-    """fn's float and complex outputs, as shapes."""
-    import jax
-
-    from reference.oracle.trees import outputs
-
-    return jax.eval_shape(outputs(fn), *args)
 
 
 def _directions(domain: str | list[str] | None, args: tuple) -> list[str | None] | None:

@@ -1,5 +1,5 @@
 """fn's outputs in parts: those that compute in different precisions, checked one precision at a time; and those
-a rule declares to have no derivative (:func:`undifferentiated`, which the audit classifies).
+a rule declares to have no derivative (:func:`tangent_reached`, which the audit classifies).
 
 The tolerance of a check is that of the precision fn computes in. Where a float16 auxiliary output sits beside a
 float32 one, the whole VJP would be judged at float16's: a float32 rule computed in bfloat16, or 0.3% off, would
@@ -42,10 +42,10 @@ def restricted(fn: Callable, keep: Sequence[int]) -> Callable:
     return part
 
 
-def undifferentiated(fn: Callable, args: Sequence[Any]) -> list[int]:
-    """fn's float outputs (their index among its float and complex output leaves) that no input tangent reaches in
-    its JVP: outputs a custom_jvp rule declares to have no derivative (a symbolic zero tangent, for a solver's
-    state beside its root), or cuts off with ``stop_gradient``. [] where fn cannot be linearized."""
+def tangent_reached(fn: Callable, args: Sequence[Any]) -> list[bool]:
+    """Per float and complex output of fn, whether any input tangent reaches it in fn's JVP: one that none reaches
+    is declared by a custom_jvp rule to have no derivative (a symbolic zero tangent, for a solver's state beside its
+    root), or cut off with ``stop_gradient``. [] where fn cannot be linearized."""
     split = Split.of(tuple(args))
     f, leaves = outputs(split.over_diff(fn)), split.diff_leaves()
     try:
@@ -53,7 +53,7 @@ def undifferentiated(fn: Callable, args: Sequence[Any]) -> list[int]:
         closed = jax.make_jaxpr(linear)(*leaves)
     except Exception:  # no JVP (a custom_vjp, a callback): nothing is declared
         return []
-    return [i for i, r in enumerate(reached(closed)) if not r]
+    return reached(closed)
 
 
 def checked_in_parts(subject: Subject, name: str, precisions: list, check: Callable[[Subject], VJPReport]) -> VJPReport:

@@ -78,7 +78,7 @@ def order_2_computable(fn: Callable, name: str, args: tuple) -> None:
     if closed is None:
         return
     own = precision_of(closed, split64.diff_leaves(), closed.out_avals)
-    if own.key < 32:
+    if own.sixteen_bit:
         raise RefusedValue(f"check_vjp: order 2 of {name} is not checked: it computes in {own.name} even on float64 "
                            f"inputs, and order 2 is not lifted to float64 (16-bit differences of its VJP resolve "
                            f"nothing)")

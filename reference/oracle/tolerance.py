@@ -37,6 +37,11 @@ class Precision:
     loosest: float = 0.25
 
     @property
+    def sixteen_bit(self) -> bool:
+        """float16 or bfloat16: differences in it resolve a few percent at best, so they make no proof."""
+        return self.key < 32
+
+    @property
     def ulps(self) -> float:
         """rtol in units of eps: how many roundings a correct rule may accumulate."""
         return self.rtol / self.eps

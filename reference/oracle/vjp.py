@@ -55,7 +55,6 @@ from reference.oracle.report import (
 from reference.oracle.setup import Called, Setup, call_of, setup_of
 from reference.oracle.subjects import SALT, Subject, order_2_computable, second_order
 from reference.oracle.tally import LeafStats, also, block_problem, cotangent_types, unresolved_why, value_problems
-from reference.oracle.tolerance import FLOAT32
 from reference.oracle.trees import Split
 from reference.oracle.verdict import Verdict
 from reference.oracle.versions import canonical
@@ -228,7 +227,7 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
 
 def _coarse(setup: Setup, called: Called) -> str | None:
     """Why the differences are too coarse for a proof: fn checked as called in 16 bits (None where they are not)."""
-    as_called = setup.evaluate is called.version and setup.evaluate.precision.key < FLOAT32.key
+    as_called = setup.evaluate is called.version and setup.evaluate.precision.sixteen_bit
     return setup.how if as_called else None
 
 
