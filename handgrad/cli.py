@@ -15,14 +15,11 @@ import sys
 import time
 from typing import Any, NoReturn
 
-# verify compiles ~300 small programs once each, so compile time is its whole cost: XLA's
-# CPU backend is asked for quick compilation. Numerics are checked to the same tolerances.
-_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+from handgrad.compilation import ask_quick_compilation
 
 
 def _verify(args: argparse.Namespace) -> int:
-    if "XLA_FLAGS" not in os.environ:  # read when JAX first starts its backend, which is below
-        os.environ["XLA_FLAGS"] = _FAST_COMPILE
+    ask_quick_compilation()  # verify compiles ~300 small programs once each: compile time is its whole cost
     from handgrad.audit.checks import EXIT_UNPROVEN
     from handgrad.verify import OPTIMIZERS, print_rows, verify, where, write_json
     from properties.table import BY_NAME, OPS
@@ -74,8 +71,7 @@ def _properties(ops: list, profile: str, *, optimizers: bool) -> list:
 
 
 def _check(args: argparse.Namespace) -> int:
-    if "XLA_FLAGS" not in os.environ:
-        os.environ["XLA_FLAGS"] = _FAST_COMPILE
+    ask_quick_compilation()
     import jax
     import numpy as np
 

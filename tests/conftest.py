@@ -9,10 +9,12 @@ import subprocess
 import sys
 import tempfile
 
+from handgrad import compilation
+
 # The suite compiles ~1000 small programs once each, so compilation is most of its CPU time:
 # XLA's CPU backend is asked for quick compilation, as `handgrad verify` does. Tolerances
 # are unchanged. Read when JAX starts its backend, which no module does on import.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+compilation.ask_quick_compilation()
 # One persistent compilation cache for the run, shared by both xdist workers and by the `handgrad train`
 # subprocesses the CLI tests start, which compile the same programs as the in-process runs beside them.
 _CACHE = os.path.join(tempfile.gettempdir(), f"handgrad-jax-cache-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}")

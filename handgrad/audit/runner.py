@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from handgrad.audit.checks import CHECKS, TIMEOUT, Row
 from handgrad.audit.config import AuditConfig
 from handgrad.audit.discover import Discovery
+from handgrad.compilation import ask_quick_compilation
 
 START_TIMEOUT = 120.0  # seconds a fresh worker may take to import JAX and the target
 
@@ -84,7 +84,7 @@ class _Worker:
 
 def run(discovery: Discovery, options: Options, progress: Callable[[str], None] = lambda _: None) -> Iterator[Row]:
     """Yields one row per (rule, check), in the discovery's order."""
-    os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+    ask_quick_compilation()
     worker: _Worker | None = None
     try:
         for rule in discovery.rules:

@@ -20,7 +20,6 @@ import numpy as np
 
 from reference.oracle import tolerance
 from reference.oracle.differences import step_scales
-from reference.oracle.programs import jit_or_eager
 from reference.oracle.trees import Flat, random_like
 from reference.oracle.versions import Version
 
@@ -49,7 +48,7 @@ def part_sizes(call: Version, cotangent: list[np.ndarray], rng: np.random.Genera
     floored, _ = step_scales(flat)
     h = tolerance.narrowest(call.split.diff_leaves()).step
     with call.context():
-        f = jit_or_eager(lambda x: call.fn(*flat.leaves_of(x)))
+        f = call.at_flat(flat)
         work = jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
         slopes, noise = [], []
         for _ in range(DIRECTIONS):

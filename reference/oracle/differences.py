@@ -91,9 +91,10 @@ class Differences:
             self.work = jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
             self.x = jnp.asarray(flat.x, self.work)
             self.ct = [jnp.asarray(c) for c in cotangent]
-            self.base = base if base is not None else jit_or_eager(lambda x: version.fn(*flat.leaves_of(x)))(self.x)
+            at = version.at_flat(flat)
+            self.base = base if base is not None else at(self.x)
             self.outputs = sum(int(np.size(b)) for b in self.base)
-            self.alive = alive(version.fn, flat, self.x, self.base, cotangent, self.floored, self.work)
+            self.alive = alive(at, flat, self.x, self.base, cotangent, self.floored, self.work)
             self.reference = [self.base]
             if longer is not None:
                 self.reference.append(jit_or_eager(lambda x: longer(*flat.leaves_of(x)))(self.x))
@@ -111,8 +112,8 @@ class Differences:
         new = np.array(sorted({int(i) for i in index} - self._floors.keys()), np.int64)
         if new.size:
             d = LIVE_MOVE * self.floored[new]
-            found = chunked(self, self.programs.coupled, [np.concatenate([new, new]), np.concatenate([d, -d])],
-                                  [jnp.int32, self.work], ())[0]
+            moves = [np.concatenate([new, new]), np.concatenate([d, -d]), np.zeros(2 * new.size)]
+            found = chunked(self, self.programs.entries, moves, [jnp.int32, self.work, self.work], ())[2]
             self._floors.update(zip(new.tolist(), np.maximum(found[:new.size], found[new.size:]).tolist(),
                                     strict=True))
         return np.array([self._floors[int(i)] for i in index], np.float64)
@@ -135,8 +136,8 @@ class Differences:
         at = np.stack(deltas, axis=-1)  # (levels, probes, 4)
         at_index = np.broadcast_to(index[None, :, None], at.shape).ravel()
         floor = np.broadcast_to(self.floors(index)[None, :, None], at.shape).ravel()
-        s, n = chunked(self, self.programs.entries, [at_index, at.ravel(), floor], [jnp.int32, self.work, self.work],
-                             ())
+        s, n, _ = chunked(self, self.programs.entries, [at_index, at.ravel(), floor],
+                          [jnp.int32, self.work, self.work], ())
         s, n = (v.reshape(n_levels, len(index), 4).transpose(2, 0, 1) for v in (s, n))
         dp, dm, d2p, d2m = (np.where(d != 0, d, np.nan) for d in deltas)  # a step lost to rounding: unchecked
         w1, w2 = dp - dm, d2p - d2m
@@ -155,7 +156,7 @@ def chunked(diffs: Differences, program: tuple, columns: Sequence[np.ndarray], d
     """``program`` over the probes given by ``columns`` (one row each), a chunk of them per compiled call; one at a
     time where fn cannot be compiled or vmapped (``diffs.one_by_one`` says why): eagerly, or compiled where only
     the batch fails."""
-    compiled, single, _ = program
+    compiled, single = program
     chunk, total, outs = diffs.chunk, len(columns[0]), []
     with diffs.version.context():
         for start in range(0, total, chunk):

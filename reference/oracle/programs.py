@@ -29,13 +29,13 @@ LIVE_MOVE = 0.25
 
 @dataclasses.dataclass(frozen=True)
 class Programs:
-    """Each a triple ``(vmapped and jitted, one probe, how many of its outputs are per probe)``:
-    ``entries(x, reference, ct, i, d, floor)``, ``coupled(x, reference, ct, i, d)`` and
+    """Each a pair ``(vmapped and jitted, one probe)``: ``entries(x, reference, ct, i, d, floor)``, returning the
+    change, its round-off bound and the largest output the move reached (one program for a probe and for the
+    floors of :meth:`~Differences.floors`: one compilation fewer per check), and
     ``blocks(x, reference, ct, lo, hi, t, analytic, weights, signed)``. ``exact``: every leaf is the working
     dtype, so a block moves exactly as asked and its analytic change follows from prefix sums on the host."""
 
     entries: tuple
-    coupled: tuple
     blocks: tuple
     exact: bool
 
@@ -69,27 +69,28 @@ def compile_probes(f: Callable, flat: Flat, base: list, work: Any, eps_out: floa
         hidden = jnp.where(n > 0, floor, alive_)
         return s, (n + FUNCTION_ULPS * hidden) * eps_out + 2 * noise_floor
 
-    def changes(leaves: list, reference: list, ct: list, floor: jax.Array) -> tuple[jax.Array, jax.Array]:
-        s, n = reduce(f(*leaves), reference[0], ct, floor)
+    def changes(leaves: list, out: list, reference: list, ct: list, floor: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The change of φ and its bound for f's outputs ``out`` at ``leaves`` (or longer's, beside them)."""
+        s, n = reduce(out, reference[0], ct, floor)
         if longer is None:
             return s, n
         s_longer, n_longer = reduce(longer(*leaves), reference[1], ct, floor)
         return s_longer, n_longer + jnp.abs(s_longer - s)
 
-    def entry(x, reference, ct, i, d, floor):
-        j = jax.lax.iota(jnp.int32, x.shape[0])  # a select, not a scatter: it fuses into f's loop
-        return changes(flat.leaves_of(jnp.where(j == i, x + d, x)), reference, ct, floor)
-
-    def coupled(x, reference, ct, i, d):
-        """The largest output that moves when entry i moves by d, sized at x (2|c||b|: where the probes are, never
-        where that far move lands, past a jump)."""
-        j = jax.lax.iota(jnp.int32, x.shape[0])
-        out = f(*flat.leaves_of(jnp.where(j == i, x + d, x)))
-        return (functools.reduce(jnp.maximum, [
+    def coupled(out: list, reference: list, ct: list) -> jax.Array:
+        """The largest output that moved, sized at x (2|c||b|: where the probes are, never where a far move lands,
+        past a jump)."""
+        return functools.reduce(jnp.maximum, [
             jnp.max(jnp.where(_unchanged(o, b) | ~jnp.isfinite(b), 0,
                               2 * jnp.abs(b).astype(work) * jnp.abs(c).astype(work)),
                     initial=0) for c, o, b in zip(ct, out, reference[0], strict=True)],
-            jnp.zeros((), work)),)
+            jnp.zeros((), work))
+
+    def entry(x, reference, ct, i, d, floor):
+        j = jax.lax.iota(jnp.int32, x.shape[0])  # a select, not a scatter: it fuses into f's loop
+        leaves = flat.leaves_of(jnp.where(j == i, x + d, x))
+        out = f(*leaves)
+        return *changes(leaves, out, reference, ct, floor), coupled(out, reference, ct)
 
     # Leaves that are the working dtype move exactly as asked (to a part in 1e12 of the step), so the analytic
     # change of a block is its prefix sums times t; any other leaf is read back after rounding.
@@ -99,7 +100,7 @@ def compile_probes(f: Callable, flat: Flat, base: list, work: Any, eps_out: floa
         j = jax.lax.iota(jnp.int32, x.shape[0])
         moved = jnp.where((j >= lo_) & (j < hi_), x + t_ * signed, x)  # the rest exactly x (-0.0 too)
         leaves = flat.leaves_of(moved)
-        s, n = changes(leaves, reference, ct, jnp.asarray(alive_, work))  # a block's floor: any output alive
+        s, n = changes(leaves, f(*leaves), reference, ct, jnp.asarray(alive_, work))  # floor: any output alive
         if exact:
             return s, n
         actual = jnp.concatenate([_real_parts(v, c).astype(work) for v, c in
@@ -109,19 +110,17 @@ def compile_probes(f: Callable, flat: Flat, base: list, work: Any, eps_out: floa
                 *jnp.sum(jnp.where(moves[None, :], weights * jnp.abs(actual)[None, :], 0), axis=-1))  # rank explicit
 
     over_probes = (None, None, None, 0, 0, 0, None, None, None)
-    return Programs((jax.jit(jax.vmap(entry, in_axes=over_probes[:6])), entry, 2),
-                    (jax.jit(jax.vmap(coupled, in_axes=over_probes[:5])), coupled, 1),
-                    (jax.jit(jax.vmap(block, in_axes=over_probes)), block, 3), exact)
+    return Programs((jax.jit(jax.vmap(entry, in_axes=over_probes[:6])), entry),
+                    (jax.jit(jax.vmap(block, in_axes=over_probes)), block), exact)
 
 
-def alive(f: Callable, flat: Flat, x: jax.Array, base: list, cotangent: Sequence[Any], floored: np.ndarray,
+def alive(run: Callable, flat: Flat, x: jax.Array, base: list, cotangent: Sequence[Any], floored: np.ndarray,
           work: Any) -> float:
     """The largest output that moves at all (a mask fill does not), sized where the probes are (2|c||b|). An output
     moves if it changes when the inputs move by LIVE_MOVE of their step scales along pseudo-random signs, either
     way; one that stays put there (a mask fill of −1e9, a constant) is no output a probe moves, and its size is no
-    floor for any probe's round-off."""
+    floor for any probe's round-off. ``run``: f's outputs at a flat vector (:meth:`.Version.at_flat`)."""
     signs = 1.0 - 2.0 * ((np.arange(flat.size, dtype=np.uint64) * 2246822519) // 4096 % 2)
-    run = jit_or_eager(lambda x: f(*flat.leaves_of(x)))
     try:
         moved = [run(jnp.asarray(flat.x + m * LIVE_MOVE * signs * floored, work)) for m in (1, -1)]
         live = [~_unchanged(a, b, np) | ~_unchanged(c, b, np)  # in numpy: no program compiled per shape

@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reference.oracle.programs import jit_or_eager
 from reference.oracle.tolerance import FLOAT64, Precision
-from reference.oracle.trees import Split, kind, outputs
+from reference.oracle.trees import Flat, Split, kind, outputs
 
 
 class Float64:
@@ -44,6 +45,7 @@ class Version:
     x64: bool  # evaluate inside Float64()
     precision: Precision = FLOAT64  # what it computes in
     compiled: Callable | None = None
+    _at: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of(cls, fn: Callable, split: Split, x64: bool = False) -> Version:
@@ -51,6 +53,16 @@ class Version:
 
     def context(self) -> Any:
         return Float64() if self.x64 else _Nothing()
+
+    def at_flat(self, flat: Flat) -> Callable:
+        """fn's outputs as a function of the flat vector of its leaves (:class:`Flat`), jitted (eager where fn
+        branches on values): one callable per layout, so the stages that evaluate fn share one compilation."""
+        layout = (tuple(flat.shapes), tuple(flat.dtypes))
+        if layout not in self._at:
+            def outputs_at(x: jax.Array) -> list:
+                return self.fn(*flat.leaves_of(x))
+            self._at[layout] = jit_or_eager(outputs_at)
+        return self._at[layout]
 
     def vjp(self, cotangents: Sequence[list], leaves: Sequence[Any] | None = None) -> tuple[list, list[list]]:
         """The outputs, and the VJP for each cotangent: one linearisation, compiled once per version (an
