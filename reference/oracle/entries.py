@@ -22,6 +22,8 @@ import numpy as np
 
 from reference.oracle import search as large
 from reference.oracle.differences import LEVEL_RATIO, Differences
+from reference.oracle.rounding import forward_rounding
+from reference.oracle.tolerance import LEAF_ROUNDINGS
 from reference.oracle.verdict import Verdict, first_pass, judge
 
 # The first steps tried, as multiples of the first, for entries whose differences are imprecise there (_imprecise).
@@ -144,6 +146,36 @@ def staircase(judge_: EntryJudge, verdict: Verdict, index: np.ndarray, name: str
     said = (f"{stairs.size} entries where {name}'s outputs move only at steps {STAIRCASE:g} times coarser than the "
             f"differences': it iterates to a tolerance coarser than them (a staircase), so they say nothing there")
     return _unchecked(verdict, np.isin(np.arange(verdict.ok.size), stairs)), said
+
+
+def within_leaf_rounding(judge_: EntryJudge, verdict: Verdict, index: np.ndarray, leaf_rtol: np.ndarray
+                         ) -> tuple[Verdict, str | None]:
+    """As called, entries of a leaf narrower than the computation that fail at the computation's rtol plus their
+    rounding to the leaf (the scales' rtol) but pass at the leaf's own dtype's (``leaf_rtol``), or within what the
+    backward's roundings to the leaf explain (:func:`.rounding.to_leaves`: parts of a cotangent that cancel once
+    rounded): a rule a few percent off there is not told from a VJP rounded to the leaf. Unchecked, said why:
+    neither a pass nor a failure."""
+    failing = np.flatnonzero(~verdict.ok & ~verdict.unchecked & (judge_.scales.rtol[index] < leaf_rtol[index]))
+    if not failing.size:
+        return verdict, None
+    loose = dataclasses.replace(judge_, scales=dataclasses.replace(judge_.scales, rtol=leaf_rtol), too_uncertain=0)
+    again = loose(index[failing])
+    passes = again.ok & ~again.unchecked
+    if not np.all(passes):
+        v = judge_.diffs.version
+        bound = forward_rounding(v.fn, v.split.diff_leaves(), judge_.diffs.ct, v.context, v.precision.eps)
+        if bound is not None:
+            # each rounding half an ulp, taken LEAF_ROUNDINGS times (not ROUNDING_FACTOR's few ulps of a function)
+            explained = LEAF_ROUNDINGS * np.abs(judge_.diffs.flat.real(bound[1], conjugate=True))[index[failing]]
+            with np.errstate(invalid="ignore"):
+                passes |= np.abs(again.analytic - again.numerical) <= again.tol + explained
+    within = failing[passes]
+    if not within.size:
+        return verdict, None
+    return _unchecked(verdict, np.isin(np.arange(verdict.ok.size), within)), (
+        f"{within.size} entries of leaves narrower than the computation that are off by more than its rtol plus "
+        f"their rounding to the leaf, and by no more than the leaf's own dtype's rtol: the differences cannot tell a "
+        f"rule a few percent off there from a VJP rounded to the leaf many times")
 
 
 def singular(verdict: Verdict, name: str) -> tuple[Verdict, str | None]:

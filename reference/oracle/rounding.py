@@ -164,10 +164,15 @@ class _Policy:
 
     backward: bool = False
     eps: float | None = None
+    to_leaves: frozenset[int] = frozenset()  # ids of the backward's roundings to a narrower leaf (:func:`to_leaves`)
 
     def outputs(self, eqn: Any) -> bool:
         name = eqn.primitive.name
-        return name not in EXACT and not (self.backward and name in ARITHMETIC)
+        return id(eqn) in self.to_leaves or name not in EXACT and not (self.backward and name in ARITHMETIC)
+
+    def relative(self, eqn: Any) -> bool:
+        """Whether an output's rounding is half an ulp of each entry (else of the largest)."""
+        return eqn.primitive.name in ELEMENTWISE or id(eqn) in self.to_leaves
 
     def inputs(self, eqn: Any) -> bool:
         """A function whose result is accurate to its inputs' rounding: their rounding is injected too."""
@@ -177,12 +182,49 @@ class _Policy:
     def error(self, value: jax.Array, dtype: Any, relative: bool, eqn: Any) -> jax.Array:
         """A rounding error of ``value``: half an ulp of each entry (``relative``) or of the largest."""
         info = jnp.finfo(dtype)
-        eps = info.eps if self.eps is None else self.eps  # the backward: the call's, whatever its dtype
+        # the backward: the call's, whatever its dtype; a rounding to a narrower leaf, that leaf's
+        eps = info.eps if self.eps is None or id(eqn) in self.to_leaves else self.eps
         if eqn.primitive.name == "reduce_precision":
             eps = max(eps, 2.0 ** -int(eqn.params.get("mantissa_bits", info.nmant)))
         size = jnp.abs(value) if relative else jnp.max(jnp.abs(value), initial=0.0)
         error = jnp.where(size < info.tiny, info.tiny, eps / 2 * size)
         return jax.lax.stop_gradient(jnp.where(jnp.isfinite(error), error, 0))
+
+
+def to_leaves(jaxpr: Any, eps: float) -> frozenset[int]:
+    """The equations of a backward that round its VJP to a leaf narrower than the call (``eps``): a convert to a
+    narrower float, or a sum in a float narrower than the call, whose result reaches the VJP through nothing but
+    moves (EXACT) and such sums. JAX's own VJP of a bfloat16 leaf cast to float32 twice (a residual) rounds each
+    part to bfloat16 and adds them in bfloat16, which cancelling parts make a few percent of their sum. A
+    backward that computes in the narrower float (a product, a function) is its author's, not excused."""
+    out = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
+    consumers: dict[Any, list] = {}
+    for eqn in jaxpr.eqns:
+        for v in eqn.invars:
+            if not isinstance(v, Literal):
+                consumers.setdefault(v, []).append(eqn)
+    leaving: set[int] = set()  # equations whose every output reaches the VJP only through moves and sums
+
+    def leaves_only(v: Any) -> bool:
+        return (v in out or v in consumers) and all(id(e) in leaving for e in consumers.get(v, []))
+
+    sites: set[int] = set()
+    for eqn in reversed(jaxpr.eqns):
+        if not all(leaves_only(v) for v in eqn.outvars):
+            continue
+        name, aval, first = eqn.primitive.name, eqn.outvars[0].aval, eqn.invars[0].aval if eqn.invars else None
+        narrower = _floating(aval) and float(jnp.finfo(aval.dtype).eps) > eps
+        if name == "convert_element_type":  # a convert passes the VJP on only where it rounds it to the leaf's
+            if not (narrower and _floating(first) and jnp.finfo(aval.dtype).nmant < jnp.finfo(first.dtype).nmant):
+                continue  # (a bfloat16 round trip of a float32 leaf's VJP is its author's)
+            sites.add(id(eqn))
+        elif name == "add_any":
+            if narrower:
+                sites.add(id(eqn))
+        elif name not in EXACT:
+            continue
+        leaving.add(id(eqn))
+    return frozenset(sites)
 
 
 def _sites(jaxpr: Any, found: list, policy: _Policy) -> list:
@@ -232,7 +274,7 @@ def _evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: 
                     size = eqn.primitive.bind(*map(jnp.abs, values), **eqn.params)
                 outs = [rounded(outs[0], eqn.outvars[0].aval, jax.lax.stop_gradient(TF32_EPS * size))]
             elif policy.outputs(eqn):
-                outs = [rounded(o, v.aval, policy.error(o, v.aval.dtype, eqn.primitive.name in ELEMENTWISE, eqn))
+                outs = [rounded(o, v.aval, policy.error(o, v.aval.dtype, policy.relative(eqn), eqn))
                         if _floating(v.aval) else o for o, v in zip(outs, eqn.outvars, strict=True)]
         env.update(zip(eqn.outvars, outs, strict=True))
     return [read(v) for v in jaxpr.outvars]
@@ -272,7 +314,9 @@ def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list, conte
                 [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.out_avals[n_out:]], ct)
         except _UNTRACEABLE:  # fn branches on values, or JAX cannot differentiate it
             return None
-        forward_policy, backward_policy = _Policy(), _Policy(backward=True, eps=backward_eps)
+        forward_policy = _Policy()
+        backward_policy = _Policy(backward=True, eps=backward_eps,
+                                  to_leaves=to_leaves(back.jaxpr, backward_eps) if backward_eps else frozenset())
         sites = _sites(closed.jaxpr, [], forward_policy)
         if backward_eps is not None:
             sites = _sites(back.jaxpr, sites, backward_policy)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from reference.oracle import cotangents, solvers
+from reference.oracle import cotangents, solvers, tolerance
 from reference.oracle.differences import Differences, step_scales
 from reference.oracle.entries import Scales
 from reference.oracle.jaxprs import iterative, precision_of, stops_on_values
@@ -59,6 +59,9 @@ class Setup:
     how: str
     loops: Loops | None
     longer: Any  # the fn whose loops run longer (solvers.py), or None
+    # As called, per entry, the rtol of the entry's own leaf where the scales' is narrower (a leaf narrower than the
+    # computation); else None. An entry failing at the scales' rtol but not at this one is unchecked.
+    leaf_rtol: np.ndarray | None = None
 
 
 def call_of(subject: Subject, name: str, split: Split, rng: np.random.Generator) -> Called:
@@ -97,7 +100,13 @@ def setup_of(subject: Subject, split: Split, called: Called, chosen: Choice, *, 
     r_call = _per_entry(flat, [rtol if rtol is not None else p.rtol for p in per_leaf])
     # The rule's float64 self is judged at float32's rtol or finer: its VJP is not rounded to a 16-bit leaf or output
     # (that rounding is the call's own VJP's, judged against it at r_call).
-    r_user = r_call if evaluate is call or rtol is not None else np.minimum(r_call, FLOAT32.rtol)
+    # As called, a leaf narrower than the computation is judged at the computation's rtol plus the rounding of its
+    # VJP to the leaf (tolerance.rounded_to_leaf), not at its own dtype's: the differences are the computation's,
+    # and a rule 3% off passed at bfloat16's rtol. What fails there but not at r_call is unchecked (_judged).
+    narrowed = _per_entry(flat, [tolerance.rounded_to_leaf(call.precision, p) if p.key < call.precision.key
+                                 else p.rtol for p in per_leaf])
+    r_user = (r_call if rtol is not None else narrowed if evaluate is call
+              else np.minimum(r_call, FLOAT32.rtol))
     step = eps if eps is not None else evaluate.precision.step
     loosest = (evaluate.precision.loosest if subject.order == 1 or evaluate.precision.key == 64
                else LOOSEST_AS_CALLED)
@@ -129,7 +138,8 @@ def setup_of(subject: Subject, split: Split, called: Called, chosen: Choice, *, 
     scales = Scales(natural, a_scale, spread, r_user, atol or 0.0, floored, relative, leaf_scale)
     a_user = flat.real(called.vjps[0], conjugate=True)
     return Setup(evaluate, flat, split.diff_paths(), a_user, a_main, scales, spread_call, r_call, diffs, step,
-                 subject.levels or evaluate.precision.levels, loosest, how, loops, longer)
+                 subject.levels or evaluate.precision.levels, loosest, how, loops, longer,
+                 r_call if evaluate is call and np.any(r_user < r_call) else None)
 
 
 def _per_entry(flat: Flat, values: Sequence[float]) -> np.ndarray:

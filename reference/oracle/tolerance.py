@@ -59,6 +59,18 @@ BFLOAT16 = Precision("bfloat16", 8, 2.0**-7, 2.0**-126, rtol=3e-2, agree=3e-2, s
 PRECISIONS: dict[int, Precision] = {p.key: p for p in (FLOAT64, FLOAT32, FLOAT16, BFLOAT16)}
 
 
+# A leaf narrower than the computation it feeds (bfloat16 weights cast to float32 inside): its VJP is the
+# computation's, rounded to the leaf's dtype where it leaves it, and once more where two uses of the leaf meet.
+LEAF_ROUNDINGS = 2
+
+
+def rounded_to_leaf(computed: Precision, leaf: Precision) -> float:
+    """The rtol of a VJP computed in ``computed`` and rounded to a narrower ``leaf``: the computation's, plus
+    LEAF_ROUNDINGS roundings of half an ulp of the leaf (bfloat16 under float32: 7.9e-3, where bfloat16's own rtol,
+    for a computation in bfloat16, is 3e-2)."""
+    return computed.rtol + LEAF_ROUNDINGS * leaf.eps / 2
+
+
 def of_dtype(dtype: Any) -> Precision:
     """The precision of a float or complex dtype (a complex one by its parts)."""
     dtype = jnp.dtype(dtype)
