@@ -80,7 +80,8 @@ class Differences:
     """
 
     def __init__(self, version: Any, flat: Flat, cotangent: Sequence[Any], eps_out: float, noise_floor: float = 0.0,
-                 base: list | None = None, iterative: bool = False, longer: Callable | None = None):
+                 base: list | None = None, iterative: bool = False, longer: Callable | None = None,
+                 excess: list | None = None):
         self.version, self.flat, self.eps_out = version, flat, eps_out
         self.floored = step_scales(flat)[0]  # each entry's step scale, for _live and floors (a pass over the leaf)
         self.iterative = iterative  # f loops until its values say stop: each probe's cost unknown, batches kept small
@@ -98,8 +99,10 @@ class Differences:
             self.reference = [self.base]
             if longer is not None:
                 self.reference.append(jit_or_eager(lambda x: longer(*flat.leaves_of(x)))(self.x))
+            if excess is not None:  # per output entry, round-off beyond a few ulps of itself (entries.cancelled)
+                self.reference.append([jnp.asarray(e, self.work) for e in excess])
             self.programs = compile_probes(version.fn, flat, self.base, self.work, eps_out, noise_floor, self.alive,
-                                           longer)
+                                           longer, excess is not None)
         self.one_by_one: str | None = None  # why probes are evaluated one at a time, if they are: eagerly,
         self.compiled_one: bool = False  # or each under jit where only the batch failed
         self._floors: dict[int, float] = {}  # per flat entry, once: the largest output coupled to it (floors)

@@ -28,6 +28,9 @@ from reference.oracle.verdict import Verdict, first_pass, judge
 
 # The first steps tried, as multiples of the first, for entries whose differences are imprecise there (_imprecise).
 COARSER = (LEVEL_RATIO**2, LEVEL_RATIO**4)
+# An output whose forward's rounding explains more than this many ulps of itself was computed by cancellation (it
+# has lost 6 bits of its terms'); a well-conditioned one explains a few (exp(5x) at x = 1: about 4).
+CANCELLED = 64.0
 STAIRCASE = LEVEL_RATIO**4  # how much coarser steps must move an iterative fn its differences found flat
 COARSEST = 0.05  # relative to the entry's step scale: coarser steps than this leave the function's own length scale
 
@@ -146,6 +149,35 @@ def staircase(judge_: EntryJudge, verdict: Verdict, index: np.ndarray, name: str
     said = (f"{stairs.size} entries where {name}'s outputs move only at steps {STAIRCASE:g} times coarser than the "
             f"differences': it iterates to a tolerance coarser than them (a staircase), so they say nothing there")
     return _unchecked(verdict, np.isin(np.arange(verdict.ok.size), stairs)), said
+
+
+def cancelled(judge_: EntryJudge, verdict: Verdict, index: np.ndarray) -> tuple[Verdict, str | None]:
+    """Failing entries judged again where fn has outputs computed by cancellation (a KL divergence at q = p, exactly 0
+    from terms of order 1: rounding in the forward explains more than CANCELLED ulps of it, :func:`.rounding.
+    forward_rounding`). Their round-off is that, FUNCTION_ULPS times, not a few ulps of the output as the
+    differences' bound has it, and a fine step's differences are that round-off over the step. An entry that fails
+    no more with it is unchecked, said why: never passed on it (a wider bound only makes the differences say less)."""
+    failing = np.flatnonzero(~verdict.ok & ~verdict.unchecked)
+    diffs = judge_.diffs
+    v = diffs.version
+    bound = forward_rounding(v.fn, v.split.diff_leaves(), diffs.ct, v.context) if failing.size else None
+    if bound is None:
+        return verdict, None
+    excess = []  # per output entry computed by cancellation, the round-off its terms give it
+    for b, o in zip(bound[0], diffs.base, strict=True):
+        b, o = np.abs(np.asarray(b)).astype(np.float64), np.abs(np.asarray(o)).astype(np.float64)
+        excess.append(np.where(np.isfinite(b) & (b > CANCELLED * diffs.eps_out * o), b, 0.0))
+    if not any(np.any(e) for e in excess):
+        return verdict, None
+    wider = Differences(v, diffs.flat, diffs.ct, diffs.eps_out, base=diffs.base, iterative=diffs.iterative,
+                        longer=diffs.longer, excess=excess)
+    again = dataclasses.replace(judge_, diffs=wider, too_uncertain=0)(index[failing])
+    unsure = failing[again.ok | again.unchecked]
+    if not unsure.size:
+        return verdict, None
+    return _unchecked(verdict, np.isin(np.arange(verdict.ok.size), unsure)), (
+        f"{unsure.size} entries whose differences cannot tell once fn's outputs computed by cancellation have the "
+        f"round-off their terms give them")
 
 
 def within_leaf_rounding(judge_: EntryJudge, verdict: Verdict, index: np.ndarray, leaf_rtol: np.ndarray

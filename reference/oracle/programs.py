@@ -41,23 +41,27 @@ class Programs:
 
 
 def compile_probes(f: Callable, flat: Flat, base: list, work: Any, eps_out: float, noise_floor: float, alive_: float,
-                   longer: Callable | None) -> Programs:
+                   longer: Callable | None, excess: bool = False) -> Programs:
     """The probes of ``f`` (of the leaves, returning the list of outputs) about the flat vector, and of ``longer``
     (f with its while loops run longer, solvers.py) beside it, whose change is judged instead, its round-off bound
-    widened by how far the two runs' changes differ (the stopping error's own change)."""
+    widened by how far the two runs' changes differ (the stopping error's own change). ``excess``: the last of the
+    references is, per output entry, round-off beyond a few ulps of the output (one computed by cancellation)."""
     # Outputs holding inf or NaN (a −inf mask fill, a NaN pad) are compared entry by entry: one that stays so is no
     # change; the rest are subtracted as they are (known when tracing: no cost where all are finite).
     filled = [not bool(np.all(np.isfinite(np.asarray(b)))) for b in base]
 
-    def reduce(out: list, base: list, ct: list, floor: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def reduce(out: list, base: list, ct: list, floor: jax.Array, beyond: list | None) -> tuple[jax.Array, jax.Array]:
         """The change of φ and its round-off bound: Σ c·(o − b), and over the outputs that moved Σ |c|·(|o| + |b|),
         plus FUNCTION_ULPS times the largest output that may have moved below one ulp: ``floor``
         (:meth:`~Differences.floors` for an entry; for a block, any output alive), or any output alive where the
-        probe moved none (a logsumexp's tail logit may move any below one ulp)."""
+        probe moved none (a logsumexp's tail logit may move any below one ulp); and ``beyond``'s round-off of each
+        output that moved, FUNCTION_ULPS times, at both ends."""
         s = n = zero = jnp.zeros((), work)
-        for c, o, b, nonfinite in zip(ct, out, base, filled, strict=True):
+        for k, (c, o, b, nonfinite) in enumerate(zip(ct, out, base, filled, strict=True)):
             d = jnp.where(_unchanged(o, b), 0, o - b) if nonfinite else o - b
             size = (jnp.abs(o).astype(work) + jnp.abs(b).astype(work)) * jnp.abs(c).astype(work)
+            if beyond is not None:  # in units of eps_out, as the rest of the bound
+                size = size + (2 * FUNCTION_ULPS / eps_out) * beyond[k] * jnp.abs(c).astype(work)
             # One reduction of two operands, so that f is evaluated once per entry (separate sums each recompute
             # it: 2.2x the time of a probe of a 10^7-entry leaf).
             with jax.numpy_dtype_promotion("standard"):  # the oracle's own arithmetic, whatever fn runs under
@@ -71,10 +75,11 @@ def compile_probes(f: Callable, flat: Flat, base: list, work: Any, eps_out: floa
 
     def changes(leaves: list, out: list, reference: list, ct: list, floor: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The change of φ and its bound for f's outputs ``out`` at ``leaves`` (or longer's, beside them)."""
-        s, n = reduce(out, reference[0], ct, floor)
+        beyond = reference[-1] if excess else None
+        s, n = reduce(out, reference[0], ct, floor, beyond)
         if longer is None:
             return s, n
-        s_longer, n_longer = reduce(longer(*leaves), reference[1], ct, floor)
+        s_longer, n_longer = reduce(longer(*leaves), reference[1], ct, floor, beyond)
         return s_longer, n_longer + jnp.abs(s_longer - s)
 
     def coupled(out: list, reference: list, ct: list) -> jax.Array:

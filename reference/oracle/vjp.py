@@ -36,7 +36,7 @@ from reference.oracle.blocks import block_device
 from reference.oracle.compare import REPORTED, RefStats, against_float64, against_reference
 from reference.oracle.differences import Differences
 from reference.oracle.domains import projected
-from reference.oracle.entries import EntryJudge, singular, staircase, within_leaf_rounding
+from reference.oracle.entries import EntryJudge, cancelled, singular, staircase, within_leaf_rounding
 from reference.oracle.jaxprs import iterative, output_precisions
 from reference.oracle.precision import Choice, choose
 from reference.oracle.refusals import as_args, function_name, require_checkable
@@ -272,8 +272,11 @@ def _judged(subject: Subject, name: str, setup: Setup, chosen: Choice, judge_: E
         worse = np.flatnonzero(verdict.ok & ~other.ok & ~other.unchecked)
         verdict = verdict.replaced(worse, other.take(worse))
     why = None
+    if subject.truth is None:
+        verdict, why = cancelled(judge_, verdict, index)
     if setup.leaf_rtol is not None:
-        verdict, why = within_leaf_rounding(judge_, verdict, index, setup.leaf_rtol)
+        verdict, said = within_leaf_rounding(judge_, verdict, index, setup.leaf_rtol)
+        why = also(why, said)
     if setup.diffs.iterative:
         verdict, said = staircase(judge_, verdict, index, name)
         why = also(why, said)
