@@ -210,9 +210,9 @@ def to_leaves(jaxpr: Any, eps: float) -> frozenset[int]:
 
     sites: set[int] = set()
     for eqn in reversed(jaxpr.eqns):
-        if not all(leaves_only(v) for v in eqn.outvars):
+        if not eqn.outvars or not eqn.invars or not all(leaves_only(v) for v in eqn.outvars):
             continue
-        name, aval, first = eqn.primitive.name, eqn.outvars[0].aval, eqn.invars[0].aval if eqn.invars else None
+        name, aval, first = eqn.primitive.name, eqn.outvars[0].aval, eqn.invars[0].aval
         narrower = _floating(aval) and float(jnp.finfo(aval.dtype).eps) > eps
         if name == "convert_element_type":  # a convert passes the VJP on only where it rounds it to the leaf's
             if not (narrower and _floating(first) and jnp.finfo(aval.dtype).nmant < jnp.finfo(first.dtype).nmant):
