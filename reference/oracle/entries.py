@@ -28,9 +28,10 @@ from reference.oracle.verdict import Verdict, first_pass, judge
 
 # The first steps tried, as multiples of the first, for entries whose differences are imprecise there (_imprecise).
 COARSER = (LEVEL_RATIO**2, LEVEL_RATIO**4)
-# An output whose forward's rounding explains more than this many ulps of itself was computed by cancellation (it
-# has lost 6 bits of its terms'); a well-conditioned one explains a few (exp(5x) at x = 1: about 4).
-CANCELLED = 64.0
+# An output whose forward's rounding explains more than this many ulps of itself, twice the FUNCTION_ULPS the
+# differences allow it, was computed by cancellation or by an ill-conditioned step (exp(50x) at x = 1: 50); a
+# well-conditioned one explains a few (exp(5x) at x = 1: 5.5).
+CANCELLED = 8.0
 STAIRCASE = LEVEL_RATIO**4  # how much coarser steps must move an iterative fn its differences found flat
 COARSEST = 0.05  # relative to the entry's step scale: coarser steps than this leave the function's own length scale
 
