@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reference import VJPMismatch, check_vjp
-from reference.oracle import jaxprs, rounding
+from reference.oracle import jaxprs, sites
 
 
 def _tf32(v):
@@ -37,7 +37,7 @@ ARGS = (jnp.asarray(RNG.standard_normal((16, 48)), jnp.float32), jnp.asarray(RNG
 
 @pytest.fixture
 def gpu(monkeypatch):
-    monkeypatch.setattr(rounding, "_backend", lambda: "gpu")
+    monkeypatch.setattr(sites, "_backend", lambda: "gpu")
 
 
 def test_a_correct_rule_whose_dots_run_in_tf32_passes_with_notes_and_strict_fails_them(gpu):
@@ -66,9 +66,9 @@ def test_a_function_rounding_to_10_bits_computes_at_that_precision():
 
 def test_only_a_gpus_default_float32_dot_runs_as_tf32(gpu):
     eqn = jax.make_jaxpr(lambda a, b: a @ b)(*ARGS).jaxpr.eqns[0]
-    assert rounding.runs_tf32(eqn)
+    assert sites.runs_tf32(eqn)
     precise = jax.make_jaxpr(lambda a, b: jnp.matmul(a, b, precision="highest"))(*ARGS).jaxpr.eqns[0]
-    assert not rounding.runs_tf32(precise)
+    assert not sites.runs_tf32(precise)
     with jax.enable_x64(True):
         wide = jax.make_jaxpr(lambda a, b: a @ b)(*(np.asarray(a, np.float64) for a in ARGS)).jaxpr.eqns[0]
-    assert not rounding.runs_tf32(wide)
+    assert not sites.runs_tf32(wide)

@@ -95,7 +95,7 @@ class Differences:
             at = version.at_flat(flat)
             self.base = base if base is not None else at(self.x)
             self.outputs = sum(int(np.size(b)) for b in self.base)
-            self.alive = alive(at, flat, self.x, self.base, cotangent, self.floored, self.work)
+            self.alive = alive(at, flat, self.base, cotangent, self.floored, self.work)
             self.reference = [self.base]
             if longer is not None:
                 self.reference.append(jit_or_eager(lambda x: longer(*flat.leaves_of(x)))(self.x))

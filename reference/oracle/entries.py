@@ -149,7 +149,7 @@ def staircase(judge_: EntryJudge, verdict: Verdict, index: np.ndarray, name: str
         return verdict, None
     said = (f"{stairs.size} entries where {name}'s outputs move only at steps {STAIRCASE:g} times coarser than the "
             f"differences': it iterates to a tolerance coarser than them (a staircase), so they say nothing there")
-    return _unchecked(verdict, np.isin(np.arange(verdict.ok.size), stairs)), said
+    return _unchecked_at(verdict, stairs), said
 
 
 def cancelled(judge_: EntryJudge, verdict: Verdict, index: np.ndarray) -> tuple[Verdict, str | None]:
@@ -176,7 +176,7 @@ def cancelled(judge_: EntryJudge, verdict: Verdict, index: np.ndarray) -> tuple[
     unsure = failing[again.ok | again.unchecked]
     if not unsure.size:
         return verdict, None
-    return _unchecked(verdict, np.isin(np.arange(verdict.ok.size), unsure)), (
+    return _unchecked_at(verdict, unsure), (
         f"{unsure.size} entries whose differences cannot tell once fn's outputs computed by cancellation have the "
         f"round-off their terms give them")
 
@@ -185,7 +185,7 @@ def within_leaf_rounding(judge_: EntryJudge, verdict: Verdict, index: np.ndarray
                          ) -> tuple[Verdict, str | None]:
     """As called, entries of a leaf narrower than the computation that fail at the computation's rtol plus their
     rounding to the leaf (the scales' rtol) but pass at the leaf's own dtype's (``leaf_rtol``), or within what the
-    backward's roundings to the leaf explain (:func:`.rounding.to_leaves`: parts of a cotangent that cancel once
+    backward's roundings to the leaf explain (:func:`.sites.to_leaves`: parts of a cotangent that cancel once
     rounded): a rule a few percent off there is not told from a VJP rounded to the leaf. Unchecked, said why:
     neither a pass nor a failure."""
     failing = np.flatnonzero(~verdict.ok & ~verdict.unchecked & (judge_.scales.rtol[index] < leaf_rtol[index]))
@@ -196,16 +196,16 @@ def within_leaf_rounding(judge_: EntryJudge, verdict: Verdict, index: np.ndarray
     passes = again.ok & ~again.unchecked
     if not np.all(passes):
         v = judge_.diffs.version
-        bound = forward_rounding(v.fn, v.split.diff_leaves(), judge_.diffs.ct, v.context, v.precision.eps)
+        bound = forward_rounding(v.fn, v.split.diff_leaves(), judge_.diffs.ct, v.context, v.precision.eps,
+                                 LEAF_ROUNDINGS)  # each rounding half an ulp (not ROUNDING_FACTOR's ulps of a function)
         if bound is not None:
-            # each rounding half an ulp, taken LEAF_ROUNDINGS times (not ROUNDING_FACTOR's few ulps of a function)
-            explained = LEAF_ROUNDINGS * np.abs(judge_.diffs.flat.real(bound[1], conjugate=True))[index[failing]]
+            explained = np.abs(judge_.diffs.flat.real(bound[1], conjugate=True))[index[failing]]
             with np.errstate(invalid="ignore"):
                 passes |= np.abs(again.analytic - again.numerical) <= again.tol + explained
     within = failing[passes]
     if not within.size:
         return verdict, None
-    return _unchecked(verdict, np.isin(np.arange(verdict.ok.size), within)), (
+    return _unchecked_at(verdict, within), (
         f"{within.size} entries of leaves narrower than the computation that are off by more than its rtol plus "
         f"their rounding to the leaf, and by no more than the leaf's own dtype's rtol: the differences cannot tell a "
         f"rule a few percent off there from a VJP rounded to the leaf many times")
@@ -224,6 +224,11 @@ def singular(verdict: Verdict, name: str) -> tuple[Verdict, str | None]:
 
 def _unchecked(verdict: Verdict, rows: np.ndarray) -> Verdict:
     return dataclasses.replace(verdict, ok=verdict.ok | rows, unchecked=verdict.unchecked | rows)
+
+
+def _unchecked_at(verdict: Verdict, positions: np.ndarray) -> Verdict:
+    """``verdict`` with the probes at ``positions`` unchecked."""
+    return _unchecked(verdict, np.isin(np.arange(verdict.ok.size), positions))
 
 
 def merge(verdict: Verdict, rows: np.ndarray, other: Verdict) -> Verdict:

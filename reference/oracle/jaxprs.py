@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reference.oracle import tolerance
-from reference.oracle.rounding import CALLS, inlined
+from reference.oracle.sites import CALLS, inlined, params_jaxprs
 from reference.oracle.tolerance import Precision
 from reference.oracle.trees import comparable
 
@@ -33,16 +33,6 @@ def _bits(aval: Any) -> int | None:
     if jax.dtypes.issubdtype(dtype, np.complexfloating):
         return int(np.finfo(dtype).nmant)
     return int(jax.dtypes.finfo(dtype).nmant)
-
-
-def params_jaxprs(params: dict) -> list[tuple[str, Any]]:
-    found = []
-    for name, value in params.items():
-        for v in value if isinstance(value, tuple | list) else (value,):
-            inner = getattr(v, "jaxpr", v)
-            if hasattr(inner, "eqns") and hasattr(inner, "invars"):
-                found.append((name, inner))
-    return found
 
 
 @dataclasses.dataclass
@@ -90,7 +80,7 @@ def _joined(a: Marks, b: Marks) -> Marks:
     return [_narrowest([x, y]) for x, y in zip(a, b, strict=True)]
 
 
-# Primitives that run their one jaxpr once on their own operands (rounding.CALLS), and shard_map, which runs it
+# Primitives that run their one jaxpr once on their own operands (sites.CALLS), and shard_map, which runs it
 # on shards of them: an output depends on what that jaxpr's output does.
 _CALLS = CALLS | {"shard_map"}
 

@@ -32,7 +32,7 @@ from jax.extend.core import Literal
 
 from reference.oracle import kernels
 from reference.oracle.jaxprs import params_jaxprs, scan_counts
-from reference.oracle.rounding import inlined
+from reference.oracle.sites import inlined
 from reference.oracle.versions import Float64
 
 # Params that name the dtype an operation makes: a float there is made float64.

@@ -119,7 +119,7 @@ def compile_probes(f: Callable, flat: Flat, base: list, work: Any, eps_out: floa
                     (jax.jit(jax.vmap(block, in_axes=over_probes)), block), exact)
 
 
-def alive(run: Callable, flat: Flat, x: jax.Array, base: list, cotangent: Sequence[Any], floored: np.ndarray,
+def alive(run: Callable, flat: Flat, base: list, cotangent: Sequence[Any], floored: np.ndarray,
           work: Any) -> float:
     """The largest output that moves at all (a mask fill does not), sized where the probes are (2|c||b|). An output
     moves if it changes when the inputs move by LIVE_MOVE of their step scales along pseudo-random signs, either

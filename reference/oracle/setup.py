@@ -107,6 +107,9 @@ def setup_of(subject: Subject, split: Split, called: Called, chosen: Choice, *, 
                                  else p.rtol for p in per_leaf])
     r_user = (r_call if rtol is not None else narrowed if evaluate is call
               else np.minimum(r_call, FLOAT32.rtol))
+    # Lifted, the call's own VJP is judged against the float64 one at the narrowed rtol too, with what the backward's
+    # roundings to the leaf explain (stage 5): at the leaf's own, a backward through float8 passed.
+    r_stage5 = r_call if rtol is not None else narrowed
     step = eps if eps is not None else evaluate.precision.step
     loosest = (evaluate.precision.loosest if subject.order == 1 or evaluate.precision.key == 64
                else LOOSEST_AS_CALLED)
@@ -137,7 +140,7 @@ def setup_of(subject: Subject, split: Split, called: Called, chosen: Choice, *, 
         leaf_scale = np.full(flat.size, np.inf)
     scales = Scales(natural, a_scale, spread, r_user, atol or 0.0, floored, relative, leaf_scale)
     a_user = flat.real(called.vjps[0], conjugate=True)
-    return Setup(evaluate, flat, split.diff_paths(), a_user, a_main, scales, spread_call, r_call, diffs, step,
+    return Setup(evaluate, flat, split.diff_paths(), a_user, a_main, scales, spread_call, r_stage5, diffs, step,
                  subject.levels or evaluate.precision.levels, loosest, how, loops, longer,
                  r_call if evaluate is call and np.any(r_user < r_call) else None)
 

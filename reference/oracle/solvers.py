@@ -30,7 +30,7 @@ from jax.extend.core import ClosedJaxpr, Literal
 from reference.oracle.jaxprs import primitives, trace
 from reference.oracle.programs import jit_or_eager
 from reference.oracle.report import Loops
-from reference.oracle.rounding import inlined
+from reference.oracle.sites import inlined
 
 MIN_EXTRA = 8  # extra steps at least, for a loop that stopped after fewer
 MAX_EXTRA = 10_000  # and at most

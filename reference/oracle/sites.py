@@ -1,0 +1,260 @@
+"""Where rounding happens in a computation and in its VJP, and the computation evaluated with rounding injected there.
+
+:func:`.rounding.forward_rounding` differentiates :func:`evaluate` with respect to the injected amounts: in the
+*forward*, every inexact operation at its own precision; in the *backward*, its functions, reductions and
+products at the call's precision (its elementwise arithmetic is its author's), its roundings to a leaf
+narrower than the call (:func:`to_leaves`) and the roundings its forward does too (:func:`as_forward`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import Literal
+
+from reference.oracle import kernels
+
+# Operations that compute their outputs exactly (they move, select or negate values): no rounding to inject.
+EXACT = frozenset({
+    "broadcast_in_dim", "reshape", "transpose", "squeeze", "expand_dims", "slice", "dynamic_slice",
+    "dynamic_update_slice", "gather", "scatter", "concatenate", "pad", "select_n", "copy", "copy_p", "neg", "abs",
+    "sign", "max", "min", "reduce_max", "reduce_min", "stop_gradient", "rev", "iota", "sort", "argmax", "argmin",
+    "convert_element_type", "real", "imag", "conj", "complex", "floor", "ceil", "round", "clamp",
+    "optimization_barrier",
+})
+# Elementwise operations round each output to within half an ulp of itself. Every other inexact operation
+# (a matrix product, a sum, an eigensolver, a loop) is at best backward stable: its outputs are off by
+# about u times the largest of them, not u times each (an eigenvector's small entries are off by u·‖v‖).
+ELEMENTWISE = frozenset({
+    "add", "add_any", "sub", "mul", "div", "rem", "pow", "integer_pow", "square", "sqrt", "rsqrt", "cbrt", "exp",
+    "exp2", "expm1", "log", "log1p", "logistic", "tanh", "sin", "cos", "tan", "asin", "acos", "atan", "atan2",
+    "sinh", "cosh", "asinh", "acosh", "atanh", "erf", "erfc", "erf_inv", "lgamma", "digamma", "igamma", "igammac",
+    "igamma_grad_a", "random_gamma_grad", "polygamma", "zeta", "bessel_i0e", "bessel_i1e", "nextafter",
+    "reduce_precision", "reciprocal",
+})
+# Primitives that run their one jaxpr once on their own operands, in order (jit was pjit, remat2 checkpoint, and
+# custom_vjp_call custom_vjp_call_jaxpr in older JAX; JAX 0.12's closed_call is named eval_jaxpr).
+CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "eval_jaxpr", "remat2", "checkpoint", "custom_jvp_call",
+                   "custom_vjp_call", "custom_vjp_call_jaxpr"})
+# Elementwise arithmetic: in the backward, its author's choice (no rounding excused there); everything else
+# elementwise is a function whose float result is accurate to its inputs' rounding (backward stable).
+ARITHMETIC = frozenset({"add", "add_any", "sub", "mul", "div", "rem", "integer_pow", "square", "reciprocal",
+                        "nextafter"})
+
+
+def params_jaxprs(params: dict) -> list[tuple[str, Any]]:
+    """The jaxprs an equation's params hold, with their names."""
+    found = []
+    for name, value in params.items():
+        for v in value if isinstance(value, tuple | list) else (value,):
+            inner = getattr(v, "jaxpr", v)
+            if hasattr(inner, "eqns") and hasattr(inner, "invars"):
+                found.append((name, inner))
+    return found
+
+
+def inlined(eqn: Any) -> Any:
+    """The jaxpr an equation only wraps (jit, remat, a custom rule's primal, a Pallas kernel as JAX's interpreter
+    runs it), evaluated in line; else None (a scan's body has the scan's arity, but runs on slices of its operands:
+    the scan is bound as it is)."""
+    if eqn.primitive.name == "pallas_call":
+        try:
+            return kernels.interpreted(eqn)
+        except kernels.Uninterpretable:
+            return None
+    if eqn.primitive.name not in CALLS:
+        return None
+    for name in ("jaxpr", "call_jaxpr"):
+        inner = eqn.params.get(name)
+        if (inner is not None and hasattr(inner, "jaxpr") and len(inner.jaxpr.invars) == len(eqn.invars)
+                and len(inner.jaxpr.outvars) == len(eqn.outvars)):
+            return inner
+    return None
+
+
+def floating(aval: Any) -> bool:
+    return hasattr(aval, "dtype") and jnp.issubdtype(aval.dtype, jnp.floating)
+
+
+TF32_EPS = 2.0**-10  # a float32 matmul run as TensorFloat-32 rounds its inputs to 10 mantissa bits
+
+
+def _backend() -> str:
+    return jax.default_backend()
+
+
+def runs_tf32(eqn: Any) -> bool:
+    """A float32 dot that the backend runs as TF32: on a GPU, at default precision, unless
+    ``jax_default_matmul_precision`` asks for more. Read through what JAX keeps public, with a safe fallback."""
+    if eqn.primitive.name != "dot_general" or not all(
+            getattr(v.aval, "dtype", None) == jnp.float32 for v in eqn.invars):
+        return False
+    try:
+        backend = _backend()
+        default = str(getattr(jax.config, "jax_default_matmul_precision", None) or "default").lower()
+    except RuntimeError:  # no backend: nothing runs as TF32
+        return False
+    asked = eqn.params.get("precision")
+    explicit = any(p is not None and "DEFAULT" not in str(p) for p in (asked if isinstance(asked, tuple) else (asked,)))
+    return backend == "gpu" and not explicit and default in ("default", "bfloat16", "tensorfloat32", "fastest")
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """Where rounding is injected. The forward: every inexact operation at its own precision. The backward: its
+    functions, reductions and products only, at the call's precision ``eps`` (its elementwise arithmetic is its
+    author's); its roundings to a narrower leaf (:func:`to_leaves`) at that leaf's; a ``reduce_precision`` only
+    where the forward rounds to the same bits (:func:`as_forward`: JAX's VJP of one is one; a backward that rounds
+    its gradient to 3 bits on its own is 6% off, not rounded). A dot run as TF32 has its inputs rounded to 10 bits.
+    A correct rounding (a convert, ``reduce_precision``) of the backward counts ``exact_share`` times."""
+
+    backward: bool = False
+    eps: float | None = None
+    to_leaves: frozenset[int] = frozenset()  # ids of the backward's roundings to a narrower leaf (:func:`to_leaves`)
+    as_forward: frozenset[tuple[int, int]] = frozenset()  # the bits the forward's reduce_precisions round to
+    exact_share: float = 1.0
+
+    def outputs(self, eqn: Any) -> bool:
+        name = eqn.primitive.name
+        if self.backward and name == "reduce_precision":
+            return _rounds_to(eqn) in self.as_forward
+        return id(eqn) in self.to_leaves or name not in EXACT and not (self.backward and name in ARITHMETIC)
+
+    def relative(self, eqn: Any) -> bool:
+        """Whether an output's rounding is half an ulp of each entry (else of the largest)."""
+        return eqn.primitive.name in ELEMENTWISE or id(eqn) in self.to_leaves
+
+    def inputs(self, eqn: Any) -> bool:
+        """A function whose result is accurate to its inputs' rounding: their rounding is injected too."""
+        name = eqn.primitive.name
+        return name in ELEMENTWISE and name not in ARITHMETIC and name != "reduce_precision"
+
+    def error(self, value: jax.Array, dtype: Any, relative: bool, eqn: Any) -> jax.Array:
+        """A rounding error of ``value``: half an ulp of each entry (``relative``) or of the largest."""
+        info = jnp.finfo(dtype)
+        # the backward: the call's, whatever its dtype; a rounding to a narrower leaf, that leaf's
+        eps = info.eps if self.eps is None or id(eqn) in self.to_leaves else self.eps
+        share = self.exact_share if id(eqn) in self.to_leaves else 1.0
+        if eqn.primitive.name == "reduce_precision":
+            eps = max(eps, 2.0 ** -_rounds_to(eqn)[1])
+            share = self.exact_share if self.backward else 1.0
+        size = jnp.abs(value) if relative else jnp.max(jnp.abs(value), initial=0.0)
+        error = jnp.where(size < info.tiny, info.tiny, share * eps / 2 * size)
+        return jax.lax.stop_gradient(jnp.where(jnp.isfinite(error), error, 0))
+
+
+def _rounds_to(eqn: Any) -> tuple[int, int]:
+    """A ``reduce_precision``'s (exponent, mantissa) bits."""
+    info = jnp.finfo(eqn.invars[0].aval.dtype)
+    return int(eqn.params.get("exponent_bits", info.nexp)), int(eqn.params.get("mantissa_bits", info.nmant))
+
+
+def as_forward(jaxpr: Any) -> frozenset[tuple[int, int]]:
+    """The bits the ``reduce_precision`` equations of a forward round to, in nested jaxprs too."""
+    found = {_rounds_to(e) for e in jaxpr.eqns if e.primitive.name == "reduce_precision"}
+    for eqn in jaxpr.eqns:
+        inner = inlined(eqn)
+        for sub in [inner.jaxpr] if inner is not None else [j for _, j in params_jaxprs(eqn.params)]:
+            found |= as_forward(sub)
+    return frozenset(found)
+
+
+def to_leaves(jaxpr: Any, eps: float) -> frozenset[int]:
+    """The equations of a backward that round its VJP to a leaf narrower than the call (``eps``): a convert to a
+    narrower float, or a sum in a float narrower than the call, whose result reaches the VJP through nothing but
+    moves (EXACT) and such sums. JAX's own VJP of a bfloat16 leaf cast to float32 twice (a residual) rounds each
+    part to bfloat16 and adds them in bfloat16, which cancelling parts make a few percent of their sum. A
+    backward that computes in the narrower float (a product, a function) is its author's, not excused."""
+    out = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
+    consumers: dict[Any, list] = {}
+    for eqn in jaxpr.eqns:
+        for v in eqn.invars:
+            if not isinstance(v, Literal):
+                consumers.setdefault(v, []).append(eqn)
+    leaving: set[int] = set()  # equations whose every output reaches the VJP only through moves and sums
+
+    def leaves_only(v: Any) -> bool:
+        return (v in out or v in consumers) and all(id(e) in leaving for e in consumers.get(v, []))
+
+    sites: set[int] = set()
+    for eqn in reversed(jaxpr.eqns):
+        if not eqn.outvars or not eqn.invars or not all(leaves_only(v) for v in eqn.outvars):
+            continue
+        name, aval, first = eqn.primitive.name, eqn.outvars[0].aval, eqn.invars[0].aval
+        narrower = floating(aval) and float(jnp.finfo(aval.dtype).eps) > eps
+        if name == "convert_element_type":  # a convert passes the VJP on only where it rounds it to the leaf's
+            if not (narrower and floating(first) and jnp.finfo(aval.dtype).nmant < jnp.finfo(first.dtype).nmant):
+                continue  # (a bfloat16 round trip of a float32 leaf's VJP is its author's)
+            sites.add(id(eqn))
+        elif name == "add_any":
+            if narrower:
+                sites.add(id(eqn))
+        elif name not in EXACT:
+            continue
+        leaving.add(id(eqn))
+    return frozenset(sites)
+
+
+def sites(jaxpr: Any, found: list, policy: Policy) -> list:
+    """The float values :func:`_evaluate` rounds, in evaluation order: inputs of functions, outputs of operations."""
+    for eqn in jaxpr.eqns:
+        inner = inlined(eqn)
+        if inner is not None:
+            sites(inner.jaxpr, found, policy)
+            continue
+        if policy.inputs(eqn):
+            found += [v.aval for v in eqn.invars if floating(v.aval)]
+        if policy.outputs(eqn):
+            found += [v.aval for v in eqn.outvars if floating(v.aval)]
+    return found
+
+
+def evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: jax.Array, at: list[int],
+              policy: Policy) -> list:
+    """The jaxpr evaluated with ``rounding[site]`` times a rounding error added at each site of :func:`_sites`:
+    half an ulp of each entry for an elementwise operation (and a function's inputs), of the largest entry
+    for any other, in a fixed pattern of signs (the roundings of different entries are independent); an
+    entry below the smallest normal number may be flushed to zero."""
+    env: dict = {}
+    read = lambda v: v.val if isinstance(v, Literal) else env[v]  # noqa: E731
+
+    def rounded(value: jax.Array, aval: Any, error: jax.Array) -> jax.Array:
+        error = error * signs(aval.shape, aval.dtype, at[0])
+        at[0] += 1
+        return value + rounding[at[0] - 1].astype(aval.dtype) * error
+
+    env.update(zip(jaxpr.constvars, consts, strict=True))
+    env.update(zip(jaxpr.invars, args, strict=True))
+    for eqn in jaxpr.eqns:
+        values = [read(v) for v in eqn.invars]
+        inner = inlined(eqn)
+        if inner is not None:
+            outs = evaluate(inner.jaxpr, inner.consts, values, rounding, at, policy)
+        else:
+            if policy.inputs(eqn):
+                values = [rounded(x, v.aval, policy.error(x, v.aval.dtype, True, eqn)) if floating(v.aval) else x
+                          for x, v in zip(values, eqn.invars, strict=True)]
+            with eqn.ctx.manager:
+                outs = eqn.primitive.bind(*values, **eqn.primitive.get_bind_params(eqn.params))
+            outs = list(outs) if eqn.primitive.multiple_results else [outs]
+            if runs_tf32(eqn):  # inputs rounded to 10 bits: each output off by up to 2⁻¹⁰ Σ|a||b|, in closed form
+                with eqn.ctx.manager:
+                    size = eqn.primitive.bind(*map(jnp.abs, values), **eqn.params)
+                outs = [rounded(outs[0], eqn.outvars[0].aval, jax.lax.stop_gradient(TF32_EPS * size))]
+            elif policy.outputs(eqn):
+                outs = [rounded(o, v.aval, policy.error(o, v.aval.dtype, policy.relative(eqn), eqn))
+                        if floating(v.aval) else o for o, v in zip(outs, eqn.outvars, strict=True)]
+        env.update(zip(eqn.outvars, outs, strict=True))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def signs(shape: tuple[int, ...], dtype: Any, salt: int) -> jax.Array:
+    """±1 alternating along the entries, in a phase set by ``salt``: roundings of neighbouring entries, and of
+    one entry at successive operations, do not all go one way."""
+    j = jax.lax.iota(jnp.int32, int(np.prod(shape, dtype=np.int64))) + salt
+    return (1 - 2 * (j & 1)).astype(dtype).reshape(shape)
