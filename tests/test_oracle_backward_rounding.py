@@ -9,6 +9,7 @@ the rounding, so the float64 rule is right and only the call's own VJP shows it.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -64,18 +65,17 @@ def test_jaxs_own_vjp_of_a_forward_that_rounds_to_fewer_bits_is_no_false_alarm(b
 def test_a_backward_through_float8_on_a_16_bit_leaf_is_no_proof(f8, leaf, n, seed):
     """A float32 computation of a bfloat16 leaf whose backward goes through float8 (3 mantissa bits, 6%): lifted, the
     call's VJP was judged at bfloat16's own rtol (3e-2), its rounding to the leaf allowed 8 ulps; it passed.
-    Now at float32's rtol plus two roundings to the leaf, each counted twice at most: a failure. As called: never
-    a proof."""
+    Now at float32's rtol plus one rounding to the leaf, the backward's roundings counted once each: a failure, or
+    unchecked within bfloat16's own rtol. As called: never a proof either."""
     f = _two_sin(lambda x, g: (2 * g * jnp.cos(x)).astype(f8).astype(x.dtype))
     x = _x(n, leaf, seed)
-    with pytest.raises(VJPMismatch):
-        check_vjp(lambda x: f(x.astype(jnp.float32)), (x,), seed=seed)
-    with lifting.disabled():
-        try:
-            report = check_vjp(lambda x: f(x.astype(jnp.float32)), (x,), seed=seed)
-        except VJPMismatch:
-            return
-    assert not report.proven, str(report)
+    for how in (contextlib.nullcontext, lifting.disabled):
+        with how():
+            try:
+                report = check_vjp(lambda x: f(x.astype(jnp.float32)), (x,), seed=seed)
+            except VJPMismatch:
+                continue
+        assert not report.proven, str(report)
 
 
 @pytest.mark.parametrize("lifted", [True, False], ids=["lifted", "as called"])
@@ -108,4 +108,80 @@ def test_an_entry_0_in_float64_for_every_cotangent_is_allowed_the_calls_round_of
 
     x = jnp.asarray(np.random.default_rng(0).standard_normal(4), dtype)
     report = check_vjp(fn, (x, jnp.ones(3, dtype), jnp.asarray(2.0**-30, jnp.float32)))
-    assert report.precision == "float64" and [n.path for n in report.notes] == ["args[1]"] * 3, str(report)
+    assert report.precision == "float64" and sum(n.path == "args[1]" for n in report.notes) == 3, str(report)
+
+
+# ------------------------------------------------------------------ found by a red team on the above
+def _residual(x, W):
+    return x.astype(jnp.float32) - 0.98 * jnp.tanh(x.astype(jnp.float32) @ W)
+
+
+@settings(max_examples=EXAMPLES, **QUICK)
+@given(dtype=st.sampled_from([jnp.bfloat16, jnp.float16]), seed=st.integers(0, 2**16))
+def test_jaxs_own_vjp_of_a_jitted_16_bit_residual_is_no_false_alarm(dtype, seed):
+    """Jitted, the residual's converts and sum in x's dtype are inside the backward's jit: they were not counted as
+    roundings to the leaf, and judged at float32's rtol plus two roundings JAX's own VJP failed."""
+    r = np.random.default_rng(seed)
+    args = (jnp.asarray(r.standard_normal((4, 8)), dtype), jnp.asarray(np.eye(8) + r.standard_normal((8, 8)) / 10,
+                                                                       jnp.float32))
+    report = check_vjp(jax.jit(_residual), args, seed=seed)
+    assert report.precision == "float64", str(report)
+    back = jax.make_jaxpr(lambda c: jax.vjp(jax.jit(_residual), *args)[1](c))(jnp.ones((4, 8), jnp.float32))
+    assert len(sites.to_leaves(back.jaxpr, 2.0**-23)) == 3, back  # two converts and their sum, inside the jit
+
+
+@settings(max_examples=EXAMPLES, **QUICK)
+@given(before=st.sampled_from(["bias", "double", "gather"]), n=st.sampled_from([16, 64]), seed=st.integers(0, 2**16))
+def test_a_backward_through_float8_after_a_16_bit_op_is_no_proof(before, n, seed):
+    """With a bfloat16 op before the cast (a bias added, a doubling, a gather), the call computes in bfloat16: its own
+    VJP was judged at bfloat16's 3e-2, its inputs moved by bfloat16's round-off, the rule's float32 work allowed
+    bfloat16's rounding 8 times, and a backward through float8 passed. Now float32's rtol plus one rounding to the
+    leaf, inputs moved by float32's round-off, float32 work rounding as float32; within bfloat16's own rtol and
+    round-off beyond that, unchecked."""
+    f = _two_sin(lambda x, g: (2 * g * jnp.cos(x)).astype(jnp.float8_e4m3fn).astype(x.dtype))
+    first = {"bias": lambda x, b: x + b, "double": lambda x, b: 2 * x, "gather": lambda x, b: x[::-1] + 0 * b[0]}
+    r = np.random.default_rng(seed)
+    args = (jnp.asarray(r.standard_normal(n), jnp.bfloat16), jnp.asarray(r.standard_normal(n), jnp.bfloat16))
+    try:
+        report = check_vjp(lambda x, b: f(first[before](x, b).astype(jnp.float32)), args, seed=seed)
+    except VJPMismatch:
+        return
+    assert not report.proven and "call's own VJP" in report.unchecked_why, str(report)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_dropped_gradient_rounded_away_by_an_offset_is_no_rounding(seed):
+    """``dw = rp(dw + 1000) − 1000`` with a forward that rounds to the same bits: dw is 0 or ±4 where it should be
+    0.02 to 1. Rounding explained it, unbounded, and every entry was a note. Rounding explains at most
+    ALLOWANCE_CAP of the leaf's largest entry."""
+    rp = functools.partial(jax.lax.reduce_precision, exponent_bits=8, mantissa_bits=7)
+
+    @jax.custom_vjp
+    def layer(x, w):
+        return jnp.tanh(rp(x) @ w)
+
+    def bwd(res, g):
+        x, w, y = res
+        gz = g * (1 - y * y)
+        return rp(gz @ w.T), rp(rp(x).T @ gz + 1000.0) - 1000.0
+
+    layer.defvjp(lambda x, w: (layer(x, w), (x, w, layer(x, w))), bwd)
+    r = np.random.default_rng(seed)
+    with pytest.raises(VJPMismatch):
+        check_vjp(layer, (jnp.asarray(r.standard_normal((6, 8)), jnp.float32),
+                          jnp.asarray(0.4 * r.standard_normal((8, 5)), jnp.float32)), seed=seed)
+
+
+@settings(max_examples=EXAMPLES, **QUICK)
+@given(seed=st.integers(0, 2**16))
+def test_jaxs_own_vjp_through_a_scan_accumulating_in_bfloat16_is_unchecked_not_failed(seed):
+    """A bfloat16 weight cast to float32 in a scan's body: JAX accumulates its cotangent in a bfloat16 carry, a
+    rounding at every step that the bound does not see. Beyond float32's rtol plus a rounding, within bfloat16's
+    own: unchecked, said why. (Longer scans, 16 steps of 16 × 16, still fail on some draws: docs/oracle.md.)"""
+    def rnn(x, w):
+        return jax.lax.scan(lambda h, _: (jnp.tanh(h @ w.astype(jnp.float32)), None), x, None, length=4)[0]
+
+    r = np.random.default_rng(seed)
+    args = (jnp.asarray(r.standard_normal((4, 8)), jnp.float32), jnp.asarray(r.standard_normal((8, 8)) / 2, jnp.bfloat16))
+    report = check_vjp(rnn, args, seed=seed)
+    assert report.proven or "call's own VJP" in report.unchecked_why, str(report)

@@ -10,7 +10,7 @@ import numpy as np
 
 from reference.oracle import tolerance
 from reference.oracle.report import Mismatch
-from reference.oracle.rounding import ROUNDING_FACTOR, finite_abs, forward_rounding
+from reference.oracle.rounding import ROUNDING_FACTOR, capped, finite_abs, forward_rounding
 from reference.oracle.trees import Flat, outputs
 from reference.oracle.versions import Version
 
@@ -22,43 +22,64 @@ def mismatch(kind: str, flat: Flat, paths: list[str], k: int, **fields: Any) -> 
     return Mismatch(kind, paths[leaf], i, part=part, **fields)
 
 
+class Float64Comparison(NamedTuple):
+    """The call's own VJP against the same rule in float64, entry by entry (:func:`against_float64`)."""
+
+    failures: list[Mismatch]
+    notes: list[Mismatch]  # off by more than rtol, by no more than rounding explains
+    unsure: np.ndarray  # flat indices off by more than that, and by no more than their own precision's rtol
+
+
 def against_float64(call: Version, flat: Flat, paths: list[str], a_user: np.ndarray, a_main: np.ndarray,
-                        natural: np.ndarray, spread: np.ndarray, rtol: np.ndarray, extra: float, cotangent: list,
-                        skip: set[int]) -> tuple[list[Mismatch], list[Mismatch]]:
-    """Every entry of the call's own VJP against the same rule in float64: (failures, precision notes).
+                    natural: np.ndarray, spread: np.ndarray, rtol: np.ndarray, own: np.ndarray, spread_own: np.ndarray,
+                    extra: float, cotangent: list, skip: set[int]) -> Float64Comparison:
+    """Every entry of the call's own VJP against the same rule in float64.
 
     Where the differences cannot see it (a tail entry below their round-off, an entry no probe singled
     out), this is what catches a rule that silently loses precision. An entry off by no more than
-    ROUNDING_FACTOR times what rounding in the call's forward explains is a note, not a failure.
+    ROUNDING_FACTOR times what rounding in the call's forward explains is a note, not a failure; the backward's
+    own roundings, never more than ALLOWANCE_CAP of its leaf's largest entry (a dropped gradient rounded away by a
+    large offset is no rounding; a KL divergence's gradient at q = p, all round-off of the forward, is).
+    One off by more, and by no more than its precision's own rtol and spread (``own``, ``spread_own``), is unsure.
     """
-    tol = rtol * (finite_abs(a_main) + natural) + spread + extra + call.precision.tiny  # below it: flushed to zero
+    scale = finite_abs(a_main) + natural
+    tol = rtol * scale + spread + extra + call.precision.tiny  # below it: flushed to zero
     with np.errstate(invalid="ignore"):
         err = np.abs(a_user - a_main)
     same = (a_user == a_main) | (np.isnan(a_user) & np.isnan(a_main))  # the same inf, or NaN in both: no loss
     bad = np.flatnonzero(~(err <= tol) & ~same)
     if not bad.size:
-        return [], []
+        return Float64Comparison([], [], bad)
     # An entry 0 in float64 for every cotangent is terms that cancel exactly there, and to their round-off in the
     # call's precision, of the VJP's size at most (jax.grad through log_softmax of equal logits: 2e-8, not 0).
-    explained = np.where((a_main == 0) & (natural == 0), call.precision.eps * np.max(natural, initial=0.0), 0.0)
+    explained = np.zeros(flat.size)
     bound = forward_rounding(call.fn, call.split.diff_leaves(), cotangent, call.context, call.precision.eps,
-                             ROUNDING_FACTOR)
-    if bound is not None:
-        explained = explained + np.abs(flat.real(bound[1], conjugate=True))
+                             ROUNDING_FACTOR, exact=1)  # each correct rounding once: every one is a site
+    if bound is not None:  # the backward's own roundings explain no more than ALLOWANCE_CAP of the leaf's largest
+        largest = np.concatenate([np.full(p.stop - p.start, np.max(scale[p], initial=0.0))
+                                  for p in map(flat.part, range(len(flat.shapes)))])
+        by_backward = np.abs(flat.real(bound.backward, conjugate=True))
+        explained = np.abs(flat.real(bound.vjp, conjugate=True)) - by_backward + capped(by_backward, largest)
+    explained += np.where((a_main == 0) & (natural == 0), call.precision.eps * np.max(natural, initial=0.0), 0.0)
+    loose = np.maximum(own, rtol) * scale + np.maximum(spread, spread_own) + extra + call.precision.tiny
     failures: list[Mismatch] = []
     notes: list[Mismatch] = []
+    unsure: list[int] = []
     for k in bad[np.argsort(-(err[bad] / tol[bad]))]:
         k = int(k)
         if k in skip:  # already reported against the differences
             continue
         noted = err[k] <= tol[k] + explained[k]
+        if not noted and err[k] <= loose[k] + explained[k]:
+            unsure.append(k)
+            continue
         kept = notes if noted else failures
         if noted or len(kept) < REPORTED:  # every note is listed; failures, the worst
             kept.append(mismatch("precision", flat, paths, k, analytic=float(a_user[k]), numerical=float(a_main[k]),
                                   tolerance=float(tol[k]), badness=float(err[k] / tol[k]) if np.isfinite(err[k])
                                   else np.inf, rtol=float(rtol[k]), precision=call.precision.name,
                                   explained=float(explained[k]) if bound is not None else None))
-    return failures, notes
+    return Float64Comparison(failures, notes, np.asarray(unsure, np.int64))
 
 
 def against_reference(reference: Callable, evaluate: Version, out: list, cotangent: list, flat: Flat,

@@ -23,7 +23,7 @@ Three measures, each per entry of the flat VJP vector:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -88,14 +88,22 @@ def _magnitude(t: jax.Array) -> jax.Array:
     return jax.lax.complex(jnp.abs(t.real), jnp.abs(t.imag)) if jnp.iscomplexobj(t) else jnp.abs(t)
 
 
+class Bound(NamedTuple):
+    """What rounding explains, per output and per leaf of the VJP (:func:`forward_rounding`)."""
+
+    outputs: list[np.ndarray]
+    vjp: list[np.ndarray]
+    backward: list[np.ndarray]  # the part of ``vjp`` the backward's own roundings explain
+
+
 def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list, context: Callable[[], Any],
-                     backward_eps: float | None = None, factor: float = 1.0
-                     ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+                     backward_eps: float | None = None, factor: float = 1.0, exact: float = LEAF_ROUNDINGS
+                     ) -> Bound | None:
     """First-order bounds on how far rounding moves fn's outputs and its VJP for ``cotangent``:
     ``Σ_sites |∂/∂v (outputs, VJP) · δv|`` over every site ``v`` of the forward (see :func:`_evaluate`), and,
     with ``backward_eps``, of the backward (its functions and reductions, at that precision), ``factor`` times;
     the backward's correct roundings (a convert to a narrower leaf, a ``reduce_precision``: half an ulp, exactly)
-    at most LEAF_ROUNDINGS times. None when fn cannot be traced (it reads values) or differentiated."""
+    at most ``exact`` times. None when fn cannot be traced (it reads values) or differentiated."""
     leaves = list(leaves)
     with context():
         structure: list = []  # the VJP's pytree structure and the number of outputs, learnt while tracing
@@ -115,8 +123,9 @@ def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list, conte
         forward_policy = Policy()
         backward_policy = Policy(backward=True, eps=backward_eps, as_forward=as_forward(closed.jaxpr),
                                  to_leaves=to_leaves(back.jaxpr, backward_eps) if backward_eps else frozenset(),
-                                 exact_share=min(factor, LEAF_ROUNDINGS) / factor)
+                                 exact_share=min(factor, exact) / factor)
         found = sites(closed.jaxpr, [], forward_policy)
+        n_forward = len(found)
         if backward_eps is not None:
             found = sites(back.jaxpr, found, backward_policy)
         if not found:
@@ -134,6 +143,7 @@ def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list, conte
             return jax.tree_util.tree_map(_magnitude, jax.jvp(rounded, (jnp.zeros(len(found)),), (unit,))[1])
 
         total: Any = None
+        backward: Any = jax.tree_util.tree_map(np.zeros_like, jax.tree_util.tree_map(np.asarray, list(leaves)))
         units = np.eye(len(found))
         try:
             # Inputs and cotangent are arguments, never constants XLA would fold; and a program the size of the
@@ -141,8 +151,10 @@ def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list, conte
             one = jax.jit(effect).lower(units[0], leaves, ct).compile(QUICK_COMPILE)
         except _UNTRACEABLE:  # a primitive with no JVP rule on the way
             return None
-        for unit in units:
+        for k, unit in enumerate(units):
             part = jax.tree_util.tree_map(lambda t: factor * np.asarray(t).astype(
                 np.complex128 if np.iscomplexobj(t) else np.float64), one(unit, leaves, ct))
             total = part if total is None else jax.tree_util.tree_map(np.add, total, part)
-    return total[0], total[1]
+            if k >= n_forward:
+                backward = jax.tree_util.tree_map(np.add, backward, part[1])
+    return Bound(total[0], total[1], backward)

@@ -50,8 +50,12 @@ class Setup:
     a_user: np.ndarray  # the call's own VJP, flat and real
     a_main: np.ndarray  # the version's VJP: what the differences judge
     scales: Scales
-    spread_call: np.ndarray  # how far the call's VJP moves when its inputs move by its round-off
+    spread_call: np.ndarray  # how far the call's VJP moves when its inputs move by its round-off (stage 5)
     rtol_call: np.ndarray  # per entry, the call's own VJP against the float64 one (stage 5)
+    # Per entry, its precision's rtol and spread: off by more than rtol_call and spread_call and no more than these,
+    # unchecked.
+    rtol_own: np.ndarray
+    spread_own: np.ndarray
     diffs: Differences
     step: float
     levels: int
@@ -107,9 +111,18 @@ def setup_of(subject: Subject, split: Split, called: Called, chosen: Choice, *, 
                                  else p.rtol for p in per_leaf])
     r_user = (r_call if rtol is not None else narrowed if evaluate is call
               else np.minimum(r_call, FLOAT32.rtol))
-    # Lifted, the call's own VJP is judged against the float64 one at the narrowed rtol too, with what the backward's
-    # roundings to the leaf explain (stage 5): at the leaf's own, a backward through float8 passed.
-    r_stage5 = r_call if rtol is not None else narrowed
+    # Stage 5, the call's own VJP against the float64 one: a 16-bit entry at float32's rtol plus one rounding to the
+    # leaf, the rest being what rounding explains (at bfloat16's own 3e-2, a backward through float8 passed). Beyond
+    # that and within its own dtype's rtol, unchecked: the bound does not see every rounding (a bfloat16 scan carry).
+    computed = FLOAT32 if call.precision.sixteen_bit else call.precision
+    r_stage5 = _per_entry(flat, [tolerance.rounded_to_leaf(computed, p, 1) if p.sixteen_bit else p.rtol
+                                 for p in per_leaf]) if rtol is None else r_call
+    # and its inputs moved by float32's round-off (a bfloat16 computation's roundings are in the bound; moved by
+    # bfloat16's, an entry's allowance reached a tenth of it and a backward through float8 passed)
+    spread_stage5 = spread_call
+    if computed is not call.precision and evaluate is not call and rtol is None:
+        spread_stage5 = capped(INPUT_SPREAD * input_spread(evaluate, chosen.cotangents, flat, vjps, computed.eps, rng),
+                               a_scale + natural)
     step = eps if eps is not None else evaluate.precision.step
     loosest = (evaluate.precision.loosest if subject.order == 1 or evaluate.precision.key == 64
                else LOOSEST_AS_CALLED)
@@ -140,7 +153,8 @@ def setup_of(subject: Subject, split: Split, called: Called, chosen: Choice, *, 
         leaf_scale = np.full(flat.size, np.inf)
     scales = Scales(natural, a_scale, spread, r_user, atol or 0.0, floored, relative, leaf_scale)
     a_user = flat.real(called.vjps[0], conjugate=True)
-    return Setup(evaluate, flat, split.diff_paths(), a_user, a_main, scales, spread_call, r_stage5, diffs, step,
+    return Setup(evaluate, flat, split.diff_paths(), a_user, a_main, scales, spread_stage5, r_stage5, r_call,
+                 spread_call, diffs, step,
                  subject.levels or evaluate.precision.levels, loosest, how, loops, longer,
                  r_call if evaluate is call and np.any(r_user < r_call) else None)
 

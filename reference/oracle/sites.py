@@ -107,11 +107,12 @@ def runs_tf32(eqn: Any) -> bool:
 @dataclasses.dataclass(frozen=True)
 class Policy:
     """Where rounding is injected. The forward: every inexact operation at its own precision. The backward: its
-    functions, reductions and products only, at the call's precision ``eps`` (its elementwise arithmetic is its
-    author's); its roundings to a narrower leaf (:func:`to_leaves`) at that leaf's; a ``reduce_precision`` only
-    where the forward rounds to the same bits (:func:`as_forward`: JAX's VJP of one is one; a backward that rounds
-    its gradient to 3 bits on its own is 6% off, not rounded). A dot run as TF32 has its inputs rounded to 10 bits.
-    A correct rounding (a convert, ``reduce_precision``) of the backward counts ``exact_share`` times."""
+    functions, reductions and products only, at the call's precision ``eps`` or their dtype's where finer (its
+    elementwise arithmetic is its author's); its roundings to a narrower leaf (:func:`to_leaves`) at that leaf's;
+    a ``reduce_precision`` only where the forward rounds to the same bits (:func:`as_forward`: JAX's VJP of one is
+    one; a backward that rounds its gradient to 3 bits on its own is 6% off, not rounded). A dot run as TF32 has
+    its inputs rounded to 10 bits. A correct rounding (a convert, ``reduce_precision``) of the backward counts
+    ``exact_share`` times."""
 
     backward: bool = False
     eps: float | None = None
@@ -123,11 +124,14 @@ class Policy:
         name = eqn.primitive.name
         if self.backward and name == "reduce_precision":
             return _rounds_to(eqn) in self.as_forward
+        if narrowing(eqn):  # float32 work rounded to bfloat16: in a backward, where its forward computes in it too
+            to = _format(eqn.outvars[0].aval.dtype)
+            return not self.backward or id(eqn) in self.to_leaves or to in self.as_forward
         return id(eqn) in self.to_leaves or name not in EXACT and not (self.backward and name in ARITHMETIC)
 
     def relative(self, eqn: Any) -> bool:
         """Whether an output's rounding is half an ulp of each entry (else of the largest)."""
-        return eqn.primitive.name in ELEMENTWISE or id(eqn) in self.to_leaves
+        return eqn.primitive.name in ELEMENTWISE or id(eqn) in self.to_leaves or narrowing(eqn)
 
     def inputs(self, eqn: Any) -> bool:
         """A function whose result is accurate to its inputs' rounding: their rounding is injected too."""
@@ -137,15 +141,23 @@ class Policy:
     def error(self, value: jax.Array, dtype: Any, relative: bool, eqn: Any) -> jax.Array:
         """A rounding error of ``value``: half an ulp of each entry (``relative``) or of the largest."""
         info = jnp.finfo(dtype)
-        # the backward: the call's, whatever its dtype; a rounding to a narrower leaf, that leaf's
-        eps = info.eps if self.eps is None or id(eqn) in self.to_leaves else self.eps
-        share = self.exact_share if id(eqn) in self.to_leaves else 1.0
-        if eqn.primitive.name == "reduce_precision":
-            eps = max(eps, 2.0 ** -_rounds_to(eqn)[1])
+        name = eqn.primitive.name
+        if id(eqn) in self.to_leaves or narrowing(eqn) or name == "reduce_precision":  # a correct rounding
+            eps = max(float(info.eps), 2.0 ** -_rounds_to(eqn)[1]) if name == "reduce_precision" else info.eps
             share = self.exact_share if self.backward else 1.0
+        else:  # the backward: the call's, or its dtype's where finer (float32 work in a bfloat16 call)
+            eps, share = info.eps if self.eps is None else min(self.eps, float(info.eps)), 1.0
         size = jnp.abs(value) if relative else jnp.max(jnp.abs(value), initial=0.0)
         error = jnp.where(size < info.tiny, info.tiny, share * eps / 2 * size)
         return jax.lax.stop_gradient(jnp.where(jnp.isfinite(error), error, 0))
+
+
+def narrowing(eqn: Any) -> bool:
+    """A convert from a float to a float with fewer mantissa bits: it rounds."""
+    if eqn.primitive.name != "convert_element_type":
+        return False
+    first, aval = eqn.invars[0].aval, eqn.outvars[0].aval
+    return floating(first) and floating(aval) and jnp.finfo(aval.dtype).nmant < jnp.finfo(first.dtype).nmant
 
 
 def _rounds_to(eqn: Any) -> tuple[int, int]:
@@ -154,9 +166,18 @@ def _rounds_to(eqn: Any) -> tuple[int, int]:
     return int(eqn.params.get("exponent_bits", info.nexp)), int(eqn.params.get("mantissa_bits", info.nmant))
 
 
+def _format(dtype: Any) -> tuple[int, int]:
+    info = jnp.finfo(dtype)
+    return int(info.nexp), int(info.nmant)
+
+
 def as_forward(jaxpr: Any) -> frozenset[tuple[int, int]]:
-    """The bits the ``reduce_precision`` equations of a forward round to, in nested jaxprs too."""
+    """The (exponent, mantissa) bits a forward rounds to, in nested jaxprs too: its ``reduce_precision`` equations',
+    and the narrower float of each convert between floats (bfloat16 activations cast to float32 and back)."""
     found = {_rounds_to(e) for e in jaxpr.eqns if e.primitive.name == "reduce_precision"}
+    for e in jaxpr.eqns:
+        if e.primitive.name == "convert_element_type" and floating(e.invars[0].aval) and floating(e.outvars[0].aval):
+            found.add(min(_format(e.invars[0].aval.dtype), _format(e.outvars[0].aval.dtype), key=lambda f: f[1]))
     for eqn in jaxpr.eqns:
         inner = inlined(eqn)
         for sub in [inner.jaxpr] if inner is not None else [j for _, j in params_jaxprs(eqn.params)]:
@@ -167,9 +188,15 @@ def as_forward(jaxpr: Any) -> frozenset[tuple[int, int]]:
 def to_leaves(jaxpr: Any, eps: float) -> frozenset[int]:
     """The equations of a backward that round its VJP to a leaf narrower than the call (``eps``): a convert to a
     narrower float, or a sum in a float narrower than the call, whose result reaches the VJP through nothing but
-    moves (EXACT) and such sums. JAX's own VJP of a bfloat16 leaf cast to float32 twice (a residual) rounds each
-    part to bfloat16 and adds them in bfloat16, which cancelling parts make a few percent of their sum. A
-    backward that computes in the narrower float (a product, a function) is its author's, not excused."""
+    moves (EXACT) and such sums, in line through calls (CALLS: a jitted model). JAX's own VJP of a
+    bfloat16 leaf cast to float32 twice (a residual) rounds each part to bfloat16 and adds them in bfloat16, which
+    cancelling parts make a few percent of their sum. A backward that computes in the narrower float (a product,
+    a function) is its author's, not excused."""
+    return frozenset(_to_leaves(jaxpr, eps)[0])
+
+
+def _to_leaves(jaxpr: Any, eps: float) -> tuple[set[int], bool]:
+    """:func:`to_leaves`' sites, and whether every equation passes the VJP on through moves and sums only."""
     out = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
     consumers: dict[Any, list] = {}
     for eqn in jaxpr.eqns:
@@ -181,23 +208,29 @@ def to_leaves(jaxpr: Any, eps: float) -> frozenset[int]:
     def leaves_only(v: Any) -> bool:
         return (v in out or v in consumers) and all(id(e) in leaving for e in consumers.get(v, []))
 
-    sites: set[int] = set()
+    found: set[int] = set()
     for eqn in reversed(jaxpr.eqns):
         if not eqn.outvars or not eqn.invars or not all(leaves_only(v) for v in eqn.outvars):
             continue
-        name, aval, first = eqn.primitive.name, eqn.outvars[0].aval, eqn.invars[0].aval
+        name, aval = eqn.primitive.name, eqn.outvars[0].aval
         narrower = floating(aval) and float(jnp.finfo(aval.dtype).eps) > eps
-        if name == "convert_element_type":  # a convert passes the VJP on only where it rounds it to the leaf's
-            if not (narrower and floating(first) and jnp.finfo(aval.dtype).nmant < jnp.finfo(first.dtype).nmant):
+        inner = inlined(eqn) if name in CALLS else None  # (a kernel's interpreter is another program each time)
+        if inner is not None:
+            inside, through = _to_leaves(inner.jaxpr, eps)
+            found |= inside
+            if not through:
+                continue
+        elif name == "convert_element_type":  # a convert passes the VJP on only where it rounds it to the leaf's
+            if not (narrower and narrowing(eqn)):
                 continue  # (a bfloat16 round trip of a float32 leaf's VJP is its author's)
-            sites.add(id(eqn))
+            found.add(id(eqn))
         elif name == "add_any":
             if narrower:
-                sites.add(id(eqn))
+                found.add(id(eqn))
         elif name not in EXACT:
             continue
         leaving.add(id(eqn))
-    return frozenset(sites)
+    return found, len(leaving) == len(jaxpr.eqns)
 
 
 def sites(jaxpr: Any, found: list, policy: Policy) -> list:

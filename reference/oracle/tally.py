@@ -67,6 +67,13 @@ class LeafStats:
             ratio = e / b.tolerance if b.tolerance > 0 else np.inf
             self.badness[b.lo - start:b.hi - start] = ratio if np.isfinite(e) else np.inf
 
+    def unsure(self, at: np.ndarray) -> None:
+        """Entries ``at`` (within the leaf) that the call's own VJP leaves unsure (stage 5): unchecked, whatever the
+        differences said of the rule."""
+        fresh = at[~np.isnan(self.badness[at])]
+        self.badness[fresh] = np.nan
+        self.unchecked += len(fresh)
+
     def _judged(self, err: np.ndarray, rel: np.ndarray, tolerance_rel: np.ndarray) -> None:
         """``err``: every judged entry's; ``rel`` and ``tolerance_rel``: those with a scale to be relative to."""
         self.max_abs = max(self.max_abs, float(np.max(err, initial=0.0)))

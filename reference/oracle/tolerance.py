@@ -64,11 +64,11 @@ PRECISIONS: dict[int, Precision] = {p.key: p for p in (FLOAT64, FLOAT32, FLOAT16
 LEAF_ROUNDINGS = 2
 
 
-def rounded_to_leaf(computed: Precision, leaf: Precision) -> float:
+def rounded_to_leaf(computed: Precision, leaf: Precision, roundings: int = LEAF_ROUNDINGS) -> float:
     """The rtol of a VJP computed in ``computed`` and rounded to a narrower ``leaf``: the computation's, plus
-    LEAF_ROUNDINGS roundings of half an ulp of the leaf (bfloat16 under float32: 7.9e-3, where bfloat16's own rtol,
+    ``roundings`` roundings of half an ulp of the leaf (bfloat16 under float32: 7.9e-3, where bfloat16's own rtol,
     for a computation in bfloat16, is 3e-2)."""
-    return computed.rtol + LEAF_ROUNDINGS * leaf.eps / 2
+    return computed.rtol + roundings * leaf.eps / 2
 
 
 def of_dtype(dtype: Any) -> Precision:

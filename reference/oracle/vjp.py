@@ -33,7 +33,7 @@ import numpy as np
 from reference.oracle import parts, solvers
 from reference.oracle import search as large
 from reference.oracle.blocks import block_device
-from reference.oracle.compare import REPORTED, RefStats, against_float64, against_reference
+from reference.oracle.compare import REPORTED, Float64Comparison, RefStats, against_float64, against_reference
 from reference.oracle.differences import Differences
 from reference.oracle.domains import projected
 from reference.oracle.entries import EntryJudge, cancelled, singular, staircase, within_leaf_rounding
@@ -203,9 +203,17 @@ def _check(subject: Subject, name: str, args: tuple, *, rtol: float | None, atol
             f"consistent differences")))
     notes: list[Mismatch] = []
     if setup.evaluate is not called.version:  # the call's own VJP against the float64 one
-        found, notes = _against_float64(called, setup, index, verdict)
-        problems += found + (notes if strict else [])
-        notes = [] if strict else notes
+        compared = _against_float64(called, setup, index, verdict, strict)
+        problems += compared.failures + (compared.notes if strict else [])
+        notes = [] if strict else compared.notes
+        if compared.unsure.size:
+            leaf = setup.flat.leaf_of(compared.unsure)
+            for i, s in enumerate(stats):
+                s.unsure(compared.unsure[leaf == i] - setup.flat.part(i).start)
+            unchecked_why = also(unchecked_why, (
+                f"{compared.unsure.size} entries of the call's own VJP further from the float64 one than float32's "
+                f"rtol plus their rounding to the leaf and what rounding explains, within their own dtype's rtol: "
+                f"rounding the bound does not see, or an error"))
     forward_err: float | None = None
     ref_stats: list[RefStats | None] = [None] * len(setup.paths)
     if subject.reference is not None:
@@ -289,19 +297,21 @@ def _judged(subject: Subject, name: str, setup: Setup, chosen: Choice, judge_: E
     return verdict, why
 
 
-def _against_float64(called: Called, setup: Setup, index: np.ndarray, verdict: Verdict | None
-                     ) -> tuple[list[Mismatch], list[Mismatch]]:
+def _against_float64(called: Called, setup: Setup, index: np.ndarray, verdict: Verdict | None, strict: bool
+                     ) -> Float64Comparison:
     """Stage 5: the call's own VJP against the float64 rule's, entry by entry (:func:`.against_float64`), allowed
-    its solves' measured stopping error; entries the differences failed already are not compared again."""
+    its solves' measured stopping error; entries the differences failed already are not compared again. Strict,
+    none is unsure: beyond the rtol and what rounding explains, a failure."""
     failed = set(index[~verdict.ok].tolist()) if verdict is not None else set()
-    spread = setup.spread_call
+    spread, spread_own = setup.spread_call, setup.spread_own
     measured = setup.loops is Loops.MEASURED
     stopped = solvers.vjp_stopping_error(called.version, called.cotangents[0]) if measured else None
     if stopped is not None:
-        spread = spread + np.abs(setup.flat.real(stopped))
+        spread, spread_own = spread + np.abs(setup.flat.real(stopped)), spread_own + np.abs(setup.flat.real(stopped))
     s = setup.scales
+    own, spread_own = (setup.rtol_call, spread) if strict else (setup.rtol_own, np.maximum(spread, spread_own))
     return against_float64(called.version, setup.flat, setup.paths, setup.a_user, setup.a_main, s.natural, spread,
-                           setup.rtol_call, s.extra, called.cotangents[0], skip=failed)
+                           setup.rtol_call, own, spread_own, s.extra, called.cotangents[0], skip=failed)
 
 
 def _entries_to_judge(setup: Setup, sharp_of_rtol: bool, failing: Callable[[np.ndarray], np.ndarray],
