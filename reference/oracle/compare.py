@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from reference.oracle import tolerance
@@ -43,7 +44,11 @@ def against_float64(call: Version, flat: Flat, paths: list[str], a_user: np.ndar
     One off by more, and by no more than its precision's own rtol and spread (``own``, ``spread_own``), is unsure.
     """
     scale = finite_abs(a_main) + natural
-    tol = rtol * scale + spread + extra + call.precision.tiny  # below it: flushed to zero
+    # Below the smallest normal number of the call's precision, or of the entry's leaf, a value may be flushed to 0.
+    tiny = np.concatenate([np.full(p.stop - p.start, max(call.precision.tiny, float(jnp.finfo(d).tiny)))
+                           for p, d in zip(map(flat.part, range(len(flat.shapes))),
+                                           map(jnp.result_type, call.split.diff_leaves()), strict=True)])
+    tol = rtol * scale + spread + extra + tiny
     with np.errstate(invalid="ignore"):
         err = np.abs(a_user - a_main)
     same = (a_user == a_main) | (np.isnan(a_user) & np.isnan(a_main))  # the same inf, or NaN in both: no loss
@@ -61,7 +66,7 @@ def against_float64(call: Version, flat: Flat, paths: list[str], a_user: np.ndar
         by_backward = np.abs(flat.real(bound.backward, conjugate=True))
         explained = np.abs(flat.real(bound.vjp, conjugate=True)) - by_backward + capped(by_backward, largest)
     explained += np.where((a_main == 0) & (natural == 0), call.precision.eps * np.max(natural, initial=0.0), 0.0)
-    loose = np.maximum(own, rtol) * scale + np.maximum(spread, spread_own) + extra + call.precision.tiny
+    loose = np.maximum(own, rtol) * scale + np.maximum(spread, spread_own) + extra + tiny
     failures: list[Mismatch] = []
     notes: list[Mismatch] = []
     unsure: list[int] = []

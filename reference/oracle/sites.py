@@ -41,6 +41,8 @@ ELEMENTWISE = frozenset({
 # custom_vjp_call custom_vjp_call_jaxpr in older JAX; JAX 0.12's closed_call is named eval_jaxpr).
 CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "eval_jaxpr", "remat2", "checkpoint", "custom_jvp_call",
                    "custom_vjp_call", "custom_vjp_call_jaxpr"})
+# Control flow a backward binds whole, its jaxprs' roundings unseen.
+CONTROL = frozenset({"cond", "scan", "while"})
 # Elementwise arithmetic: in the backward, its author's choice (no rounding excused there); everything else
 # elementwise is a function whose float result is accurate to its inputs' rounding (backward stable).
 ARITHMETIC = frozenset({"add", "add_any", "sub", "mul", "div", "rem", "integer_pow", "square", "reciprocal",
@@ -145,8 +147,10 @@ class Policy:
         if id(eqn) in self.to_leaves or narrowing(eqn) or name == "reduce_precision":  # a correct rounding
             eps = max(float(info.eps), 2.0 ** -_rounds_to(eqn)[1]) if name == "reduce_precision" else info.eps
             share = self.exact_share if self.backward else 1.0
-        else:  # the backward: the call's, or its dtype's where finer (float32 work in a bfloat16 call)
-            eps, share = info.eps if self.eps is None else min(self.eps, float(info.eps)), 1.0
+        else:  # the backward: the call's, or its dtype's where finer (float32 work in a bfloat16 call); a loop's or
+            # a branch's, its dtype's (inside, JAX's transposes round to it: a bfloat16 carry, a residual in a cond)
+            eps = info.eps if self.eps is None or name in CONTROL else min(self.eps, float(info.eps))
+            share = 1.0
         size = jnp.abs(value) if relative else jnp.max(jnp.abs(value), initial=0.0)
         error = jnp.where(size < info.tiny, info.tiny, share * eps / 2 * size)
         return jax.lax.stop_gradient(jnp.where(jnp.isfinite(error), error, 0))
