@@ -194,3 +194,12 @@ def test_a_float16_gradient_rounded_through_bfloat16_is_unchecked_within_float16
     f = _two_sin(lambda x, g: (2 * g * jnp.cos(x)).astype(jnp.bfloat16).astype(x.dtype))
     report = check_vjp(lambda x: f(x.astype(jnp.float32)), (_x(n, jnp.float16, 1),), seed=1)
     assert not report.proven and "call's own VJP" in report.unchecked_why, str(report)
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_a_float16_leaf_with_subnormal_gradients_is_no_false_alarm(seed):
+    """``1e-7·sin(x)`` of a float16 leaf: its VJP is below float16's smallest normal number, where rounding to the
+    leaf is absolute (or a flush to 0), not relative: -1.19e-7 for -1.48e-7 failed against a tolerance of 1e-10."""
+    x = jnp.asarray(np.random.default_rng(seed).standard_normal(16), jnp.float16)
+    report = check_vjp(lambda x: 1e-7 * jnp.sin(x.astype(jnp.float32)), (x,), seed=seed)
+    assert report.precision == "float64", str(report)

@@ -45,9 +45,8 @@ def against_float64(call: Version, flat: Flat, paths: list[str], a_user: np.ndar
     """
     scale = finite_abs(a_main) + natural
     # Below the smallest normal number of the call's precision, or of the entry's leaf, a value may be flushed to 0.
-    tiny = np.concatenate([np.full(p.stop - p.start, max(call.precision.tiny, float(jnp.finfo(d).tiny)))
-                           for p, d in zip(map(flat.part, range(len(flat.shapes))),
-                                           map(jnp.result_type, call.split.diff_leaves()), strict=True)])
+    tiny = flat.per_entry([max(call.precision.tiny, float(jnp.finfo(jnp.result_type(x)).tiny))
+                           for x in call.split.diff_leaves()])
     tol = rtol * scale + spread + extra + tiny
     with np.errstate(invalid="ignore"):
         err = np.abs(a_user - a_main)
@@ -61,8 +60,7 @@ def against_float64(call: Version, flat: Flat, paths: list[str], a_user: np.ndar
     bound = forward_rounding(call.fn, call.split.diff_leaves(), cotangent, call.context, call.precision.eps,
                              ROUNDING_FACTOR, exact=1)  # each correct rounding once: every one is a site
     if bound is not None:  # the backward's own roundings explain no more than ALLOWANCE_CAP of the leaf's largest
-        largest = np.concatenate([np.full(p.stop - p.start, np.max(scale[p], initial=0.0))
-                                  for p in map(flat.part, range(len(flat.shapes)))])
+        largest = flat.per_entry([np.max(scale[flat.part(i)], initial=0.0) for i in range(len(flat.shapes))])
         by_backward = np.abs(flat.real(bound.backward, conjugate=True))
         explained = np.abs(flat.real(bound.vjp, conjugate=True)) - by_backward + capped(by_backward, largest)
     explained += np.where((a_main == 0) & (natural == 0), call.precision.eps * np.max(natural, initial=0.0), 0.0)

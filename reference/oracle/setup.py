@@ -8,7 +8,6 @@ per entry what its tolerance is made of (:class:`.entries.Scales`), the steps, a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -101,13 +100,13 @@ def setup_of(subject: Subject, split: Split, called: Called, chosen: Choice, *, 
     # Per entry: the rtol of the computation, or of the entry's own leaf where that is narrower (a bfloat16 leaf's
     # VJP is rounded to bfloat16); a user's rtol everywhere.
     per_leaf = leaf_precisions(Flat(split.diff_leaves()), call.precision)
-    r_call = _per_entry(flat, [rtol if rtol is not None else p.rtol for p in per_leaf])
+    r_call = flat.per_entry([rtol if rtol is not None else p.rtol for p in per_leaf])
     # The rule's float64 self is judged at float32's rtol or finer: its VJP is not rounded to a 16-bit leaf or output
     # (that rounding is the call's own VJP's, judged against it at r_call).
     # As called, a leaf narrower than the computation is judged at the computation's rtol plus the rounding of its
     # VJP to the leaf (tolerance.rounded_to_leaf), not at its own dtype's: the differences are the computation's,
     # and a rule 3% off passed at bfloat16's rtol. What fails there but not at r_call is unchecked (_judged).
-    narrowed = _per_entry(flat, [tolerance.rounded_to_leaf(call.precision, p) if p.key < call.precision.key
+    narrowed = flat.per_entry([tolerance.rounded_to_leaf(call.precision, p) if p.key < call.precision.key
                                  else p.rtol for p in per_leaf])
     r_user = (r_call if rtol is not None else narrowed if evaluate is call
               else np.minimum(r_call, FLOAT32.rtol))
@@ -115,7 +114,7 @@ def setup_of(subject: Subject, split: Split, called: Called, chosen: Choice, *, 
     # leaf, the rest being what rounding explains (at bfloat16's own 3e-2, a backward through float8 passed). Beyond
     # that and within its own dtype's rtol, unchecked: the bound does not see every rounding (a bfloat16 scan carry).
     computed = FLOAT32 if call.precision.sixteen_bit else call.precision
-    r_stage5 = _per_entry(flat, [tolerance.rounded_to_leaf(computed, p, 1) if p.sixteen_bit else p.rtol
+    r_stage5 = flat.per_entry([tolerance.rounded_to_leaf(computed, p, 1) if p.sixteen_bit else p.rtol
                                  for p in per_leaf]) if rtol is None else r_call
     # and its inputs moved by float32's round-off (a bfloat16 computation's roundings are in the bound; moved by
     # bfloat16's, an entry's allowance reached a tenth of it and a backward through float8 passed)
@@ -141,14 +140,14 @@ def setup_of(subject: Subject, split: Split, called: Called, chosen: Choice, *, 
                         iterative=loops is not None and stops_on_values(called.closed), longer=longer)
     floored, relative = step_scales(flat)
     if evaluate is call and eps is None:  # a leaf narrower than the computation is moved by steps that span its ulps
-        wider = _per_entry(flat, [max(1.0, p.step / step) for p in per_leaf])
+        wider = flat.per_entry([max(1.0, p.step / step) for p in per_leaf])
         floored, relative = floored * wider, relative * wider
     # The scale an exact 0 is told from the differences' noise against: its leaf's largest; none (0) for a leaf the
     # rule makes 0 beside others that are not, and for a first derivative that is 0 everywhere (then only
     # differences that find no change at all tell it: a rule dropping every gradient of a function whose change
     # hides in its round-off passed as a proof); any (inf) for a second derivative that is 0 everywhere (a linear
     # fn's, differenced down to round-off: the differences are all there is to judge it on).
-    leaf_scale = _per_entry(flat, [float(np.max(natural[flat.part(i)], initial=0.0)) for i in range(len(per_leaf))])
+    leaf_scale = flat.per_entry([float(np.max(natural[flat.part(i)], initial=0.0)) for i in range(len(per_leaf))])
     if not np.any(leaf_scale) and subject.order == 2:
         leaf_scale = np.full(flat.size, np.inf)
     scales = Scales(natural, a_scale, spread, r_user, atol or 0.0, floored, relative, leaf_scale)
@@ -157,9 +156,3 @@ def setup_of(subject: Subject, split: Split, called: Called, chosen: Choice, *, 
                  spread_call, diffs, step,
                  subject.levels or evaluate.precision.levels, loosest, how, loops, longer,
                  r_call if evaluate is call and np.any(r_user < r_call) else None)
-
-
-def _per_entry(flat: Flat, values: Sequence[float]) -> np.ndarray:
-    """One value per leaf, laid out per entry of the flat vector."""
-    return np.concatenate([np.full(flat.part(i).stop - flat.part(i).start, v) for i, v in enumerate(values)]
-                          or [np.zeros(0)])

@@ -123,6 +123,11 @@ class Flat:
     def part(self, leaf: int) -> slice:
         return slice(int(self.offsets[leaf]), int(self.offsets[leaf + 1]))
 
+    def per_entry(self, values: Sequence[float]) -> np.ndarray:
+        """One value per leaf, laid out per entry of the flat vector."""
+        return np.concatenate([np.full(self.part(i).stop - self.part(i).start, v) for i, v in enumerate(values)]
+                              or [np.zeros(0)])
+
     def real(self, leaves: Sequence[Any], *, conjugate: bool = False) -> np.ndarray:
         """The leaves as one float64 vector; ``conjugate`` stores a complex leaf as (re, −im), as a gradient."""
         parts: list[np.ndarray] = []
