@@ -165,7 +165,7 @@ def cancelled(judge_: EntryJudge, verdict: Verdict, index: np.ndarray) -> tuple[
     if bound is None:
         return verdict, None
     excess = []  # per output entry computed by cancellation, the round-off its terms give it
-    for b, o in zip(bound[0], diffs.base, strict=True):
+    for b, o in zip(bound.outputs, diffs.base, strict=True):
         b, o = np.abs(np.asarray(b)).astype(np.float64), np.abs(np.asarray(o)).astype(np.float64)
         excess.append(np.where(np.isfinite(b) & (b > CANCELLED * diffs.eps_out * o), b, 0.0))
     if not any(np.any(e) for e in excess):
@@ -199,7 +199,7 @@ def within_leaf_rounding(judge_: EntryJudge, verdict: Verdict, index: np.ndarray
         bound = forward_rounding(v.fn, v.split.diff_leaves(), judge_.diffs.ct, v.context, v.precision.eps,
                                  LEAF_ROUNDINGS)  # each rounding half an ulp (not ROUNDING_FACTOR's ulps of a function)
         if bound is not None:
-            explained = np.abs(judge_.diffs.flat.real(bound[1], conjugate=True))[index[failing]]
+            explained = np.abs(judge_.diffs.flat.real(bound.vjp, conjugate=True))[index[failing]]
             with np.errstate(invalid="ignore"):
                 passes |= np.abs(again.analytic - again.numerical) <= again.tol + explained
     within = failing[passes]

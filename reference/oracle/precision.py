@@ -90,7 +90,7 @@ def _same_function(call: Version, out: list, v64: Version, out64: list, cotangen
     if bound is None:
         return False, worst
     allowed = [a + ROUNDING_FACTOR * (np.asarray(b).real + np.asarray(b).imag)
-               for a, b in zip(allowed, bound[0], strict=True)]
+               for a, b in zip(allowed, bound.outputs, strict=True)]
     return _all_within(pairs, allowed), worst
 
 

@@ -143,7 +143,7 @@ def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list, conte
             return jax.tree_util.tree_map(_magnitude, jax.jvp(rounded, (jnp.zeros(len(found)),), (unit,))[1])
 
         total: Any = None
-        backward: Any = jax.tree_util.tree_map(np.zeros_like, jax.tree_util.tree_map(np.asarray, list(leaves)))
+        backward: Any = [np.zeros(np.shape(x)) for x in leaves]  # the VJP's leaves, as the leaves
         units = np.eye(len(found))
         try:
             # Inputs and cotangent are arguments, never constants XLA would fold; and a program the size of the

@@ -331,4 +331,4 @@ def _rounding(b: _Batch, k: int) -> Any:
     found = forward_rounding(lambda *d: b.out_fn(*rebuilt.rebuild(d)), rebuilt.diff_leaves(), b.cts[k],
                              contextlib.nullcontext, max(tolerance.of_dtype(jnp.result_type(x)).eps
                                                          for x in rebuilt.diff_leaves()))
-    return None if found is None else found[1]
+    return None if found is None else found.vjp

@@ -307,9 +307,10 @@ def _against_float64(called: Called, setup: Setup, index: np.ndarray, verdict: V
     measured = setup.loops is Loops.MEASURED
     stopped = solvers.vjp_stopping_error(called.version, called.cotangents[0]) if measured else None
     if stopped is not None:
-        spread, spread_own = spread + np.abs(setup.flat.real(stopped)), spread_own + np.abs(setup.flat.real(stopped))
+        moved = np.abs(setup.flat.real(stopped))
+        spread, spread_own = spread + moved, spread_own + moved
     s = setup.scales
-    own, spread_own = (setup.rtol_call, spread) if strict else (setup.rtol_own, np.maximum(spread, spread_own))
+    own, spread_own = (setup.rtol_call, spread) if strict else (setup.rtol_own, spread_own)
     return against_float64(called.version, setup.flat, setup.paths, setup.a_user, setup.a_main, s.natural, spread,
                            setup.rtol_call, own, spread_own, s.extra, called.cotangents[0], skip=failed)
 
