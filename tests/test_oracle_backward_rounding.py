@@ -203,3 +203,44 @@ def test_a_float16_leaf_with_subnormal_gradients_is_no_false_alarm(seed):
     x = jnp.asarray(np.random.default_rng(seed).standard_normal(16), jnp.float16)
     report = check_vjp(lambda x: 1e-7 * jnp.sin(x.astype(jnp.float32)), (x,), seed=seed)
     assert report.precision == "float64", str(report)
+
+
+_rp7 = functools.partial(jax.lax.reduce_precision, exponent_bits=8, mantissa_bits=7)
+OFFSET_FORMS = {  # a rule 2·g·cos(x) rounded with an offset added and taken off again
+    "reduce_precision": lambda v, c: _rp7(v + c) - c,
+    "bfloat16 round trip": lambda v, c: (v + c).astype(jnp.bfloat16).astype(v.dtype) - c,
+    "sqrt of the square": lambda v, c: jnp.sqrt((v + 1e5 * c) ** 2) - 1e5 * c,
+}
+OFFSET_LEAVES = {  # a forward that rounds to bfloat16's bits, so the backward's rounding to them is allowed
+    "bfloat16 leaf": (jnp.bfloat16, lambda x: x.astype(jnp.float32)),
+    "float32 leaf, reduce_precision": (jnp.float32, _rp7),
+}
+
+
+@settings(max_examples=EXAMPLES, **QUICK)
+@given(form=st.sampled_from(sorted(OFFSET_FORMS)), offset=st.sampled_from([30.0, 100.0]),
+       leaf=st.sampled_from(sorted(OFFSET_LEAVES)), n=st.sampled_from([16, *SIZES[1:]]), lifted=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_a_gradient_rounded_beside_an_offset_is_no_proof(form, offset, leaf, n, lifted, seed):
+    """``rp(dw + 100) − 100``: dw to a quarter, 10% of its leaf's largest entry where it is 2.5 (within the cap).
+    The rounding was sized on ``dw + 100`` and every lifted check passed. A VJP is linear in its cotangents, so
+    its rounding is sized on the part that depends on them (the sum's value at zero cotangents taken off)."""
+    f = _two_sin(lambda x, g: OFFSET_FORMS[form](2 * g * jnp.cos(x), offset))
+    dtype, first = OFFSET_LEAVES[leaf]
+    with contextlib.nullcontext() if lifted else lifting.disabled():
+        try:
+            report = check_vjp(lambda x: f(first(x)), (_x(n, dtype, seed),), seed=seed)
+        except VJPMismatch:
+            return
+    assert not report.proven, str(report)
+
+
+@pytest.mark.parametrize("leaf", sorted(OFFSET_LEAVES))
+@pytest.mark.parametrize("offset", [0.0, 2.0**-40], ids=["zeros", "tiny"])
+def test_a_gradient_rounded_beside_a_zero_or_tiny_offset_is_a_proof(leaf, offset):
+    """The other side: the same sum with an accumulator of zeros, or an offset below every entry's ulp, rounds dw as
+    JAX's VJP of the forward's rounding does."""
+    f = _two_sin(lambda x, g: _rp7(jnp.full_like(x, offset) + 2 * g * jnp.cos(x)) - offset)
+    dtype, first = OFFSET_LEAVES[leaf]
+    report = check_vjp(lambda x: f(first(x)), (_x(64, dtype, 2),), seed=2)
+    assert report.proven, str(report)

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reference.oracle.sites import Policy, as_forward, evaluate, sites, to_leaves
+from reference.oracle.sites import Policy, as_forward, evaluate, offset, sites, to_leaves
 from reference.oracle.tolerance import LEAF_ROUNDINGS
 from reference.oracle.trees import Flat
 
@@ -130,6 +130,7 @@ def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list, conte
             found = sites(back.jaxpr, found, backward_policy)
         if not found:
             return None
+        offsets = backward_eps is not None and offset(back.jaxpr, len(closed.out_avals) - n_out)
 
         def effect(unit: jax.Array, xs: list, ct: list) -> tuple:  # one site's rounding (unit picks it), in magnitude
             def rounded(rounding: jax.Array) -> tuple:
@@ -138,7 +139,14 @@ def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list, conte
                 if backward_eps is None:
                     vjp = jax.tree_util.tree_unflatten(pull_def, values[n_out:])(ct)
                 else:
-                    vjp = evaluate(back.jaxpr, back.consts, [*values[n_out:], *ct], rounding, at, backward_policy)
+                    at_zero: dict | None = None  # each site's offset: its value at zero cotangents
+                    if offsets:
+                        at_zero = {}
+                        evaluate(back.jaxpr, back.consts, [*map(jax.lax.stop_gradient, values[n_out:]),
+                                                           *map(jnp.zeros_like, ct)], jnp.zeros_like(rounding),
+                                 [at[0]], backward_policy, record=at_zero)
+                    vjp = evaluate(back.jaxpr, back.consts, [*values[n_out:], *ct], rounding, at, backward_policy,
+                                   offsets=at_zero)
                 return values[:n_out], list(vjp)
             return jax.tree_util.tree_map(_magnitude, jax.jvp(rounded, (jnp.zeros(len(found)),), (unit,))[1])
 

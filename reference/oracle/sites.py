@@ -41,6 +41,8 @@ ELEMENTWISE = frozenset({
 # custom_vjp_call custom_vjp_call_jaxpr in older JAX; JAX 0.12's closed_call is named eval_jaxpr).
 CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "eval_jaxpr", "remat2", "checkpoint", "custom_jvp_call",
                    "custom_vjp_call", "custom_vjp_call_jaxpr"})
+# Sums a backward may add an offset with (:func:`offset`).
+OFFSETS = frozenset({"add", "add_any", "sub"})
 # Control flow a backward binds whole, its jaxprs' roundings unseen.
 CONTROL = frozenset({"cond", "scan", "while"})
 # Elementwise arithmetic: in the backward, its author's choice (no rounding excused there); everything else
@@ -237,6 +239,31 @@ def _to_leaves(jaxpr: Any, eps: float) -> tuple[set[int], bool]:
     return found, len(leaving) == len(jaxpr.eqns)
 
 
+def offset(jaxpr: Any, n_saved: int) -> bool:
+    """Whether a backward (residuals, then cotangents) adds or subtracts, in line through calls, a value that does
+    not depend on its cotangents (a constant, a residual) to one that does: ``(dw + 100) - 100``. Its VJP is linear
+    in the cotangents, so the offset is taken off again, and what rounding the sum explains is that of its part
+    that does depend on them (:func:`evaluate`'s ``offsets``), not of the offset."""
+    return _offset(jaxpr, [k >= n_saved for k in range(len(jaxpr.invars))])[0]
+
+
+def _offset(jaxpr: Any, dependent: Sequence[bool]) -> tuple[bool, list[bool]]:
+    """:func:`offset`, given which of ``jaxpr``'s inputs depend on the cotangents; and which of its outputs do."""
+    on = {v for v, d in zip(jaxpr.invars, dependent, strict=True) if d}
+    found = False
+    for eqn in jaxpr.eqns:
+        ins = [not isinstance(v, Literal) and v in on for v in eqn.invars]
+        inner = inlined(eqn)
+        if inner is not None:
+            inside, outs = _offset(inner.jaxpr, ins)
+            found |= inside
+        else:
+            outs = [any(ins)] * len(eqn.outvars)
+            found |= eqn.primitive.name in OFFSETS and any(ins) and not all(ins)
+        on |= {v for v, d in zip(eqn.outvars, outs, strict=True) if d}
+    return found, [not isinstance(v, Literal) and v in on for v in jaxpr.outvars]
+
+
 def sites(jaxpr: Any, found: list, policy: Policy) -> list:
     """The float values :func:`_evaluate` rounds, in evaluation order: inputs of functions, outputs of operations."""
     for eqn in jaxpr.eqns:
@@ -252,13 +279,24 @@ def sites(jaxpr: Any, found: list, policy: Policy) -> list:
 
 
 def evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: jax.Array, at: list[int],
-              policy: Policy) -> list:
+              policy: Policy, offsets: dict[int, jax.Array] | None = None, record: dict[int, jax.Array] | None = None
+              ) -> list:
     """The jaxpr evaluated with ``rounding[site]`` times a rounding error added at each site of :func:`_sites`:
     half an ulp of each entry for an elementwise operation (and a function's inputs), of the largest entry
     for any other, in a fixed pattern of signs (the roundings of different entries are independent); an
-    entry below the smallest normal number may be flushed to zero."""
+    entry below the smallest normal number may be flushed to zero. ``record`` collects each site's value;
+    ``offsets`` (a backward's, recorded at zero cotangents: :func:`offset`) are taken off a site's value, where
+    finite and different from it, before its rounding error is sized."""
     env: dict = {}
     read = lambda v: v.val if isinstance(v, Literal) else env[v]  # noqa: E731
+
+    def error(value: jax.Array, aval: Any, relative: bool, eqn: Any) -> jax.Array:
+        if record is not None:
+            record[at[0]] = value
+        if offsets is not None:
+            o = offsets[at[0]]
+            value = jnp.where(jnp.isfinite(o) & (o != value), value - o, value)
+        return policy.error(value, aval.dtype, relative, eqn)
 
     def rounded(value: jax.Array, aval: Any, error: jax.Array) -> jax.Array:
         error = error * signs(aval.shape, aval.dtype, at[0])
@@ -274,7 +312,7 @@ def evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: j
             outs = evaluate(inner.jaxpr, inner.consts, values, rounding, at, policy)
         else:
             if policy.inputs(eqn):
-                values = [rounded(x, v.aval, policy.error(x, v.aval.dtype, True, eqn)) if floating(v.aval) else x
+                values = [rounded(x, v.aval, error(x, v.aval, True, eqn)) if floating(v.aval) else x
                           for x, v in zip(values, eqn.invars, strict=True)]
             with eqn.ctx.manager:
                 outs = eqn.primitive.bind(*values, **eqn.primitive.get_bind_params(eqn.params))
@@ -284,7 +322,7 @@ def evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: j
                     size = eqn.primitive.bind(*map(jnp.abs, values), **eqn.params)
                 outs = [rounded(outs[0], eqn.outvars[0].aval, jax.lax.stop_gradient(TF32_EPS * size))]
             elif policy.outputs(eqn):
-                outs = [rounded(o, v.aval, policy.error(o, v.aval.dtype, policy.relative(eqn), eqn))
+                outs = [rounded(o, v.aval, error(o, v.aval, policy.relative(eqn), eqn))
                         if floating(v.aval) else o for o, v in zip(outs, eqn.outvars, strict=True)]
         env.update(zip(eqn.outvars, outs, strict=True))
     return [read(v) for v in jaxpr.outvars]
