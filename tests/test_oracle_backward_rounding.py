@@ -33,6 +33,14 @@ def _two_sin(backward):
     return f
 
 
+def _no_proof(fn, x: jax.Array, seed: int) -> bool:
+    """Whether check_vjp fails ``fn`` at ``x`` or leaves it unproven."""
+    try:
+        return not check_vjp(fn, (x,), seed=seed).proven
+    except VJPMismatch:
+        return True
+
+
 def _x(n: int, dtype, seed: int) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).standard_normal(n), dtype)
 
@@ -211,13 +219,23 @@ OFFSET_FORMS = {  # a rule 2·g·cos(x) rounded with an offset added and taken o
     "bfloat16 round trip": lambda v, c: (v + c).astype(jnp.bfloat16).astype(v.dtype) - c,
     "sqrt of the square": lambda v, c: jnp.sqrt((v + 1e5 * c) ** 2) - 1e5 * c,
 }
+OFFSET_FORMS_UNSEEN = {  # found by a red team: no add or sub of the offset where the rounding is
+    "in a jitted call": lambda v, c: jax.jit(lambda v: _rp7(v + c))(v) - c,
+    "through a stack and a sum": lambda v, c: jnp.sum(jnp.stack([_rp7(jnp.stack([v, jnp.full_like(v, c)]).sum(0)),
+                                                                 jnp.full_like(v, -c)]), axis=0),
+    "in a scan": lambda v, c: jax.lax.scan(lambda _, d: (None, (d + c).astype(jnp.bfloat16)), None, v)[1].astype(
+        v.dtype) - c,
+    "through a cumulative sum": lambda v, c: jnp.diff(jnp.stack([jnp.full_like(v, c), _rp7(jnp.cumsum(jnp.stack(
+        [jnp.full_like(v, c), v]), axis=0)[1])]), axis=0)[0],
+}
+OFFSET_FORMS.update(OFFSET_FORMS_UNSEEN)
 OFFSET_LEAVES = {  # a forward that rounds to bfloat16's bits, so the backward's rounding to them is allowed
     "bfloat16 leaf": (jnp.bfloat16, lambda x: x.astype(jnp.float32)),
     "float32 leaf, reduce_precision": (jnp.float32, _rp7),
 }
 
 
-@settings(max_examples=EXAMPLES, **QUICK)
+@settings(max_examples=max(5, EXAMPLES // 2), **QUICK)  # beside the deterministic pins below
 @given(form=st.sampled_from(sorted(OFFSET_FORMS)), offset=st.sampled_from([30.0, 100.0]),
        leaf=st.sampled_from(sorted(OFFSET_LEAVES)), n=st.sampled_from([16, *SIZES[1:]]), lifted=st.booleans(),
        seed=st.integers(0, 2**16))
@@ -235,6 +253,14 @@ def test_a_gradient_rounded_beside_an_offset_is_no_proof(form, offset, leaf, n, 
     assert not report.proven, str(report)
 
 
+@pytest.mark.parametrize("form", sorted(OFFSET_FORMS_UNSEEN))
+def test_an_offset_added_out_of_sight_is_found(form):
+    """Inside a jit the offsets were not passed on; through a stack, a dot, a cumulative sum or a scan the offset was
+    not seen (only add and sub were): a proof. A stack's entries the cotangents do not move keep no size of theirs."""
+    f = _two_sin(lambda x, g: OFFSET_FORMS_UNSEEN[form](2 * g * jnp.cos(x), 100.0))
+    assert _no_proof(lambda x: f(x.astype(jnp.float32)), _x(64, jnp.bfloat16, 0), 0)
+
+
 @pytest.mark.parametrize("leaf", sorted(OFFSET_LEAVES))
 @pytest.mark.parametrize("offset", [0.0, 2.0**-40], ids=["zeros", "tiny"])
 def test_a_gradient_rounded_beside_a_zero_or_tiny_offset_is_a_proof(leaf, offset):
@@ -244,3 +270,77 @@ def test_a_gradient_rounded_beside_a_zero_or_tiny_offset_is_a_proof(leaf, offset
     dtype, first = OFFSET_LEAVES[leaf]
     report = check_vjp(lambda x: f(first(x)), (_x(64, dtype, 2),), seed=2)
     assert report.proven, str(report)
+
+
+def _gathered(ids: str, n: int, seed: int) -> jax.Array:
+    r = np.random.default_rng(seed)
+    return jnp.asarray(r.permutation(n) if ids == "permuted" else r.integers(0, n // 4, n), jnp.int32)
+
+
+@settings(max_examples=max(5, EXAMPLES // 2), **QUICK)  # beside the deterministic pins below
+@given(f8=st.sampled_from([jnp.float8_e4m3fn, jnp.float8_e5m2]), leaf=st.sampled_from([jnp.bfloat16, jnp.float16]),
+       ids=st.sampled_from([("permuted", 16), ("permuted", 64), ("repeated", 64)]), lifted=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_a_backward_through_float8_on_a_gathered_16_bit_leaf_is_no_proof(f8, leaf, ids, lifted, seed):
+    """An embedding's lookup before the cast: the backward's scatter-add in the leaf's dtype was taken as backward
+    stable, half an ulp of its largest entry 8 times, and a float8 backward passed. Its rounding is now bounded in
+    closed form, each entry's own terms times its inexact additions (none into zeros where no id repeats). (With 4
+    ids in 16, a few entries each sum 4 terms that cancel, and bfloat16's summation explains float8's error in
+    some draws: not drawn here.)"""
+    f = _two_sin(lambda x, g: (2 * g * jnp.cos(x)).astype(f8).astype(x.dtype))
+    at = _gathered(*ids, seed)
+    n = ids[1]
+    with contextlib.nullcontext() if lifted else lifting.disabled():
+        try:
+            report = check_vjp(lambda x: f(x[at].astype(jnp.float32)), (_x(n, leaf, seed),), seed=seed)
+        except VJPMismatch:
+            return
+    assert not report.proven, str(report)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_scatter_adds_first_addition_to_zeros_is_exact(seed):
+    """5 mantissa bits (1.6%) on a permuted bfloat16 leaf of 64 entries: with the first addition into the
+    transpose's zeros counted as a rounding, a proof."""
+    f = _two_sin(lambda x, g: jax.lax.reduce_precision(2 * g * jnp.cos(x), exponent_bits=8, mantissa_bits=5))
+    at = _gathered("permuted", 64, seed)
+    assert _no_proof(lambda x: f(x[at].astype(jnp.float32)), _x(64, jnp.bfloat16, seed), seed)
+
+
+@pytest.mark.parametrize("ids", ["permuted", "repeated"])
+@pytest.mark.parametrize("leaf", [jnp.bfloat16, jnp.float16])
+def test_jaxs_own_vjp_of_a_gathered_16_bit_leaf_is_a_proof(leaf, ids):
+    """The other side: the right rule; ids repeated 4 times on average, each of 8 ids 32 times, or each of 4 ids 1024
+    times (summed in float16 its bound overflowed, and a bfloat16 count stops at 256: a false alarm)."""
+    f = _two_sin(lambda x, g: 2 * g * jnp.cos(x))
+    for n, at in ((64, _gathered(ids, 64, 5)), (8, _gathered(ids, 256, 5) % 8), (4, _gathered(ids, 4096, 0) % 4)):
+        report = check_vjp(lambda x, at=at: f(x[at].astype(jnp.float32)), (_x(n, leaf, 5),), seed=5)
+        assert report.proven, str(report)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_float8_backward_on_a_table_looked_up_32_times_a_row_is_no_proof(seed):
+    """8 rows looked up 256 times: one rounding of each sum's terms per addition (31 of them) explained float8."""
+    f = _two_sin(lambda x, g: (2 * g * jnp.cos(x)).astype(jnp.float8_e4m3fn).astype(x.dtype))
+    at = jnp.asarray(np.random.default_rng(seed).integers(0, 8, 256), jnp.int32)
+    assert _no_proof(lambda x: f(x[at].astype(jnp.float32)), _x(8, jnp.float16, seed), seed)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_long_bfloat16_sum_of_terms_of_one_sign_is_a_proof(seed):
+    """The other side: a scalar loss, so each row's 32 terms have one sign and their bfloat16 sum grows as it goes;
+    one rounding of the terms' magnitudes alone does not explain it (unchecked entries)."""
+    f = _two_sin(lambda x, g: 2 * g * jnp.cos(x))
+    at = jnp.asarray(np.random.default_rng(seed).integers(0, 8, 256), jnp.int32)
+    report = check_vjp(lambda x: jnp.sum(f(x[at].astype(jnp.float32))), (_x(8, jnp.bfloat16, seed),), seed=seed)
+    assert report.proven, str(report)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_float8_backward_on_a_table_looked_up_where_most_cotangents_are_masked_is_no_proof(seed):
+    """16 rows looked up 1024 times, the output masked to 1 in 32: a lookup whose cotangent is 0 adds nothing and
+    rounds nothing, but it was counted as an inexact addition, and float8 was explained."""
+    f = _two_sin(lambda x, g: (2 * g * jnp.cos(x)).astype(jnp.float8_e4m3fn).astype(x.dtype))
+    r = np.random.default_rng(seed)
+    at, keep = jnp.asarray(r.integers(0, 16, 1024), jnp.int32), jnp.asarray(r.random(1024) < 1 / 32, jnp.float32)
+    assert _no_proof(lambda x: f(x[at].astype(jnp.float32)) * keep, _x(16, jnp.bfloat16, seed), seed)

@@ -9,6 +9,7 @@ narrower than the call (:func:`to_leaves`) and the roundings its forward does to
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ EXACT = frozenset({
     "dynamic_update_slice", "gather", "scatter", "concatenate", "pad", "select_n", "copy", "copy_p", "neg", "abs",
     "sign", "max", "min", "reduce_max", "reduce_min", "stop_gradient", "rev", "iota", "sort", "argmax", "argmin",
     "convert_element_type", "real", "imag", "conj", "complex", "floor", "ceil", "round", "clamp",
-    "optimization_barrier",
+    "optimization_barrier", "stack",
 })
 # Elementwise operations round each output to within half an ulp of itself. Every other inexact operation
 # (a matrix product, a sum, an eigensolver, a loop) is at best backward stable: its outputs are off by
@@ -41,8 +42,12 @@ ELEMENTWISE = frozenset({
 # custom_vjp_call custom_vjp_call_jaxpr in older JAX; JAX 0.12's closed_call is named eval_jaxpr).
 CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "eval_jaxpr", "remat2", "checkpoint", "custom_jvp_call",
                    "custom_vjp_call", "custom_vjp_call_jaxpr"})
-# Sums a backward may add an offset with (:func:`offset`).
-OFFSETS = frozenset({"add", "add_any", "sub"})
+# Sums into entries picked by index (a gather's transpose), each entry's terms its own: bounded in closed form.
+BY_INDEX = frozenset({"scatter-add"})
+# Operations whose every result is correctly rounded (or, BY_INDEX, a sum of correct roundings): bounded exactly.
+CORRECTLY_ROUNDED = frozenset({"reduce_precision", *BY_INDEX})
+# Operations that scale a value that depends on a backward's cotangents by one that does not (:func:`offset`).
+SCALES = frozenset({"mul", "dot_general", "conv_general_dilated"})
 # Control flow a backward binds whole, its jaxprs' roundings unseen.
 CONTROL = frozenset({"cond", "scan", "while"})
 # Elementwise arithmetic: in the backward, its author's choice (no rounding excused there); everything else
@@ -146,16 +151,17 @@ class Policy:
         """A rounding error of ``value``: half an ulp of each entry (``relative``) or of the largest."""
         info = jnp.finfo(dtype)
         name = eqn.primitive.name
-        if id(eqn) in self.to_leaves or narrowing(eqn) or name == "reduce_precision":  # a correct rounding
+        if id(eqn) in self.to_leaves or narrowing(eqn) or name in CORRECTLY_ROUNDED:  # a correct rounding (or sums)
             eps = max(float(info.eps), 2.0 ** -_rounds_to(eqn)[1]) if name == "reduce_precision" else info.eps
             share = self.exact_share if self.backward else 1.0
         else:  # the backward: the call's, or its dtype's where finer (float32 work in a bfloat16 call); a loop's or
             # a branch's, its dtype's (inside, JAX's transposes round to it: a bfloat16 carry, a residual in a cond)
             eps = info.eps if self.eps is None or name in CONTROL else min(self.eps, float(info.eps))
             share = 1.0
-        size = jnp.abs(value) if relative else jnp.max(jnp.abs(value), initial=0.0)
-        error = jnp.where(size < info.tiny, info.tiny, share * eps / 2 * size)
-        return jax.lax.stop_gradient(jnp.where(jnp.isfinite(error), error, 0))
+        size = jnp.abs(value) if relative else jnp.max(jnp.abs(value), initial=0.0)  # (wider than dtype: BY_INDEX)
+        error = jnp.where(size < float(info.tiny), float(info.tiny), share * float(eps) / 2 * size)
+        error = jnp.minimum(jnp.where(jnp.isfinite(error), error, 0), float(info.max))
+        return jax.lax.stop_gradient(error.astype(dtype))
 
 
 def narrowing(eqn: Any) -> bool:
@@ -240,28 +246,44 @@ def _to_leaves(jaxpr: Any, eps: float) -> tuple[set[int], bool]:
 
 
 def offset(jaxpr: Any, n_saved: int) -> bool:
-    """Whether a backward (residuals, then cotangents) adds or subtracts, in line through calls, a value that does
-    not depend on its cotangents (a constant, a residual) to one that does: ``(dw + 100) - 100``. Its VJP is linear
-    in the cotangents, so the offset is taken off again, and what rounding the sum explains is that of its part
-    that does depend on them (:func:`evaluate`'s ``offsets``), not of the offset."""
-    return _offset(jaxpr, [k >= n_saved for k in range(len(jaxpr.invars))])[0]
+    """Whether a backward (residuals, then cotangents) combines, in line through calls, a value that depends on its
+    cotangents with a nonzero one that does not (a constant, a residual) other than by scaling it (a product, a
+    quotient): ``(dw + 100) − 100``, or the same through a stack and a sum, a cumulative sum, a loop. Its VJP is
+    linear in the cotangents, so the offset is taken off again somewhere, and what rounding explains is that of
+    each value's part that depends on them (:func:`evaluate`'s ``offsets``), not of the offset. (JAX's own
+    transposes only scale cotangents, and select, pad or scatter them into zeros: no offset.)"""
+    return _offset(jaxpr, [_ON if k >= n_saved else _OFF for k in range(len(jaxpr.invars))])[0]
 
 
-def _offset(jaxpr: Any, dependent: Sequence[bool]) -> tuple[bool, list[bool]]:
-    """:func:`offset`, given which of ``jaxpr``'s inputs depend on the cotangents; and which of its outputs do."""
-    on = {v for v, d in zip(jaxpr.invars, dependent, strict=True) if d}
+_ON, _OFF, _ZERO = "depends on the cotangents", "does not", "is zero"
+
+
+def _offset(jaxpr: Any, state: Sequence[str]) -> tuple[bool, list[str]]:
+    """:func:`offset`, given each of ``jaxpr``'s inputs' state (_ON, _OFF or _ZERO); and each of its outputs'."""
+    env = dict(zip(jaxpr.invars, state, strict=True))
+
+    def of(v: Any) -> str:
+        if isinstance(v, Literal):
+            return _ZERO if np.all(np.asarray(v.val) == 0) else _OFF
+        return env.get(v, _OFF)  # (a constant)
+
     found = False
     for eqn in jaxpr.eqns:
-        ins = [not isinstance(v, Literal) and v in on for v in eqn.invars]
+        ins = [of(v) for v in eqn.invars]
         inner = inlined(eqn)
         if inner is not None:
             inside, outs = _offset(inner.jaxpr, ins)
             found |= inside
         else:
-            outs = [any(ins)] * len(eqn.outvars)
-            found |= eqn.primitive.name in OFFSETS and any(ins) and not all(ins)
-        on |= {v for v, d in zip(eqn.outvars, outs, strict=True) if d}
-    return found, [not isinstance(v, Literal) and v in on for v in jaxpr.outvars]
+            on = [s == _ON for s in ins]
+            off = [s == _OFF and floating(v.aval) for s, v in zip(ins, eqn.invars, strict=True)]
+            name = eqn.primitive.name
+            scaled = name in SCALES or (name == "div" and not on[1])
+            found |= any(on) and any(off) and not scaled
+            zero = name in EXACT and all(s == _ZERO for s, v in zip(ins, eqn.invars, strict=True) if floating(v.aval))
+            outs = [_ON if any(on) else _ZERO if zero and ins else _OFF] * len(eqn.outvars)
+        env.update(zip(eqn.outvars, outs, strict=True))
+    return found, [of(v) for v in jaxpr.outvars]
 
 
 def sites(jaxpr: Any, found: list, policy: Policy) -> list:
@@ -285,17 +307,17 @@ def evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: j
     half an ulp of each entry for an elementwise operation (and a function's inputs), of the largest entry
     for any other, in a fixed pattern of signs (the roundings of different entries are independent); an
     entry below the smallest normal number may be flushed to zero. ``record`` collects each site's value;
-    ``offsets`` (a backward's, recorded at zero cotangents: :func:`offset`) are taken off a site's value, where
-    finite and different from it, before its rounding error is sized."""
+    ``offsets`` (a backward's, recorded at zero cotangents: :func:`offset`) are taken off the value of a site
+    the cotangents move, where finite, before its rounding error is sized."""
     env: dict = {}
     read = lambda v: v.val if isinstance(v, Literal) else env[v]  # noqa: E731
 
     def error(value: jax.Array, aval: Any, relative: bool, eqn: Any) -> jax.Array:
         if record is not None:
             record[at[0]] = value
-        if offsets is not None:
+        if offsets is not None:  # a value the cotangents move: its part they move (of each entry, in a stack too)
             o = offsets[at[0]]
-            value = jnp.where(jnp.isfinite(o) & (o != value), value - o, value)
+            value = jnp.where(jnp.any(o != value) & jnp.isfinite(o), value - o, value)
         return policy.error(value, aval.dtype, relative, eqn)
 
     def rounded(value: jax.Array, aval: Any, error: jax.Array) -> jax.Array:
@@ -309,7 +331,7 @@ def evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: j
         values = [read(v) for v in eqn.invars]
         inner = inlined(eqn)
         if inner is not None:
-            outs = evaluate(inner.jaxpr, inner.consts, values, rounding, at, policy)
+            outs = evaluate(inner.jaxpr, inner.consts, values, rounding, at, policy, offsets, record)
         else:
             if policy.inputs(eqn):
                 values = [rounded(x, v.aval, error(x, v.aval, True, eqn)) if floating(v.aval) else x
@@ -321,11 +343,33 @@ def evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: j
                 with eqn.ctx.manager:
                     size = eqn.primitive.bind(*map(jnp.abs, values), **eqn.params)
                 outs = [rounded(outs[0], eqn.outvars[0].aval, jax.lax.stop_gradient(TF32_EPS * size))]
+            elif eqn.primitive.name in BY_INDEX and policy.outputs(eqn):
+                outs = [rounded(outs[0], eqn.outvars[0].aval, error(_summed(eqn, values), eqn.outvars[0].aval, True,
+                                                                     eqn))]
             elif policy.outputs(eqn):
                 outs = [rounded(o, v.aval, error(o, v.aval, policy.relative(eqn), eqn))
                         if floating(v.aval) else o for o, v in zip(outs, eqn.outvars, strict=True)]
         env.update(zip(eqn.outvars, outs, strict=True))
     return [read(v) for v in jaxpr.outvars]
+
+
+def _summed(eqn: Any, values: Sequence[jax.Array]) -> jax.Array:
+    """A scatter-add's rounding bound in closed form, per entry, not its largest entry's (a gather's transpose adds
+    each entry's own terms): one rounding of its terms' magnitudes, plus one of its sum per inexact addition (terms
+    of one sign stall a long bfloat16 sum). Adding a 0, or to one, is exact: none where no index repeats, nor where
+    the cotangents of all but one of the lookups are masked. Summed in float32 at least (float16 overflows, and a
+    bfloat16 count stops at 256)."""
+    operand, indices, updates = values
+    wide = jnp.float64 if jnp.finfo(eqn.outvars[0].aval.dtype).bits == 64 else jnp.float32
+    p = eqn.params
+    add = functools.partial(jax.lax.scatter_add, dimension_numbers=p["dimension_numbers"],
+                            indices_are_sorted=p["indices_are_sorted"], unique_indices=p["unique_indices"],
+                            mode=p["mode"])
+    total = add(jnp.abs(operand).astype(wide), indices, jnp.abs(updates).astype(wide))
+    terms = add((operand != 0).astype(wide), indices, (updates != 0).astype(wide))
+    inexact = jnp.maximum(terms - 1, 0)  # additions of a 0, or to one, are exact
+    summed = jnp.abs(add(operand.astype(wide), indices, updates.astype(wide)))
+    return jax.lax.stop_gradient(inexact * summed + jnp.minimum(inexact, 1) * total)
 
 
 def signs(shape: tuple[int, ...], dtype: Any, salt: int) -> jax.Array:
