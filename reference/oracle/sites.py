@@ -343,7 +343,7 @@ def evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: j
                 with eqn.ctx.manager:
                     size = eqn.primitive.bind(*map(jnp.abs, values), **eqn.params)
                 outs = [rounded(outs[0], eqn.outvars[0].aval, jax.lax.stop_gradient(TF32_EPS * size))]
-            elif eqn.primitive.name in BY_INDEX and policy.outputs(eqn):
+            elif eqn.primitive.name in BY_INDEX and floating(eqn.outvars[0].aval) and policy.outputs(eqn):
                 outs = [rounded(outs[0], eqn.outvars[0].aval, error(_summed(eqn, values), eqn.outvars[0].aval, True,
                                                                      eqn))]
             elif policy.outputs(eqn):
