@@ -225,6 +225,7 @@ OFFSET_FORMS_UNSEEN = {  # found by a red team: no add or sub of the offset wher
                                                                  jnp.full_like(v, -c)]), axis=0),
     "in a scan": lambda v, c: jax.lax.scan(lambda _, d: (None, (d + c).astype(jnp.bfloat16)), None, v)[1].astype(
         v.dtype) - c,
+    "through a function": lambda v, c: c / 100 * jnp.log(_rp7(jnp.exp(v / c * 100))),
     "through a cumulative sum": lambda v, c: jnp.diff(jnp.stack([jnp.full_like(v, c), _rp7(jnp.cumsum(jnp.stack(
         [jnp.full_like(v, c), v]), axis=0)[1])]), axis=0)[0],
 }
@@ -255,8 +256,9 @@ def test_a_gradient_rounded_beside_an_offset_is_no_proof(form, offset, leaf, n, 
 
 @pytest.mark.parametrize("form", sorted(OFFSET_FORMS_UNSEEN))
 def test_an_offset_added_out_of_sight_is_found(form):
-    """Inside a jit the offsets were not passed on; through a stack, a dot, a cumulative sum or a scan the offset was
-    not seen (only add and sub were): a proof. A stack's entries the cotangents do not move keep no size of theirs."""
+    """Inside a jit the offsets were not passed on; through a stack, a cumulative sum, a function nonzero at zero or a
+    scan the offset was not seen (only add and sub were): a proof. A stack's entries the cotangents do not move keep
+    no size of theirs."""
     f = _two_sin(lambda x, g: OFFSET_FORMS_UNSEEN[form](2 * g * jnp.cos(x), 100.0))
     assert _no_proof(lambda x: f(x.astype(jnp.float32)), _x(64, jnp.bfloat16, 0), 0)
 
@@ -357,3 +359,32 @@ def test_an_integer_scatter_add_leaves_the_bound_in_place():
     bound = rounding.forward_rounding(fn, [_x(64, jnp.bfloat16, 0)], [jnp.ones(64, jnp.float32)],
                                       contextlib.nullcontext, 2.0**-7)
     assert bound is not None and np.all(np.isfinite(bound.vjp[0]))
+
+
+def test_a_float32_gradient_summed_by_index_in_bfloat16_is_no_proof():
+    """A float32 leaf whose rule sums its gradient by index in bfloat16: that sum is its author's choice, bounded at
+    the call's precision, not its own (a reviewer's reading; the differences fail it either way)."""
+    at = jnp.asarray(np.random.default_rng(0).integers(0, 16, 64), jnp.int32)
+
+    @jax.custom_vjp
+    def f(x):
+        return 2 * jnp.sin(x[at])
+
+    f.defvjp(lambda x: (f(x), x), lambda x, g: (jnp.zeros(16, jnp.bfloat16).at[at].add(
+        (2 * g * jnp.cos(x[at])).astype(jnp.bfloat16)).astype(x.dtype),))
+    assert _no_proof(f, _x(16, jnp.float32, 0), 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_rule_3_percent_off_beside_a_forward_sum_by_index_fails(seed):
+    """The closed form is for a backward's scatter-add only: a forward's (a bfloat16 segment sum, 32 terms an entry)
+    under it would explain half of each entry (a reviewer's reading; the rule fails either way, as called)."""
+    at = jnp.asarray(np.random.default_rng(seed).integers(0, 8, 256), jnp.int32)
+
+    def summed(x):
+        return jnp.tanh(jnp.zeros(8, jnp.bfloat16).at[at].add(x).astype(jnp.float32) / 8)
+
+    f = jax.custom_vjp(summed)
+    f.defvjp(lambda x: (summed(x), x), lambda x, g: (1.03 * jax.vjp(summed, x)[1](g)[0],))
+    with lifting.disabled():
+        assert _no_proof(f, _x(256, jnp.bfloat16, seed), seed)

@@ -44,8 +44,6 @@ CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "eval_jaxpr", "rem
                    "custom_vjp_call", "custom_vjp_call_jaxpr"})
 # Sums into entries picked by index (a gather's transpose), each entry's terms its own: bounded in closed form.
 BY_INDEX = frozenset({"scatter-add"})
-# Operations whose every result is correctly rounded (or, BY_INDEX, a sum of correct roundings): bounded exactly.
-CORRECTLY_ROUNDED = frozenset({"reduce_precision", *BY_INDEX})
 # Operations that scale a value that depends on a backward's cotangents by one that does not (:func:`offset`).
 SCALES = frozenset({"mul", "dot_general", "conv_general_dilated"})
 # Control flow a backward binds whole, its jaxprs' roundings unseen.
@@ -151,16 +149,19 @@ class Policy:
         """A rounding error of ``value``: half an ulp of each entry (``relative``) or of the largest."""
         info = jnp.finfo(dtype)
         name = eqn.primitive.name
-        if id(eqn) in self.to_leaves or narrowing(eqn) or name in CORRECTLY_ROUNDED:  # a correct rounding (or sums)
+        if id(eqn) in self.to_leaves or narrowing(eqn) or name == "reduce_precision":  # a correct rounding
             eps = max(float(info.eps), 2.0 ** -_rounds_to(eqn)[1]) if name == "reduce_precision" else info.eps
             share = self.exact_share if self.backward else 1.0
+        elif name in BY_INDEX:  # correct roundings, bounded in closed form: once, at the call's precision or finer
+            eps = info.eps if self.eps is None else min(self.eps, float(info.eps))
+            share = self.exact_share
         else:  # the backward: the call's, or its dtype's where finer (float32 work in a bfloat16 call); a loop's or
             # a branch's, its dtype's (inside, JAX's transposes round to it: a bfloat16 carry, a residual in a cond)
             eps = info.eps if self.eps is None or name in CONTROL else min(self.eps, float(info.eps))
             share = 1.0
         size = jnp.abs(value) if relative else jnp.max(jnp.abs(value), initial=0.0)  # (wider than dtype: BY_INDEX)
         error = jnp.where(size < float(info.tiny), float(info.tiny), share * float(eps) / 2 * size)
-        error = jnp.minimum(jnp.where(jnp.isfinite(error), error, 0), float(info.max))
+        error = jnp.where(error <= float(info.max), error, 0)  # (inf or NaN: no allowance)
         return jax.lax.stop_gradient(error.astype(dtype))
 
 
@@ -236,7 +237,7 @@ def _to_leaves(jaxpr: Any, eps: float) -> tuple[set[int], bool]:
             if not (narrower and narrowing(eqn)):
                 continue  # (a bfloat16 round trip of a float32 leaf's VJP is its author's)
             found.add(id(eqn))
-        elif name == "add_any":
+        elif name == "add_any" or name in BY_INDEX:
             if narrower:
                 found.add(id(eqn))
         elif name not in EXACT:
@@ -248,10 +249,11 @@ def _to_leaves(jaxpr: Any, eps: float) -> tuple[set[int], bool]:
 def offset(jaxpr: Any, n_saved: int) -> bool:
     """Whether a backward (residuals, then cotangents) combines, in line through calls, a value that depends on its
     cotangents with a nonzero one that does not (a constant, a residual) other than by scaling it (a product, a
-    quotient): ``(dw + 100) − 100``, or the same through a stack and a sum, a cumulative sum, a loop. Its VJP is
-    linear in the cotangents, so the offset is taken off again somewhere, and what rounding explains is that of
-    each value's part that depends on them (:func:`evaluate`'s ``offsets``), not of the offset. (JAX's own
-    transposes only scale cotangents, and select, pad or scatter them into zeros: no offset.)"""
+    quotient): ``(dw + 100) − 100``, or the same through a stack and a sum, a cumulative sum; or passes one to a
+    function (``log(exp(dw))``) or a body it does not see (a loop's, a kernel's). Its VJP is linear in the
+    cotangents, so the offset is taken off again somewhere, and what rounding explains is that of each value's
+    part that depends on them (:func:`evaluate`'s ``offsets``), not of the offset. (JAX's own transposes only
+    scale cotangents, and select, pad or scatter them into zeros: no offset.)"""
     return _offset(jaxpr, [_ON if k >= n_saved else _OFF for k in range(len(jaxpr.invars))])[0]
 
 
@@ -280,8 +282,12 @@ def _offset(jaxpr: Any, state: Sequence[str]) -> tuple[bool, list[str]]:
             name = eqn.primitive.name
             scaled = name in SCALES or (name == "div" and not on[1])
             found |= any(on) and any(off) and not scaled
-            zero = name in EXACT and all(s == _ZERO for s, v in zip(ins, eqn.invars, strict=True) if floating(v.aval))
-            outs = [_ON if any(on) else _ZERO if zero and ins else _OFF] * len(eqn.outvars)
+            # a function of them, or a body unseen (a loop's, a kernel's): it may add one, nonzero at zero
+            found |= any(on) and (name in CONTROL or bool(params_jaxprs(eqn.params)) or name in ELEMENTWISE and
+                                  name not in ARITHMETIC and name != "reduce_precision")
+            floats = [s for s, v in zip(ins, eqn.invars, strict=True) if floating(v.aval)]
+            zero = name in EXACT and floats and all(s == _ZERO for s in floats)
+            outs = [_ON if any(on) else _ZERO if zero else _OFF] * len(eqn.outvars)
         env.update(zip(eqn.outvars, outs, strict=True))
     return found, [of(v) for v in jaxpr.outvars]
 
@@ -317,7 +323,8 @@ def evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: j
             record[at[0]] = value
         if offsets is not None:  # a value the cotangents move: its part they move (of each entry, in a stack too)
             o = offsets[at[0]]
-            value = jnp.where(jnp.any(o != value) & jnp.isfinite(o), value - o, value)
+            moved = jnp.any((o != value) & jnp.isfinite(o) & jnp.isfinite(value))
+            value = jnp.where(moved & jnp.isfinite(o) & (jnp.abs(value - o) < jnp.abs(value)), value - o, value)
         return policy.error(value, aval.dtype, relative, eqn)
 
     def rounded(value: jax.Array, aval: Any, error: jax.Array) -> jax.Array:
@@ -343,9 +350,10 @@ def evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: j
                 with eqn.ctx.manager:
                     size = eqn.primitive.bind(*map(jnp.abs, values), **eqn.params)
                 outs = [rounded(outs[0], eqn.outvars[0].aval, jax.lax.stop_gradient(TF32_EPS * size))]
-            elif eqn.primitive.name in BY_INDEX and floating(eqn.outvars[0].aval) and policy.outputs(eqn):
-                outs = [rounded(outs[0], eqn.outvars[0].aval, error(_summed(eqn, values), eqn.outvars[0].aval, True,
-                                                                     eqn))]
+            elif (eqn.primitive.name in BY_INDEX and policy.backward and floating(eqn.outvars[0].aval)
+                  and policy.outputs(eqn)):  # (a bound already: no offset taken off)
+                aval = eqn.outvars[0].aval
+                outs = [rounded(outs[0], aval, policy.error(_summed(eqn, values), aval.dtype, True, eqn))]
             elif policy.outputs(eqn):
                 outs = [rounded(o, v.aval, error(o, v.aval, policy.relative(eqn), eqn))
                         if floating(v.aval) else o for o, v in zip(outs, eqn.outvars, strict=True)]
