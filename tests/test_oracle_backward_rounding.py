@@ -19,7 +19,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from reference import VJPMismatch, check_vjp
-from reference.oracle import lifting, rounding, sites, vjp
+from reference.oracle import backward, lifting, rounding, sites, vjp
 
 EXAMPLES = max(5, settings().max_examples // 10)
 QUICK = dict(phases=[Phase.explicit, Phase.reuse, Phase.generate], deadline=None)
@@ -135,7 +135,7 @@ def test_jaxs_own_vjp_of_a_jitted_16_bit_residual_is_no_false_alarm(dtype, seed)
     report = check_vjp(jax.jit(_residual), args, seed=seed)
     assert report.precision == "float64", str(report)
     back = jax.make_jaxpr(lambda c: jax.vjp(jax.jit(_residual), *args)[1](c))(jnp.ones((4, 8), jnp.float32))
-    assert len(sites.to_leaves(back.jaxpr, 2.0**-23)) == 3, back  # two converts and their sum, inside the jit
+    assert len(backward.to_leaves(back.jaxpr, 2.0**-23)) == 3, back  # two converts and their sum, inside the jit
 
 
 @settings(max_examples=EXAMPLES, **QUICK)

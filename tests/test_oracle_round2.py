@@ -20,7 +20,7 @@ from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from reference import Loops, VJPMismatch, check_vjp
-from reference.oracle import differences, lifting, search, sites, vjp
+from reference.oracle import backward, differences, lifting, search, vjp
 from reference.oracle.report import RefusedValue
 
 EXAMPLES = max(5, settings().max_examples // 10)  # 10 under handgrad-ci, 100 under handgrad-thorough
@@ -581,10 +581,10 @@ def test_the_roundings_to_a_leaf_are_the_backwards_narrowing_converts_and_sums(d
     args = _residual_args(np.random.default_rng(seed), dtype)
     check_vjp(_residual, args, seed=seed)
     back = jax.make_jaxpr(lambda c: jax.vjp(_residual, *args)[1](c))(jnp.ones((4, 8), jnp.float32))
-    found = [e.primitive.name for e in back.jaxpr.eqns if id(e) in sites.to_leaves(back.jaxpr, 2.0**-23)]
+    found = [e.primitive.name for e in back.jaxpr.eqns if id(e) in backward.to_leaves(back.jaxpr, 2.0**-23)]
     assert sorted(found) == ["add_any", "convert_element_type", "convert_element_type"], back
     trip = jax.make_jaxpr(lambda g: g.astype(jnp.bfloat16).astype(jnp.float32) * 2)(jnp.ones(3, jnp.float32))
-    assert not sites.to_leaves(trip.jaxpr, 2.0**-23)
+    assert not backward.to_leaves(trip.jaxpr, 2.0**-23)
 
 
 @pytest.mark.parametrize("k", [1.02, 1.1])

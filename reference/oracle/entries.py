@@ -185,7 +185,7 @@ def within_leaf_rounding(judge_: EntryJudge, verdict: Verdict, index: np.ndarray
                          ) -> tuple[Verdict, str | None]:
     """As called, entries of a leaf narrower than the computation that fail at the computation's rtol plus their
     rounding to the leaf (the scales' rtol) but pass at the leaf's own dtype's (``leaf_rtol``), or within what the
-    backward's roundings to the leaf explain (:func:`.sites.to_leaves`: parts of a cotangent that cancel once
+    backward's roundings to the leaf explain (:func:`.backward.to_leaves`: parts of a cotangent that cancel once
     rounded): a rule a few percent off there is not told from a VJP rounded to the leaf. Unchecked, said why:
     neither a pass nor a failure."""
     failing = np.flatnonzero(~verdict.ok & ~verdict.unchecked & (judge_.scales.rtol[index] < leaf_rtol[index]))

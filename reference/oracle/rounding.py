@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reference.oracle.sites import Policy, as_forward, evaluate, offset, sites, to_leaves
+from reference.oracle.backward import offset, to_leaves
+from reference.oracle.sites import Policy, as_forward, evaluate, sites
 from reference.oracle.tolerance import LEAF_ROUNDINGS
 from reference.oracle.trees import Flat
 

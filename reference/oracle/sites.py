@@ -44,8 +44,6 @@ CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "eval_jaxpr", "rem
                    "custom_vjp_call", "custom_vjp_call_jaxpr"})
 # Sums into entries picked by index (a gather's transpose), each entry's terms its own: bounded in closed form.
 BY_INDEX = frozenset({"scatter-add"})
-# Operations that scale a value that depends on a backward's cotangents by one that does not (:func:`offset`).
-SCALES = frozenset({"mul", "dot_general", "conv_general_dilated"})
 # Control flow a backward binds whole, its jaxprs' roundings unseen.
 CONTROL = frozenset({"cond", "scan", "while"})
 # Elementwise arithmetic: in the backward, its author's choice (no rounding excused there); everything else
@@ -123,7 +121,7 @@ class Policy:
 
     backward: bool = False
     eps: float | None = None
-    to_leaves: frozenset[int] = frozenset()  # ids of the backward's roundings to a narrower leaf (:func:`to_leaves`)
+    to_leaves: frozenset[int] = frozenset()  # ids of the backward's roundings to a narrower leaf (backward.to_leaves)
     as_forward: frozenset[tuple[int, int]] = frozenset()  # the bits the forward's reduce_precisions round to
     exact_share: float = 1.0
 
@@ -198,100 +196,6 @@ def as_forward(jaxpr: Any) -> frozenset[tuple[int, int]]:
     return frozenset(found)
 
 
-def to_leaves(jaxpr: Any, eps: float) -> frozenset[int]:
-    """The equations of a backward that round its VJP to a leaf narrower than the call (``eps``): a convert to a
-    narrower float, or a sum in a float narrower than the call, whose result reaches the VJP through nothing but
-    moves (EXACT) and such sums, in line through calls (CALLS: a jitted model). JAX's own VJP of a
-    bfloat16 leaf cast to float32 twice (a residual) rounds each part to bfloat16 and adds them in bfloat16, which
-    cancelling parts make a few percent of their sum. A backward that computes in the narrower float (a product,
-    a function) is its author's, not excused."""
-    return frozenset(_to_leaves(jaxpr, eps)[0])
-
-
-def _to_leaves(jaxpr: Any, eps: float) -> tuple[set[int], bool]:
-    """:func:`to_leaves`' sites, and whether every equation passes the VJP on through moves and sums only."""
-    out = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
-    consumers: dict[Any, list] = {}
-    for eqn in jaxpr.eqns:
-        for v in eqn.invars:
-            if not isinstance(v, Literal):
-                consumers.setdefault(v, []).append(eqn)
-    leaving: set[int] = set()  # equations whose every output reaches the VJP only through moves and sums
-
-    def leaves_only(v: Any) -> bool:
-        return (v in out or v in consumers) and all(id(e) in leaving for e in consumers.get(v, []))
-
-    found: set[int] = set()
-    for eqn in reversed(jaxpr.eqns):
-        if not eqn.outvars or not eqn.invars or not all(leaves_only(v) for v in eqn.outvars):
-            continue
-        name, aval = eqn.primitive.name, eqn.outvars[0].aval
-        narrower = floating(aval) and float(jnp.finfo(aval.dtype).eps) > eps
-        inner = inlined(eqn) if name in CALLS else None  # (a kernel's interpreter is another program each time)
-        if inner is not None:
-            inside, through = _to_leaves(inner.jaxpr, eps)
-            found |= inside
-            if not through:
-                continue
-        elif name == "convert_element_type":  # a convert passes the VJP on only where it rounds it to the leaf's
-            if not (narrower and narrowing(eqn)):
-                continue  # (a bfloat16 round trip of a float32 leaf's VJP is its author's)
-            found.add(id(eqn))
-        elif name == "add_any" or name in BY_INDEX:
-            if narrower:
-                found.add(id(eqn))
-        elif name not in EXACT:
-            continue
-        leaving.add(id(eqn))
-    return found, len(leaving) == len(jaxpr.eqns)
-
-
-def offset(jaxpr: Any, n_saved: int) -> bool:
-    """Whether a backward (residuals, then cotangents) combines, in line through calls, a value that depends on its
-    cotangents with a nonzero one that does not (a constant, a residual) other than by scaling it (a product, a
-    quotient): ``(dw + 100) − 100``, or the same through a stack and a sum, a cumulative sum; or passes one to a
-    function (``log(exp(dw))``) or a body it does not see (a loop's, a kernel's). Its VJP is linear in the
-    cotangents, so the offset is taken off again somewhere, and what rounding explains is that of each value's
-    part that depends on them (:func:`evaluate`'s ``offsets``), not of the offset. (JAX's own transposes only
-    scale cotangents, and select, pad or scatter them into zeros: no offset.)"""
-    return _offset(jaxpr, [_ON if k >= n_saved else _OFF for k in range(len(jaxpr.invars))])[0]
-
-
-_ON, _OFF, _ZERO = "depends on the cotangents", "does not", "is zero"
-
-
-def _offset(jaxpr: Any, state: Sequence[str]) -> tuple[bool, list[str]]:
-    """:func:`offset`, given each of ``jaxpr``'s inputs' state (_ON, _OFF or _ZERO); and each of its outputs'."""
-    env = dict(zip(jaxpr.invars, state, strict=True))
-
-    def of(v: Any) -> str:
-        if isinstance(v, Literal):
-            return _ZERO if np.all(np.asarray(v.val) == 0) else _OFF
-        return env.get(v, _OFF)  # (a constant)
-
-    found = False
-    for eqn in jaxpr.eqns:
-        ins = [of(v) for v in eqn.invars]
-        inner = inlined(eqn)
-        if inner is not None:
-            inside, outs = _offset(inner.jaxpr, ins)
-            found |= inside
-        else:
-            on = [s == _ON for s in ins]
-            off = [s == _OFF and floating(v.aval) for s, v in zip(ins, eqn.invars, strict=True)]
-            name = eqn.primitive.name
-            scaled = name in SCALES or (name == "div" and not on[1])
-            found |= any(on) and any(off) and not scaled
-            # a function of them, or a body unseen (a loop's, a kernel's): it may add one, nonzero at zero
-            found |= any(on) and (name in CONTROL or bool(params_jaxprs(eqn.params)) or name in ELEMENTWISE and
-                                  name not in ARITHMETIC and name != "reduce_precision")
-            floats = [s for s, v in zip(ins, eqn.invars, strict=True) if floating(v.aval)]
-            zero = name in EXACT and floats and all(s == _ZERO for s in floats)
-            outs = [_ON if any(on) else _ZERO if zero else _OFF] * len(eqn.outvars)
-        env.update(zip(eqn.outvars, outs, strict=True))
-    return found, [of(v) for v in jaxpr.outvars]
-
-
 def sites(jaxpr: Any, found: list, policy: Policy) -> list:
     """The float values :func:`_evaluate` rounds, in evaluation order: inputs of functions, outputs of operations."""
     for eqn in jaxpr.eqns:
@@ -313,7 +217,7 @@ def evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: j
     half an ulp of each entry for an elementwise operation (and a function's inputs), of the largest entry
     for any other, in a fixed pattern of signs (the roundings of different entries are independent); an
     entry below the smallest normal number may be flushed to zero. ``record`` collects each site's value;
-    ``offsets`` (a backward's, recorded at zero cotangents: :func:`offset`) are taken off the value of a site
+    ``offsets`` (a backward's, recorded at zero cotangents: backward.offset) are taken off the value of a site
     the cotangents move, where finite, before its rounding error is sized."""
     env: dict = {}
     read = lambda v: v.val if isinstance(v, Literal) else env[v]  # noqa: E731
