@@ -131,7 +131,7 @@ def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list, conte
             found = sites(back.jaxpr, found, backward_policy)
         if not found:
             return None
-        offsets = backward_eps is not None and offset(back.jaxpr, len(closed.out_avals) - n_out)
+        with_offset = backward_eps is not None and offset(back.jaxpr, len(closed.out_avals) - n_out)
 
         def effect(unit: jax.Array, xs: list, ct: list) -> tuple:  # one site's rounding (unit picks it), in magnitude
             def rounded(rounding: jax.Array) -> tuple:
@@ -141,7 +141,7 @@ def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list, conte
                     vjp = jax.tree_util.tree_unflatten(pull_def, values[n_out:])(ct)
                 else:
                     at_zero: dict | None = None  # each site's offset: its value at zero cotangents
-                    if offsets:
+                    if with_offset:
                         at_zero = {}
                         evaluate(back.jaxpr, back.consts, [*map(jax.lax.stop_gradient, values[n_out:]),
                                                            *map(jnp.zeros_like, ct)], jnp.zeros_like(rounding),
