@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import Literal
+from jax.extend.core import ClosedJaxpr, Literal
 
 from reference.oracle import kernels
 
@@ -75,10 +75,20 @@ def inlined(eqn: Any) -> Any:
     if eqn.primitive.name not in CALLS:
         return None
     for name in ("jaxpr", "call_jaxpr"):
-        inner = eqn.params.get(name)
-        if (inner is not None and hasattr(inner, "jaxpr") and len(inner.jaxpr.invars) == len(eqn.invars)
+        inner = _closed(eqn.params.get(name))
+        if (inner is not None and len(inner.jaxpr.invars) == len(eqn.invars)
                 and len(inner.jaxpr.outvars) == len(eqn.outvars)):
             return inner
+    return None
+
+
+def _closed(inner: Any) -> Any:
+    """A param's jaxpr as a closed one: as it is where it is closed (jit's; every jaxpr from JAX 0.11 on), closed
+    over no constants where it is open and has none (``jax.checkpoint``'s up to JAX 0.10); else None."""
+    if inner is None or hasattr(inner, "jaxpr"):
+        return inner
+    if hasattr(inner, "eqns") and not getattr(inner, "constvars", True):
+        return ClosedJaxpr(inner, [])
     return None
 
 
