@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from reference import VJPMismatch, check_vjp
+from reference.oracle import kernels
 
 pl = pytest.importorskip("jax.experimental.pallas")
 BLOCK = 8
@@ -60,6 +61,22 @@ def test_a_tiled_kernel_with_a_scalar_ref_passes_without_a_crash(x64):
         report = check_vjp(_rule(None), ARGS)
     assert report.proven and report.unchecked == 0, str(report)
     assert report.precision == "float64" and "lifted to float64" in report.how
+
+
+def test_a_kernel_is_interpreted_once_per_equation_and_x64_setting(monkeypatch):
+    """kernels.interpreted keeps what it traced for an equation (a check reads one kernel some 25 times), apart for
+    x64 on and off (the interpreter's loop counters differ), and never hands one equation's jaxpr to another."""
+    traced = []
+    monkeypatch.setattr(kernels, "_trace", lambda eqn: traced.append(eqn) or object())
+    first, second = (next(e for e in jax.make_jaxpr(f)(*ARGS).jaxpr.eqns if e.primitive.name == "pallas_call")
+                     for f in (_call, lambda s, x: _call(s, x)))
+    assert first is not second
+    a = kernels.interpreted(first)
+    assert kernels.interpreted(first) is a and len(traced) == 1
+    with jax.enable_x64(True):
+        assert kernels.interpreted(first) is not a and len(traced) == 2
+    assert kernels.interpreted(second) is not a and len(traced) == 3
+    assert kernels.interpreted(first) is a and len(traced) == 3
 
 
 @pytest.mark.parametrize("wrong", ["dropped scalar", "tile at the wrong block", "bfloat16 backward"])

@@ -6,6 +6,7 @@ fallback: where this JAX has none that takes the call's params, :class:`Uninterp
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 from typing import Any
@@ -14,6 +15,10 @@ import jax
 
 # What tracing JAX's interpreter on a kernel can raise: params it does not take, or a kernel it cannot run.
 _TRACE_ERRORS = (TypeError, ValueError, NotImplementedError)
+# The equations interpreted last, each with its jaxpr: a check reads one kernel some 25 times (lifting, the
+# rounding bound, each program that evaluates the lifted fn), and tracing the interpreter is 30 ms or more.
+_KEPT = 16
+_interpreted: collections.OrderedDict[tuple[int, bool], tuple[Any, Any]] = collections.OrderedDict()
 
 
 class Uninterpretable(Exception):
@@ -26,7 +31,18 @@ class Uninterpretable(Exception):
 
 def interpreted(eqn: Any) -> Any:
     """The closed jaxpr of a ``pallas_call`` equation as JAX's interpreter runs it, its invars and outvars the
-    equation's; :class:`Uninterpretable` where there is none."""
+    equation's; :class:`Uninterpretable` where there is none. Traced once per equation and x64 setting."""
+    key = (id(eqn), bool(jax.config.read("jax_enable_x64")))
+    kept = _interpreted.pop(key, None)
+    # The equation itself is kept beside its jaxpr, so that its id is not another's.
+    closed = kept[1] if kept is not None and kept[0] is eqn else _trace(eqn)
+    _interpreted[key] = (eqn, closed)
+    while len(_interpreted) > _KEPT:
+        _interpreted.popitem(last=False)
+    return closed
+
+
+def _trace(eqn: Any) -> Any:
     try:
         from jax._src.pallas import hlo_interpreter  # noqa: PLC0415 (internal: read where present)
         interpret = hlo_interpreter.pallas_call_hlo_interpret
