@@ -96,14 +96,19 @@ def test_a_backward_rounding_to_its_leafs_own_dtype_is_a_proof(leaf, lifted):
     assert report.proven and report.precision == ("float64" if lifted else "float32"), str(report)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("left", [0.0, 2.0**-46, 2.0**-38], ids=["0", "8x below", "16x above"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_an_entry_0_in_float64_for_every_cotangent_is_allowed_the_calls_round_off(dtype):
+def test_an_entry_0_in_float64_for_every_cotangent_is_allowed_the_calls_round_off(dtype, left, seed):
     """b's gradient is terms its backward cancels exactly in float64 and to 2⁻³⁰ in float32 (``(1 + u) − 1 − u``,
-    which XLA would fold but for the barrier). A bfloat16 model with a repeated token id did that through JAX's
-    own log_softmax VJP (equal logits), 2e-8 where float64 has 0, and failed against a tolerance of float32's
-    smallest normal number: now a note, within float32's eps of the VJP's largest entry."""
+    which XLA would fold but for the barrier), plus ``left``. A bfloat16 model with a repeated token id did that
+    through JAX's own log_softmax VJP (equal logits), 2e-8 where float64 has 0, and failed against a tolerance of
+    float32's smallest normal number: now a note, within float32's eps of the VJP's largest entry. So is an entry
+    that float64 leaves at its own round-off, ZERO_ROUND_OFF (2¹⁰) of its eps times that entry (2⁻⁴² of the largest,
+    of order 1 here): a conv's bias that a batch norm cancels, 2e-7 in float32 and 1e-17 in float64, was a failure.
+    Above it, the entry is no zero, and 2⁻³⁰ off it fails."""
     def cancelled(u):
-        return jax.lax.optimization_barrier(1 + u) - 1 - u
+        return jax.lax.optimization_barrier(1 + u) - 1 - u + left
 
     @jax.custom_vjp
     def scaled(b, u):
@@ -114,8 +119,14 @@ def test_an_entry_0_in_float64_for_every_cotangent_is_allowed_the_calls_round_of
     def fn(x, b, u):
         return jnp.sum(jnp.tanh(x.astype(jnp.float32))) + jnp.sum(scaled(b.astype(jnp.float32), u))
 
-    x = jnp.asarray(np.random.default_rng(0).standard_normal(4), dtype)
-    report = check_vjp(fn, (x, jnp.ones(3, dtype), jnp.asarray(2.0**-30, jnp.float32)))
+    x = jnp.asarray(np.random.default_rng(seed).standard_normal(4), dtype)
+    args = (x, jnp.ones(3, dtype), jnp.asarray(2.0**-30, jnp.float32))
+    if left > 2.0**-42:
+        with pytest.raises(VJPMismatch) as caught:
+            check_vjp(fn, args, seed=seed)
+        assert {p.path for p in caught.value.problems} == {"args[1]"}
+        return
+    report = check_vjp(fn, args, seed=seed)
     assert report.precision == "float64" and sum(n.path == "args[1]" for n in report.notes) == 3, str(report)
 
 
