@@ -169,6 +169,34 @@ def test_a_rematerialised_bfloat16_model_is_lifted(remat, error):
     assert report.proven and report.unchecked == 0 and LIFTED in report.how, str(report)
 
 
+_A = jnp.asarray(2 * np.eye(24) + 0.1 * np.random.default_rng(4).standard_normal((24, 24)), jnp.float32)
+READ_THROUGH = {  # after a bfloat16 layer: what lifting evaluates in line
+    "jax.debug.callback": lambda y: (jax.debug.callback(lambda m: None, jnp.mean(y.astype(jnp.float32))), y)[1],
+    "jnp.linalg.solve": lambda y: jnp.linalg.solve(_A, y.astype(jnp.float32).T).T.astype(jnp.bfloat16),
+}
+
+
+@pytest.mark.parametrize("then", sorted(READ_THROUGH))
+@pytest.mark.parametrize("error", ["right", "dx 5% off"])
+def test_a_logging_callback_and_a_linear_solve_are_lifted(then, error):
+    """A debug callback (logging: no value of fn's) is left out of the lifted function, and a
+    ``custom_linear_solve`` (``jnp.linalg.solve``, ``inv``, lineax) is its solve jaxpr, as JAX evaluates it: both
+    were "cannot be lifted", and a rule 3% off there an unproven pass."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((16, 24)), jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal((24, 24)) / np.sqrt(24), jnp.bfloat16)
+    layer = _matmul(MATMUL_ERRORS[error])
+
+    def model(x, w):
+        return READ_THROUGH[then](layer(x, w))
+    if error != "right":
+        with pytest.raises(VJPMismatch):
+            check_vjp(model, (x, w))
+        return
+    report = check_vjp(model, (x, w))
+    assert LIFTED in report.how and report.precision == "float64", str(report)
+
+
 @pytest.mark.parametrize("shape", [(4, 64), (2, 8, 128)])
 def test_a_bfloat16_rms_norm_is_a_proof_and_its_dropped_term_fails(shape):
     rng = np.random.default_rng(1)

@@ -11,9 +11,10 @@ reads its dtype keeps the call's constants (``finfo(float32).eps``), and a rando
 The VJP is lifted the same way: the jaxpr of ``jax.vjp(fn)`` applied to a cotangent, traced at the call's
 dtypes (the rule's backward is traced into it), evaluated lifted. The lifted function is a ``custom_vjp`` of
 the two, so the rule is judged on its float64 self. Jit, remat and custom rules' primals are evaluated in
-line; scans, while loops and conds are rebuilt with ``jax.lax``; a ``pallas_call`` is replaced by JAX's own
-interpreter of its kernel (a scan over the grid of plain operations), then lifted. What cannot be lifted (a
-host callback, a primitive with a jaxpr of a kind not listed) is said by :class:`NotLifted`.
+line; scans, while loops and conds are rebuilt with ``jax.lax``; a linear solve is its solve jaxpr; a debug
+callback is left out; a ``pallas_call`` is replaced by JAX's own interpreter of its kernel (a scan over the grid
+of plain operations), then lifted. What cannot be lifted (a host callback that answers, a primitive with a jaxpr
+of a kind not listed) is said by :class:`NotLifted`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from jax.extend.core import Literal
 
 from reference.oracle import kernels
 from reference.oracle.jaxprs import params_jaxprs, scan_counts
-from reference.oracle.sites import inlined
+from reference.oracle.sites import closed_jaxpr, inlined
 from reference.oracle.versions import Float64
 
 # Params that name the dtype an operation makes: a float there is made float64.
@@ -170,6 +171,8 @@ def _equation(eqn: Any, values: list) -> list:
         narrow = [jnp.asarray(x, v.aval.dtype) for x, v in zip(values, eqn.invars, strict=True)]
         out = eqn.primitive.bind(*narrow, **eqn.params)
         return [_widened(out, eqn.outvars[0].aval.dtype)]
+    if name == "debug_callback" and not eqn.outvars:  # jax.debug.callback: logging, no value of fn's
+        return []
     if "callback" in name:
         raise Unliftable(name, "a host callback answers in the dtypes it was traced with")
     if params_jaxprs(eqn.params) and name not in _REDUCERS:
@@ -218,7 +221,20 @@ def _cond(eqn: Any, values: list) -> list:
     return list(jax.lax.switch(values[0], branches, *values[1:]))
 
 
-_LOOPS: dict[str, Callable[[Any, list], list]] = {"scan": _scan, "while": _while, "cond": _cond}
+def _linear_solve(eqn: Any, values: list) -> list:
+    """``custom_linear_solve`` (``jnp.linalg.solve``, lineax): its value is its ``solve`` jaxpr at its own constants
+    and the right-hand side, as JAX evaluates it (the other jaxprs only differentiate it, and fn's VJP is traced)."""
+    lengths, jaxprs = eqn.params.get("const_lengths"), eqn.params.get("jaxprs")
+    fields = list(getattr(lengths, "_fields", ()))
+    solve = closed_jaxpr(getattr(jaxprs, "solve", None))
+    if "solve" not in fields or solve is None:
+        raise Unliftable("custom_linear_solve", "its params do not read as constants per jaxpr and a solve")
+    start = sum(getattr(lengths, f) for f in fields[:fields.index("solve")])
+    return evaluate(solve, [*values[start:start + lengths.solve], *values[sum(lengths):]])
+
+
+_LOOPS: dict[str, Callable[[Any, list], list]] = {"scan": _scan, "while": _while, "cond": _cond,
+                                                  "custom_linear_solve": _linear_solve}
 
 # Primitives whose jaxpr is a scalar combiner built from their dtype (a scatter's update, a reduction's body):
 # rebuilt at float64 by JAX itself when bound through the public function.

@@ -75,14 +75,14 @@ def inlined(eqn: Any) -> Any:
     if eqn.primitive.name not in CALLS:
         return None
     for name in ("jaxpr", "call_jaxpr"):
-        inner = _closed(eqn.params.get(name))
+        inner = closed_jaxpr(eqn.params.get(name))
         if (inner is not None and len(inner.jaxpr.invars) == len(eqn.invars)
                 and len(inner.jaxpr.outvars) == len(eqn.outvars)):
             return inner
     return None
 
 
-def _closed(inner: Any) -> Any:
+def closed_jaxpr(inner: Any) -> Any:
     """A param's jaxpr as a closed one: as it is where it is closed (jit's; every jaxpr from JAX 0.11 on), closed
     over no constants where it is open and has none (``jax.checkpoint``'s up to JAX 0.10); else None."""
     if inner is None or hasattr(inner, "jaxpr"):
