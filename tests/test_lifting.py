@@ -197,6 +197,42 @@ def test_a_logging_callback_and_a_linear_solve_are_lifted(then, error):
     assert LIFTED in report.how and report.precision == "float64", str(report)
 
 
+@pytest.mark.parametrize("preset", ["F32_F32_F32", "BF16_BF16_F32_X3", "BF16_BF16_F32"])
+@pytest.mark.parametrize("error", ["right", "dW 3% off"])
+def test_a_dot_whose_algorithm_rounds_its_operands_is_lifted_without_it(preset, error):
+    """``precision=DotAlgorithmPreset.F32_F32_F32`` rounds a dot's operands to float32 even on float64 inputs: the
+    float64 version computed in float32, its differences were 0, and the right rule failed everywhere. Now it is
+    refused, and the lifted dot keeps every bit (as a ``reduce_precision`` is dropped)."""
+    algorithm = getattr(jax.lax.DotAlgorithmPreset, preset)
+
+    def fn(x, w):
+        return jnp.tanh(jnp.dot(x, w, precision=algorithm))
+
+    def bwd(res, g):
+        x, w = res
+        d = g * (1 - fn(x, w) ** 2)
+        return jnp.dot(d, w.T), jnp.dot(x.T, d) * (1.03 if error != "right" else 1.0)
+
+    rng = np.random.default_rng(6)
+    args = (jnp.asarray(rng.standard_normal((16, 32)), jnp.float32),
+            jnp.asarray(rng.standard_normal((32, 32)) / 6, jnp.float32))
+    if error != "right":
+        with pytest.raises(VJPMismatch):
+            check_vjp(_rule(fn, bwd), args)
+        return
+    report = check_vjp(_rule(fn, bwd), args)
+    assert report.proven and report.unchecked == 0 and LIFTED in report.how, str(report)
+
+
+@pytest.mark.standard_promotion  # JAX's own bfloat16 VJP of it does not trace under strict promotion
+def test_jaxs_own_bfloat16_dot_product_attention_is_a_proof():
+    """jax.nn.dot_product_attention asks for ``BF16_BF16_F32`` on its score dot: was a failure everywhere."""
+    rng = np.random.default_rng(7)
+    q, k, v = (jnp.asarray(rng.standard_normal((1, 16, 4, 8)), jnp.bfloat16) for _ in range(3))
+    report = check_vjp(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True), (q, k, v))
+    assert report.proven and LIFTED in report.how, str(report)
+
+
 @pytest.mark.parametrize("shape", [(4, 64), (2, 8, 128)])
 def test_a_bfloat16_rms_norm_is_a_proof_and_its_dropped_term_fails(shape):
     rng = np.random.default_rng(1)

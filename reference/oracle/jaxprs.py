@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reference.oracle import tolerance
-from reference.oracle.sites import CALLS, inlined, params_jaxprs
+from reference.oracle.sites import CALLS, algorithm_bits, inlined, params_jaxprs
 from reference.oracle.tolerance import Precision
 from reference.oracle.trees import comparable
 
@@ -66,6 +66,8 @@ def _walk(jaxpr: Any, dependent: Marks, found: _Found) -> Marks:
                 bits = _bits(v.aval)
                 if bits is not None and eqn.primitive.name == "reduce_precision":  # a float32 rounded to fewer bits
                     bits = min(bits, int(eqn.params.get("mantissa_bits", bits)))
+                if bits is not None and algorithm_bits(eqn) is not None:  # a dot whose algorithm rounds its operands
+                    bits = min(bits, algorithm_bits(eqn))
                 marked[v] = b if bits is None else min(b, bits)
                 found.bits = min(found.bits, marked[v])
     return [mark(v) for v in jaxpr.outvars]

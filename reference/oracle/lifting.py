@@ -33,7 +33,7 @@ from jax.extend.core import Literal
 
 from reference.oracle import kernels
 from reference.oracle.jaxprs import params_jaxprs, scan_counts
-from reference.oracle.sites import closed_jaxpr, inlined
+from reference.oracle.sites import algorithm_bits, closed_jaxpr, inlined
 from reference.oracle.versions import Float64
 
 # Params that name the dtype an operation makes: a float there is made float64.
@@ -178,6 +178,8 @@ def _equation(eqn: Any, values: list) -> list:
     if params_jaxprs(eqn.params) and name not in _REDUCERS:
         raise Unliftable(name, "a primitive holding a jaxpr that lifting does not know how to rebuild")
     params = {k: (wide(v) if k in _DTYPE_PARAMS and v is not None else v) for k, v in eqn.params.items()}
+    if algorithm_bits(eqn) is not None:  # an algorithm names the call's formats: the lifted dot keeps every bit
+        params["precision"] = None
     if name in _REDUCERS:
         params = _reducer_params(eqn, values, params)
     try:

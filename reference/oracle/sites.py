@@ -103,6 +103,25 @@ def _backend() -> str:
     return jax.default_backend()
 
 
+# A dot's algorithm (jax.lax.DotAlgorithmPreset) names the format its operands are rounded to, whatever their
+# dtype: mantissa bits per operand type; three or six bfloat16 passes carry about 16 and 23 bits.
+_OPERAND_BITS = {"BF16": 7, "F16": 10, "TF32": 10, "F32": 23, "F64": 52}
+_PASSES_BITS = {"X3": 16, "X6": 23, "X9": 23}
+
+
+def algorithm_bits(eqn: Any) -> int | None:
+    """The mantissa bits a ``dot_general``'s algorithm rounds its operands to (``precision=BF16_BF16_F32``, as
+    ``jax.nn.dot_product_attention`` asks for): None where it names none (a ``Precision``, ``DEFAULT``, ``ANY_*``)."""
+    algorithm = eqn.params.get("precision") if eqn.primitive.name == "dot_general" else None
+    if isinstance(algorithm, jax.lax.DotAlgorithmPreset):
+        parts = algorithm.name.split("_")
+        if parts[0] in ("DEFAULT", "ANY"):
+            return None
+        return _PASSES_BITS.get(parts[-1], _OPERAND_BITS.get(parts[0], 7))  # a format not listed: bfloat16's bits
+    operand = getattr(algorithm, "lhs_precision_type", None)  # a jax.lax.DotAlgorithm
+    return None if operand is None else int(jnp.finfo(operand).nmant)
+
+
 def runs_tf32(eqn: Any) -> bool:
     """A float32 dot that the backend runs as TF32: on a GPU, at default precision, unless
     ``jax_default_matmul_precision`` asks for more. Read through what JAX keeps public, with a safe fallback."""
@@ -117,6 +136,16 @@ def runs_tf32(eqn: Any) -> bool:
     asked = eqn.params.get("precision")
     explicit = any(p is not None and "DEFAULT" not in str(p) for p in (asked if isinstance(asked, tuple) else (asked,)))
     return backend == "gpu" and not explicit and default in ("default", "bfloat16", "tensorfloat32", "fastest")
+
+
+def _operand_eps(eqn: Any) -> float | None:
+    """How far a dot rounds its operands where they are narrower than their dtype: TF32 (:func:`runs_tf32`), or its
+    algorithm's format (:func:`algorithm_bits`); None where it does not."""
+    if runs_tf32(eqn):
+        return TF32_EPS
+    bits = algorithm_bits(eqn)
+    own = min((jnp.finfo(v.aval.dtype).nmant for v in eqn.invars if floating(v.aval)), default=None)
+    return None if bits is None or own is None or bits >= own else 2.0**-bits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,10 +289,11 @@ def evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], rounding: j
             with eqn.ctx.manager:
                 outs = eqn.primitive.bind(*values, **eqn.primitive.get_bind_params(eqn.params))
             outs = list(outs) if eqn.primitive.multiple_results else [outs]
-            if runs_tf32(eqn):  # inputs rounded to 10 bits: each output off by up to 2⁻¹⁰ Σ|a||b|, in closed form
+            narrowed = _operand_eps(eqn)
+            if narrowed is not None:  # inputs rounded: each output off by up to eps Σ|a||b|, in closed form
                 with eqn.ctx.manager:
                     size = eqn.primitive.bind(*map(jnp.abs, values), **eqn.params)
-                outs = [rounded(outs[0], eqn.outvars[0].aval, jax.lax.stop_gradient(TF32_EPS * size))]
+                outs = [rounded(outs[0], eqn.outvars[0].aval, jax.lax.stop_gradient(narrowed * size))]
             elif (eqn.primitive.name in BY_INDEX and policy.backward and floating(eqn.outvars[0].aval)
                   and policy.outputs(eqn)):  # (a bound already: no offset taken off)
                 aval = eqn.outvars[0].aval
