@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reference.oracle.backward import offset, to_leaves
+from reference.oracle.residuals import rounded_for_backward
 from reference.oracle.sites import Policy, as_forward, evaluate, sites
 from reference.oracle.tolerance import LEAF_ROUNDINGS
 from reference.oracle.trees import Flat
@@ -121,8 +122,9 @@ def forward_rounding(fn: Callable, leaves: Sequence[Any], cotangent: list, conte
                 [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.out_avals[n_out:]], ct)
         except _UNTRACEABLE:  # fn branches on values, or JAX cannot differentiate it
             return None
-        forward_policy = Policy()
-        backward_policy = Policy(backward=True, eps=backward_eps, as_forward=as_forward(closed.jaxpr),
+        rules = rounded_for_backward(closed.jaxpr, [k < n_out for k in range(len(closed.out_avals))])
+        forward_policy = Policy(rules=rules)
+        backward_policy = Policy(backward=True, eps=backward_eps, as_forward=as_forward(closed.jaxpr, rules),
                                  to_leaves=to_leaves(back.jaxpr, backward_eps) if backward_eps else frozenset(),
                                  exact_share=min(factor, exact) / factor)
         found = sites(closed.jaxpr, [], forward_policy)

@@ -163,9 +163,12 @@ class Policy:
     to_leaves: frozenset[int] = frozenset()  # ids of the backward's roundings to a narrower leaf (backward.to_leaves)
     as_forward: frozenset[tuple[int, int]] = frozenset()  # the bits the forward's reduce_precisions round to
     exact_share: float = 1.0
+    rules: frozenset[int] = frozenset()  # ids of the forward's roundings for the backward alone (residuals.py)
 
     def outputs(self, eqn: Any) -> bool:
         name = eqn.primitive.name
+        if id(eqn) in self.rules:  # the rule's own choice, as a backward's narrowing is
+            return False
         if self.backward and name == "reduce_precision":
             return _rounds_to(eqn) in self.as_forward
         if narrowing(eqn):  # float32 work rounded to bfloat16: in a backward, where its forward computes in it too
@@ -221,17 +224,19 @@ def _format(dtype: Any) -> tuple[int, int]:
     return int(info.nexp), int(info.nmant)
 
 
-def as_forward(jaxpr: Any) -> frozenset[tuple[int, int]]:
+def as_forward(jaxpr: Any, rules: frozenset[int] = frozenset()) -> frozenset[tuple[int, int]]:
     """The (exponent, mantissa) bits a forward rounds to, in nested jaxprs too: its ``reduce_precision`` equations',
-    and the narrower float of each convert between floats (bfloat16 activations cast to float32 and back)."""
-    found = {_rounds_to(e) for e in jaxpr.eqns if e.primitive.name == "reduce_precision"}
-    for e in jaxpr.eqns:
+    and the narrower float of each convert between floats (bfloat16 activations cast to float32 and back); not
+    ``rules``' (roundings of residuals alone)."""
+    eqns = [e for e in jaxpr.eqns if id(e) not in rules]
+    found = {_rounds_to(e) for e in eqns if e.primitive.name == "reduce_precision"}
+    for e in eqns:
         if e.primitive.name == "convert_element_type" and floating(e.invars[0].aval) and floating(e.outvars[0].aval):
             found.add(min(_format(e.invars[0].aval.dtype), _format(e.outvars[0].aval.dtype), key=lambda f: f[1]))
-    for eqn in jaxpr.eqns:
+    for eqn in eqns:
         inner = inlined(eqn)
         for sub in [inner.jaxpr] if inner is not None else [j for _, j in params_jaxprs(eqn.params)]:
-            found |= as_forward(sub)
+            found |= as_forward(sub, rules)
     return frozenset(found)
 
 
