@@ -66,8 +66,9 @@ def _walk(jaxpr: Any, dependent: Marks, found: _Found) -> Marks:
                 bits = _bits(v.aval)
                 if bits is not None and eqn.primitive.name == "reduce_precision":  # a float32 rounded to fewer bits
                     bits = min(bits, int(eqn.params.get("mantissa_bits", bits)))
-                if bits is not None and algorithm_bits(eqn) is not None:  # a dot whose algorithm rounds its operands
-                    bits = min(bits, algorithm_bits(eqn))
+                operands = algorithm_bits(eqn)  # a dot whose algorithm rounds its operands
+                if bits is not None and operands is not None:
+                    bits = min(bits, operands)
                 marked[v] = b if bits is None else min(b, bits)
                 found.bits = min(found.bits, marked[v])
     return [mark(v) for v in jaxpr.outvars]
